@@ -1,0 +1,75 @@
+"""The bridge's one exception tree.
+
+Every failure a client can see is one of these; the web layer turns each into an OperationOutcome with the
+status and FHIR issue code the class declares (``bridge.web.middleware``), so handlers never build error JSON.
+
+    BridgeError
+    ├── InvalidRequest        400  the client's request is malformed
+    ├── NotFound              404  no such resource
+    ├── NotAcceptable         406  a response format we do not serve
+    ├── Conflict              409  the PACS holds contradicting data (one StudyInstanceUID, two patients)
+    └── UpstreamError              the PACS failed us
+        ├── UpstreamBadResponse   502  an HTTP error status or a body that is not DICOM JSON
+        ├── UpstreamUnavailable   503  connection refused, reset or dropped
+        └── UpstreamTimeout       504  no answer within BRIDGE_QIDO_TIMEOUT
+
+Messages are written for the person who must act on them and never carry credentials or the PACS URL's
+userinfo. ``ConfigError`` stands apart: it stops the service at start and never reaches a client.
+"""
+
+from __future__ import annotations
+
+
+class BridgeError(Exception):
+    """Base of every error a client can see."""
+
+    status: int = 500
+    #: The FHIR ``IssueType`` code (http://hl7.org/fhir/issue-type) of the OperationOutcome.
+    issue_code: str = "exception"
+
+    def __init__(self, diagnostics: str) -> None:
+        super().__init__(diagnostics)
+        self.diagnostics = diagnostics
+
+
+class InvalidRequest(BridgeError):
+    status = 400
+    issue_code = "invalid"
+
+
+class NotFound(BridgeError):
+    status = 404
+    issue_code = "not-found"
+
+
+class NotAcceptable(BridgeError):
+    status = 406
+    issue_code = "not-supported"
+
+
+class Conflict(BridgeError):
+    status = 409
+    issue_code = "multiple-matches"
+
+
+class UpstreamError(BridgeError):
+    """The PACS did not give a usable answer."""
+
+
+class UpstreamBadResponse(UpstreamError):
+    status = 502
+    issue_code = "exception"
+
+
+class UpstreamUnavailable(UpstreamError):
+    status = 503
+    issue_code = "transient"
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    issue_code = "timeout"
+
+
+class ConfigError(Exception):
+    """A setting is missing or invalid; the message names the environment variable."""

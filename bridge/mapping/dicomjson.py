@@ -1,0 +1,115 @@
+"""Reading values out of the DICOM JSON model (PS3.18 F.2) defensively.
+
+PACSes send IS/DS values as numbers or strings, pad strings with spaces, leave ``Value`` out of empty
+attributes and occasionally send garbage. Every accessor here returns a clean Python value or None: never
+raises on bad data, so the mapper can drop what it cannot repair.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+#: One dataset in the DICOM JSON model: tag -> {"vr": ..., "Value": [...]}.
+DicomJson = dict[str, Any]
+
+_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+# Some PACSes and old modalities write leading zeros in UID components; they are still usable as ids.
+_LENIENT_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+def values(ds: DicomJson, tag: str) -> list[Any]:
+    """All values of an attribute, or an empty list."""
+    element = ds.get(tag)
+    if not isinstance(element, dict):
+        return []
+    found = element.get("Value")
+    return found if isinstance(found, list) else []
+
+
+def first(ds: DicomJson, tag: str) -> Any:
+    found = values(ds, tag)
+    return found[0] if found else None
+
+
+def text(ds: DicomJson, tag: str) -> str | None:
+    """The first value as a string with DICOM padding removed; None if absent or blank."""
+    value = first(ds, tag)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str):
+        return None
+    cleaned = value.strip(" \x00\t\r\n")
+    return cleaned or None
+
+
+def texts(ds: DicomJson, tag: str) -> list[str]:
+    """Every non-blank string value, padding removed."""
+    out = []
+    for value in values(ds, tag):
+        if isinstance(value, str) and (cleaned := value.strip(" \x00\t\r\n")):
+            out.append(cleaned)
+    return out
+
+
+def unsigned(ds: DicomJson, tag: str) -> int | None:
+    """The first value as a non-negative int (IS arrives as a number or a string); None if not one."""
+    value = first(ds, tag)
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, str):
+        stripped = value.strip()
+        if not re.fullmatch(r"[+-]?[0-9]{1,12}", stripped):
+            return None
+        value = int(stripped)
+    if isinstance(value, int) and 0 <= value <= 2_147_483_647:  # FHIR unsignedInt range
+        return value
+    return None
+
+
+def uid(ds: DicomJson, tag: str) -> str | None:
+    """The first value if it is a usable DICOM UID (digits and dots, at most 64 characters)."""
+    value = text(ds, tag)
+    if value is None or len(value) > 64 or not _LENIENT_UID.match(value):
+        return None
+    return value
+
+
+def is_uid(value: str) -> bool:
+    """True for a well-formed DICOM UID (PS3.5 9.1): digits and dots, no leading zeros, 64 characters."""
+    return len(value) <= 64 and bool(_UID.match(value))
+
+
+def person_name(ds: DicomJson, tag: str) -> str | None:
+    """The first person name as display text: ``Doe^John^^Dr`` -> ``Dr John Doe``."""
+    names = person_names(ds, tag)
+    return names[0] if names else None
+
+
+def person_names(ds: DicomJson, tag: str) -> list[str]:
+    out = []
+    for value in values(ds, tag):
+        if isinstance(value, dict):
+            raw = value.get("Alphabetic") or value.get("Ideographic") or value.get("Phonetic")
+        else:
+            raw = value  # some PACSes send PN as a plain string
+        if isinstance(raw, str) and (shown := _format_name(raw)):
+            out.append(shown)
+    return out
+
+
+def _format_name(raw: str) -> str | None:
+    parts = [p.strip() for p in raw.split("=")[0].split("^")]
+    parts += [""] * (5 - len(parts))
+    family, given, middle, prefix, suffix = parts[:5]
+    shown = " ".join(p for p in (prefix, given, middle, family) if p)
+    if suffix:
+        shown = f"{shown}, {suffix}" if shown else suffix
+    return shown or None
+
+
+def items(ds: DicomJson, tag: str) -> list[DicomJson]:
+    """The items of a sequence attribute."""
+    return [item for item in values(ds, tag) if isinstance(item, dict)]

@@ -1,0 +1,30 @@
+"""The R5 Endpoint resource that tells a viewer where to fetch a study's pixels (WADO-RS)."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+CONNECTION_TYPE = "http://terminology.hl7.org/CodeSystem/endpoint-connection-type"
+PAYLOAD_MIME_TYPES = ("application/dicom", "application/dicom+json", "multipart/related")
+
+
+def endpoint_id(address: str) -> str:
+    """A stable id derived from the address: the same on every replica and restart, new if the address moves."""
+    return "wado-rs-" + hashlib.sha256(address.encode()).hexdigest()[:16]
+
+
+def wado_endpoint(address: str) -> dict[str, Any]:
+    """The Endpoint for a WADO-RS base URL (scheme, host, path; a viewer appends ``/studies/{uid}``)."""
+    address = address.rstrip("/")
+    return {
+        "resourceType": "Endpoint",
+        "id": endpoint_id(address),
+        "status": "active",
+        "connectionType": [
+            {"coding": [{"system": CONNECTION_TYPE, "code": "dicom-wado-rs", "display": "DICOM WADO-RS"}]}
+        ],
+        "name": "DICOMweb WADO-RS",
+        "payload": [{"mimeType": list(PAYLOAD_MIME_TYPES)}],
+        "address": address,
+    }

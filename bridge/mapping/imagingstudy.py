@@ -1,0 +1,330 @@
+"""DICOM JSON study, series and instance rows -> a FHIR R5 ImagingStudy (a plain dict, ready for orjson).
+
+The rules come from ``docs/mapping.md``. Two principles decide the hard cases:
+
+- the resource must satisfy ist-1..ist-7, so when the rows we list and the PACS's computed counts disagree the
+  listed rows win, and the disagreement is returned as a note for the caller to log;
+- a malformed DICOM value is repaired when the repair is unambiguous and dropped otherwise; it never becomes
+  invalid FHIR and never raises.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from pydicom.uid import UID
+
+from bridge import terminology
+from bridge.mapping import tags
+from bridge.mapping.datetimes import fhir_datetime
+from bridge.mapping.dicomjson import (
+    DicomJson,
+    items,
+    person_name,
+    person_names,
+    text,
+    texts,
+    uid,
+    unsigned,
+)
+
+DICOM_UID_SYSTEM = "urn:dicom:uid"
+RFC3986 = "urn:ietf:rfc:3986"
+V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
+PARTICIPATION_TYPE = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
+DATA_ABSENT_REASON = "http://hl7.org/fhir/StructureDefinition/data-absent-reason"
+#: The modality of a series whose PACS row has none (ImagingStudy.series.modality is 1..1).
+FALLBACK_MODALITY = "OT"
+
+_OID = re.compile(r"^[0-2](\.(0|[1-9][0-9]*))+$")
+# A FHIR code: no leading/trailing whitespace, no runs of whitespace.
+_CODE = re.compile(r"^[^\s]+( [^\s]+)*$")
+
+
+@dataclass(frozen=True)
+class SeriesRows:
+    """One series row and its instance rows, as the PACS answered them."""
+
+    series: DicomJson
+    instances: Sequence[DicomJson]
+
+
+@dataclass(frozen=True)
+class StudyRows:
+    """One study row and, for a full resource, its series; ``series=None`` maps the study level only."""
+
+    study: DicomJson
+    series: Sequence[SeriesRows] | None = None
+
+
+@dataclass(frozen=True)
+class MappingOptions:
+    """What the mapper needs from the configuration."""
+
+    endpoint_id: str | None = None
+    patient_id_system: str | None = None
+    issuer_systems: Mapping[str, str] = field(default_factory=dict)
+    zone: ZoneInfo | None = None
+
+
+@dataclass
+class Mapped:
+    """The resource plus notes on what was repaired or disagreed (for the caller to log)."""
+
+    resource: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+
+
+def imaging_study(rows: StudyRows, options: MappingOptions) -> Mapped:
+    """Map one study. The study row must carry a valid StudyInstanceUID (the caller checked it)."""
+    study = rows.study
+    study_uid = uid(study, tags.STUDY_INSTANCE_UID)
+    if study_uid is None:
+        raise ValueError("the study row has no valid StudyInstanceUID")
+    notes: list[str] = []
+    offset = text(study, tags.TIMEZONE_OFFSET_FROM_UTC)
+    resource: dict[str, Any] = {
+        "resourceType": "ImagingStudy",
+        "id": study_uid,
+        "identifier": _identifiers(study, study_uid),
+        "status": "available",
+    }
+
+    series_list: list[dict[str, Any]] | None = None
+    if rows.series is not None:
+        ordered = sorted(rows.series, key=_series_order)
+        series_list = [_series(s, offset, options, notes) for s in ordered]
+        modalities = _distinct(s["modality"] for s in series_list)
+    else:
+        modalities = _distinct(_modality(m) for m in texts(study, tags.MODALITIES_IN_STUDY))
+    if modalities:
+        resource["modality"] = modalities
+
+    resource["subject"] = _subject(study, options)
+    if started := fhir_datetime(text(study, tags.STUDY_DATE), text(study, tags.STUDY_TIME), offset, options.zone):
+        resource["started"] = started
+    if accession := _accession(study):
+        resource["basedOn"] = [{"type": "ServiceRequest", "identifier": accession}]
+    if referrer := person_name(study, tags.REFERRING_PHYSICIAN_NAME):
+        resource["referrer"] = {"display": referrer}
+    if options.endpoint_id:
+        resource["endpoint"] = [{"reference": f"Endpoint/{options.endpoint_id}", "type": "Endpoint"}]
+    if description := text(study, tags.STUDY_DESCRIPTION):
+        resource["description"] = description
+
+    pacs_series = unsigned(study, tags.NUMBER_OF_STUDY_RELATED_SERIES)
+    pacs_instances = unsigned(study, tags.NUMBER_OF_STUDY_RELATED_INSTANCES)
+    if series_list is None:
+        # Study level only: the PACS's counts are all there is, and no list can contradict them.
+        _set_if(resource, "numberOfSeries", pacs_series)
+        _set_if(resource, "numberOfInstances", pacs_instances)
+    else:
+        listed_instances = sum(s["numberOfInstances"] for s in series_list)
+        resource["numberOfSeries"] = len(series_list)
+        resource["numberOfInstances"] = listed_instances
+        if pacs_series is not None and pacs_series != len(series_list):
+            notes.append(f"study {study_uid}: PACS counts {pacs_series} series, listed {len(series_list)}")
+        if pacs_instances is not None and pacs_instances != listed_instances:
+            notes.append(f"study {study_uid}: PACS counts {pacs_instances} instances, listed {listed_instances}")
+        if series_list:
+            resource["series"] = series_list
+    return Mapped(resource, notes)
+
+
+def _identifiers(study: DicomJson, study_uid: str) -> list[dict[str, Any]]:
+    identifiers: list[dict[str, Any]] = [{"system": DICOM_UID_SYSTEM, "value": f"urn:oid:{study_uid}"}]
+    # R4-era clients look for the accession number among the identifiers, R5 ones in basedOn: give both.
+    if accession := _accession(study):
+        identifiers.append(accession)
+    return identifiers
+
+
+def _accession(study: DicomJson) -> dict[str, Any] | None:
+    number = text(study, tags.ACCESSION_NUMBER)
+    if number is None:
+        return None
+    identifier: dict[str, Any] = {
+        "type": {"coding": [{"system": V2_0203, "code": "ACSN", "display": "Accession ID"}]},
+    }
+    issuer = items(study, tags.ISSUER_OF_ACCESSION_NUMBER_SEQUENCE)
+    if issuer:
+        system, assigner = _issuer(issuer[0])
+        if system:
+            identifier["system"] = system
+        elif assigner:
+            identifier["assigner"] = {"display": assigner}
+    identifier["value"] = number
+    return identifier
+
+
+def _issuer(designator: DicomJson) -> tuple[str | None, str | None]:
+    """A Hierarchic Designator -> (identifier system URI, assigner display)."""
+    universal = text(designator, tags.UNIVERSAL_ENTITY_ID)
+    kind = (text(designator, tags.UNIVERSAL_ENTITY_ID_TYPE) or "").upper()
+    if universal and kind == "ISO" and _OID.match(universal):
+        return f"urn:oid:{universal}", None
+    if universal and kind in ("URI", "URL") and ":" in universal:
+        return universal, None
+    return None, text(designator, tags.LOCAL_NAMESPACE_ENTITY_ID) or universal
+
+
+def _subject(study: DicomJson, options: MappingOptions) -> dict[str, Any]:
+    subject: dict[str, Any] = {"type": "Patient"}
+    patient_id = text(study, tags.PATIENT_ID)
+    if patient_id is not None:
+        identifier: dict[str, Any] = {}
+        issuer = text(study, tags.ISSUER_OF_PATIENT_ID)
+        if issuer is None:
+            if options.patient_id_system:
+                identifier["system"] = options.patient_id_system
+        elif issuer in options.issuer_systems:
+            identifier["system"] = options.issuer_systems[issuer]
+        elif _OID.match(issuer):
+            identifier["system"] = f"urn:oid:{issuer}"
+        else:
+            # An issuer we cannot turn into a URI: say who assigned the ID rather than invent a system.
+            identifier["assigner"] = {"display": issuer}
+        identifier["value"] = patient_id
+        subject["identifier"] = identifier
+    if name := person_name(study, tags.PATIENT_NAME):
+        subject["display"] = name
+    if len(subject) == 1:
+        # subject is 1..1: say that the PACS did not know rather than make something up.
+        subject["extension"] = [{"url": DATA_ABSENT_REASON, "valueCode": "unknown"}]
+    return subject
+
+
+def _series(rows: SeriesRows, offset: str | None, options: MappingOptions, notes: list[str]) -> dict[str, Any]:
+    row = rows.series
+    series_uid = uid(row, tags.SERIES_INSTANCE_UID)
+    if series_uid is None:  # the caller drops such rows; guard the invariant anyway
+        raise ValueError("a series row has no valid SeriesInstanceUID")
+    instances = [_instance(i) for i in sorted(rows.instances, key=_instance_order)]
+    series: dict[str, Any] = {"uid": series_uid}
+    _set_if(series, "number", unsigned(row, tags.SERIES_NUMBER))
+    modality_code = text(row, tags.MODALITY)
+    series["modality"] = _modality(modality_code)
+    if modality_code is None:
+        notes.append(f"series {series_uid}: no Modality, given {FALLBACK_MODALITY}")
+    if description := text(row, tags.SERIES_DESCRIPTION):
+        series["description"] = description
+    series["numberOfInstances"] = len(instances)
+    pacs_count = unsigned(row, tags.NUMBER_OF_SERIES_RELATED_INSTANCES)
+    if pacs_count is not None and pacs_count != len(instances):
+        notes.append(f"series {series_uid}: PACS counts {pacs_count} instances, listed {len(instances)}")
+    if body_site := _body_site(text(row, tags.BODY_PART_EXAMINED)):
+        series["bodySite"] = body_site
+    if laterality := _laterality(text(row, tags.LATERALITY)):
+        series["laterality"] = laterality
+    started = fhir_datetime(text(row, tags.SERIES_DATE), text(row, tags.SERIES_TIME), offset, options.zone)
+    if started:
+        series["started"] = started
+    if performers := _performers(row):
+        series["performer"] = performers
+    if instances:
+        series["instance"] = instances
+    return series
+
+
+def _modality(code: str | None) -> dict[str, Any]:
+    if code is None or not _CODE.match(code):
+        code = FALLBACK_MODALITY
+    coding: dict[str, str] = {"system": terminology.DCM, "code": code}
+    if display := terminology.modality_display(code):
+        coding["display"] = display
+    return {"coding": [coding]}
+
+
+def _body_site(term: str | None) -> dict[str, Any] | None:
+    if term is None:
+        return None
+    concept: dict[str, Any] = {"text": term}
+    if found := terminology.body_part(term):
+        concept["coding"] = [{"system": terminology.SNOMED, "code": found.code, "display": found.display}]
+    return {"concept": concept}
+
+
+def _laterality(code: str | None) -> dict[str, Any] | None:
+    found = terminology.laterality(code) if code else None
+    if found is None:
+        return None
+    return {"coding": [{"system": terminology.SNOMED, "code": found.code, "display": found.display}]}
+
+
+_PERFORMER_FUNCTIONS = (
+    # (tag, function code, display, actor type)
+    (tags.PERFORMING_PHYSICIAN_NAME, "PRF", "performer", "Practitioner"),
+    (tags.OPERATORS_NAME, "SPRF", "secondary performer", "Practitioner"),
+)
+
+
+def _performers(row: DicomJson) -> list[dict[str, Any]]:
+    performers = []
+    for tag, code, display, actor_type in _PERFORMER_FUNCTIONS:
+        for name in person_names(row, tag):
+            performers.append(_performer(code, display, actor_type, name))
+    device = " ".join(v for v in (text(row, tags.MANUFACTURER), text(row, tags.MANUFACTURER_MODEL_NAME)) if v)
+    if device:
+        performers.append(_performer("DEV", "device", "Device", device))
+    if institution := text(row, tags.INSTITUTION_NAME):
+        performers.append(_performer("LOC", "location", "Organization", institution))
+    return performers
+
+
+def _performer(code: str, display: str, actor_type: str, name: str) -> dict[str, Any]:
+    return {
+        "function": {"coding": [{"system": PARTICIPATION_TYPE, "code": code, "display": display}]},
+        "actor": {"type": actor_type, "display": name},
+    }
+
+
+def _instance(row: DicomJson) -> dict[str, Any]:
+    instance_uid = uid(row, tags.SOP_INSTANCE_UID)
+    sop_class = uid(row, tags.SOP_CLASS_UID)
+    if instance_uid is None or sop_class is None:  # the caller drops such rows; guard the invariant anyway
+        raise ValueError("an instance row lacks a valid SOPInstanceUID or SOPClassUID")
+    coding: dict[str, str] = {"system": RFC3986, "code": f"urn:oid:{sop_class}"}
+    if (name := UID(sop_class).name) != sop_class:
+        coding["display"] = name
+    instance: dict[str, Any] = {"uid": instance_uid, "sopClass": coding}
+    _set_if(instance, "number", unsigned(row, tags.INSTANCE_NUMBER))
+    if title := _title(row):
+        instance["title"] = title
+    return instance
+
+
+def _title(row: DicomJson) -> str | None:
+    if title := text(row, tags.DOCUMENT_TITLE):
+        return title
+    for concept in items(row, tags.CONCEPT_NAME_CODE_SEQUENCE):
+        if meaning := text(concept, tags.CODE_MEANING):
+            return meaning
+    return None
+
+
+def _distinct(concepts: Any) -> list[dict[str, Any]]:
+    """Distinct CodeableConcepts in first-seen order (by system|code)."""
+    seen: dict[tuple[str, str], dict[str, Any]] = {}
+    for concept in concepts:
+        coding = concept["coding"][0]
+        seen.setdefault((coding["system"], coding["code"]), concept)
+    return list(seen.values())
+
+
+def _series_order(rows: SeriesRows) -> tuple[int, str]:
+    number = unsigned(rows.series, tags.SERIES_NUMBER)
+    return (number if number is not None else 2**31, uid(rows.series, tags.SERIES_INSTANCE_UID) or "")
+
+
+def _instance_order(row: DicomJson) -> tuple[int, str]:
+    number = unsigned(row, tags.INSTANCE_NUMBER)
+    return (number if number is not None else 2**31, uid(row, tags.SOP_INSTANCE_UID) or "")
+
+
+def _set_if(target: dict[str, Any], key: str, value: Any) -> None:
+    if value is not None:
+        target[key] = value

@@ -1,0 +1,180 @@
+"""``QidoSource`` over HTTP: a DICOMweb server reached with one pooled aiohttp ``ClientSession``.
+
+Each request is bounded by ``timeout`` seconds and by a semaphore shared by all requests of the process
+(``concurrency``), so a burst of clients cannot flood the PACS. Failures become the typed ``UpstreamError``s
+of ``bridge.errors``; their messages name the PACS by scheme, host and path only, never by its credentials.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from urllib.parse import quote
+
+import aiohttp
+import orjson
+from yarl import URL
+
+from bridge.errors import UpstreamBadResponse, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from bridge.mapping import tags
+from bridge.mapping.dicomjson import DicomJson
+from bridge.qido.paging import MAX_PAGES, has_more, merge_rows
+from bridge.qido.source import Filters
+
+log = logging.getLogger(__name__)
+
+ACCEPT = "application/dicom+json, application/json;q=0.9"
+
+
+def query_string(filters: Filters, fields: Sequence[str], limit: int | None = None, offset: int = 0) -> str:
+    """The QIDO query string, parameters in sorted order and every value percent-encoded.
+
+    Encoding everything (``,`` ``&`` ``=`` ``#`` ``[`` ``]`` included) keeps each value one value; it does not
+    make ``*`` or ``?`` literal (DICOM has no escape for them): callers refuse those in exact-match values.
+    """
+    pairs = sorted(filters.items())
+    pairs += [("includefield", field) for field in sorted(set(fields))]
+    if limit:
+        pairs.append(("limit", str(limit)))
+    if offset:
+        pairs.append(("offset", str(offset)))
+    return "&".join(f"{quote(key, safe='')}={quote(value, safe='')}" for key, value in pairs)
+
+
+class HttpQidoSource:
+    """A DICOMweb server's QIDO-RS service."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout: float = 30.0,
+        concurrency: int = 8,
+        page_size: int = 0,
+        username: str | None = None,
+        password: str | None = None,
+        token: str | None = None,
+    ) -> None:
+        url = URL(base_url)
+        if url.user is not None and username is None:
+            # Credentials written into the URL are honoured, then removed from it so no message shows them.
+            username, password = url.user, url.password or ""
+        self._base = url.with_user(None).with_password(None)
+        self._base_path = self._base.path.rstrip("/")
+        self.description = str(self._base)
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._timeout_seconds = timeout
+        self._page_size = page_size or None
+        self._semaphore = asyncio.Semaphore(concurrency)
+        headers = {"Accept": ACCEPT}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        auth = aiohttp.BasicAuth(username, password or "") if username is not None else None
+        self._session = aiohttp.ClientSession(
+            headers=headers,
+            auth=auth,
+            connector=aiohttp.TCPConnector(limit=concurrency, limit_per_host=concurrency),
+        )
+
+    async def close(self) -> None:
+        await self._session.close()
+
+    async def search_studies(self, filters: Filters, fields: Sequence[str]) -> list[DicomJson]:
+        # A StudyInstanceUID may be registered under two patients: keep one row each so that stays visible.
+        return await self._query("/studies", filters, fields, (tags.STUDY_INSTANCE_UID, tags.PATIENT_ID))
+
+    async def search_series(
+        self, study_uid: str, fields: Sequence[str], expected: int | None = None
+    ) -> list[DicomJson]:
+        path = f"/studies/{study_uid}/series"
+        return await self._query(path, {}, fields, (tags.SERIES_INSTANCE_UID,), expected, missing_is_empty=True)
+
+    async def search_instances(
+        self, study_uid: str, series_uid: str, fields: Sequence[str], expected: int | None = None
+    ) -> list[DicomJson]:
+        path = f"/studies/{study_uid}/series/{series_uid}/instances"
+        return await self._query(path, {}, fields, (tags.SOP_INSTANCE_UID,), expected, missing_is_empty=True)
+
+    async def check(self) -> None:
+        await self._page("/studies", query_string({}, (), limit=1), missing_is_empty=False)
+
+    async def _query(
+        self,
+        path: str,
+        filters: Filters,
+        fields: Sequence[str],
+        key_tags: Sequence[str],
+        expected: int | None = None,
+        *,
+        missing_is_empty: bool = False,
+    ) -> list[DicomJson]:
+        """Every row of a query, following pages until the PACS has nothing more."""
+        rows: list[DicomJson] = []
+        distinct = 0
+        for _ in range(MAX_PAGES):
+            query = query_string(filters, fields, self._page_size, offset=len(rows))
+            page, warning = await self._page(path, query, missing_is_empty=missing_is_empty)
+            rows.extend(page)
+            merged = merge_rows(rows, key_tags)
+            grew = len(merged) > distinct
+            distinct = len(merged)
+            if not grew or not has_more(
+                page_rows=len(page), limit=self._page_size, warning=warning, total_rows=distinct,
+                expected=expected,
+            ):  # fmt: skip
+                return merged
+        raise UpstreamBadResponse(f"PACS kept paging past {MAX_PAGES} pages for QIDO {path}")
+
+    async def _page(self, path: str, query: str, *, missing_is_empty: bool) -> tuple[list[DicomJson], str | None]:
+        url = self._base.with_path(self._base_path + path, encoded=False).with_query(None)
+        url = URL(f"{url}?{query}", encoded=True) if query else url
+        where = f"QIDO {path}"
+        async with self._semaphore:
+            try:
+                async with self._session.get(url, timeout=self._timeout) as response:
+                    if response.status == 204 or (response.status == 404 and missing_is_empty):
+                        return [], None
+                    if response.status != 200:
+                        raise _status_error(response.status, where)
+                    body = await response.read()
+                    warning = ", ".join(response.headers.getall("Warning", [])) or None
+            except UpstreamError:
+                raise
+            except TimeoutError:
+                raise UpstreamTimeout(
+                    f"PACS did not answer {where} within {self._timeout_seconds:g} s (BRIDGE_QIDO_TIMEOUT)"
+                ) from None
+            except aiohttp.ClientPayloadError as exc:
+                raise UpstreamBadResponse(f"PACS sent a truncated or corrupt body for {where}: {exc}") from None
+            except aiohttp.ClientConnectorError as exc:
+                raise UpstreamUnavailable(f"cannot connect to the PACS for {where}: {exc.os_error}") from None
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+                raise UpstreamUnavailable(f"the PACS dropped the connection during {where}: {exc}") from None
+            except aiohttp.ClientError as exc:
+                raise UpstreamUnavailable(f"request to the PACS failed for {where}: {type(exc).__name__}") from None
+        return _parse(body, where), warning
+
+
+def _status_error(status: int, where: str) -> UpstreamError:
+    if status in (502, 503, 429):
+        return UpstreamUnavailable(f"PACS is unavailable (HTTP {status}) for {where}")
+    if status == 504:
+        return UpstreamTimeout(f"PACS timed out (HTTP {status}) for {where}")
+    if status in (401, 403):
+        return UpstreamBadResponse(f"PACS refused the bridge's credentials (HTTP {status}) for {where}")
+    if status == 413:
+        return UpstreamBadResponse(f"PACS found {where} too broad (HTTP 413)")
+    return UpstreamBadResponse(f"PACS answered HTTP {status} to {where}")
+
+
+def _parse(body: bytes, where: str) -> list[DicomJson]:
+    if not body.strip():
+        return []  # some PACSes send 200 with an empty body for no match
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise UpstreamBadResponse(f"PACS sent malformed JSON for {where}: {exc}") from None
+    if not isinstance(parsed, list) or not all(isinstance(row, dict) for row in parsed):
+        raise UpstreamBadResponse(f"PACS sent JSON that is not a list of DICOM datasets for {where}")
+    return parsed

@@ -1,0 +1,44 @@
+"""The one seam between the bridge and a PACS.
+
+The web layer depends on ``QidoSource`` only. Two real implementations exist: ``HttpQidoSource`` (a DICOMweb
+server over aiohttp) and ``FolderQidoSource`` (a local folder of DICOM files, also the tests' in-process PACS).
+Each returns every matching row, whatever paging the PACS needs, with duplicate rows merged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+
+from bridge.mapping.dicomjson import DicomJson
+
+#: QIDO matching attributes: keyword or tag -> value, as QIDO-RS takes them (already validated by the caller).
+Filters = Mapping[str, str]
+
+
+class QidoSource(Protocol):
+    """A PACS answering QIDO-RS queries."""
+
+    async def search_studies(self, filters: Filters, fields: Sequence[str]) -> list[DicomJson]:
+        """Every study row matching ``filters``, with ``fields`` included."""
+        ...
+
+    async def search_series(
+        self, study_uid: str, fields: Sequence[str], expected: int | None = None
+    ) -> list[DicomJson]:
+        """Every series row of one study; ``expected`` is the PACS's own count, a hint for paging."""
+        ...
+
+    async def search_instances(
+        self, study_uid: str, series_uid: str, fields: Sequence[str], expected: int | None = None
+    ) -> list[DicomJson]:
+        """Every instance row of one series; ``expected`` is the PACS's own count, a hint for paging."""
+        ...
+
+    async def check(self) -> None:
+        """Raise an ``UpstreamError`` unless the PACS answers a trivial query."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections and threads."""
+        ...

@@ -1,0 +1,177 @@
+"""The service's settings, read once at start from ``BRIDGE_*`` environment variables.
+
+An optional file ``config/bridge.env`` (same variables, one per line) is read too; the environment wins.
+Nothing else in the package reads the environment: everything receives a ``Settings`` or a value derived
+from it. Secrets are ``SecretStr`` so that they never show in ``repr`` or logs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from typing import Annotated, Any
+from urllib.parse import urlsplit, urlunsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
+
+from bridge.errors import ConfigError
+
+ENV_PREFIX = "BRIDGE_"
+ENV_FILE = "config/bridge.env"
+
+_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:\S+$")
+
+
+def _check_http_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"must be an http:// or https:// URL, got {_redact(value)!r}")
+    return value.rstrip("/")
+
+
+def _redact(url: str) -> str:
+    """The URL without user name and password, for messages."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    netloc = parts.hostname or ""
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+class Settings(BaseSettings):
+    """Typed, immutable configuration. See the README's configuration table for each variable."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_file=ENV_FILE, frozen=True, extra="ignore", validate_default=True
+    )
+
+    qido_url: str | None = None
+    wado_url: str | None = None
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8080
+    qido_timeout: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    qido_concurrency: Annotated[int, Field(ge=1, le=256)] = 8
+    #: Rows asked per QIDO request (``limit``); 0 sends no limit and pages only when the PACS says there is more.
+    qido_page_size: Annotated[int, Field(ge=0, le=100_000)] = 0
+    pacs_username: str | None = None
+    pacs_password: SecretStr | None = None
+    pacs_token: SecretStr | None = None
+    #: Identifier system (a URI) for PatientID when the PACS gives no IssuerOfPatientID.
+    patient_id_system: str | None = None
+    #: IssuerOfPatientID value -> identifier system URI, as a JSON object.
+    issuer_systems: dict[str, str] = Field(default_factory=dict)
+    #: IANA zone assumed for study times without TimezoneOffsetFromUTC; unset gives date-only ``started``.
+    timezone: str | None = None
+    log_level: str = "INFO"
+
+    @field_validator("qido_url")
+    @classmethod
+    def _qido_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if value.startswith("file://"):
+            if not urlsplit(value).path:
+                raise ValueError("a file:// URL needs a folder path, e.g. file:///srv/dicom")
+            return value
+        return _check_http_url(value)
+
+    @field_validator("wado_url")
+    @classmethod
+    def _wado_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        checked = _check_http_url(value)
+        if urlsplit(checked).username or urlsplit(checked).password:
+            # The address is given to every client: it must never carry credentials.
+            raise ValueError("must not contain a user name or password")
+        return checked
+
+    @field_validator("patient_id_system")
+    @classmethod
+    def _system(cls, value: str | None) -> str | None:
+        if value and not _URI.match(value):
+            raise ValueError(f"must be an absolute URI such as urn:oid:1.2.3 or https://…, got {value!r}")
+        return value or None
+
+    @field_validator("issuer_systems", mode="before")
+    @classmethod
+    def _issuers(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                value = json.loads(value) if value.strip() else {}
+            except json.JSONDecodeError as exc:
+                raise ValueError(f'must be a JSON object such as {{"HOSP": "urn:oid:1.2.3"}}: {exc}') from exc
+        if isinstance(value, dict):
+            for issuer, system in value.items():
+                if not isinstance(system, str) or not _URI.match(system):
+                    raise ValueError(f"the system for issuer {issuer!r} must be an absolute URI")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown IANA time zone {value!r} (e.g. Europe/Berlin)") from exc
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ValueError("must be DEBUG, INFO, WARNING or ERROR")
+        return level
+
+    @model_validator(mode="after")
+    def _credentials(self) -> Settings:
+        if self.pacs_token and (self.pacs_username or self.pacs_password):
+            raise ValueError("give either BRIDGE_PACS_TOKEN or BRIDGE_PACS_USERNAME/PASSWORD, not both")
+        if bool(self.pacs_username) != bool(self.pacs_password):
+            raise ValueError("BRIDGE_PACS_USERNAME and BRIDGE_PACS_PASSWORD go together")
+        return self
+
+    @property
+    def public_wado_url(self) -> str | None:
+        """The WADO-RS base URL given to viewers: BRIDGE_WADO_URL, else the QIDO URL without credentials."""
+        if self.wado_url:
+            return self.wado_url
+        if self.qido_url and not self.qido_url.startswith("file://"):
+            return _redact(self.qido_url)
+        return None
+
+    @property
+    def zone(self) -> ZoneInfo | None:
+        return ZoneInfo(self.timezone) if self.timezone else None
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read the settings once; ``environ`` replaces the process environment and the file (for tests).
+
+    Raises ``ConfigError`` naming each bad variable.
+    """
+    try:
+        if environ is None:
+            return Settings()
+        values = {
+            key.removeprefix(ENV_PREFIX).lower(): value for key, value in environ.items() if key.startswith(ENV_PREFIX)
+        }
+        return Settings.model_validate(values)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            where = error["loc"][0] if error["loc"] else ""
+            name = f"{ENV_PREFIX}{str(where).upper()}" if where else "settings"
+            problems.append(f"{name}: {error['msg']}")
+        raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
+    except SettingsError as exc:
+        # Raised before validation when a JSON-valued variable does not parse.
+        raise ConfigError(f"invalid configuration: {ENV_PREFIX}ISSUER_SYSTEMS is not valid JSON ({exc})") from None

@@ -1,0 +1,1 @@
+"""The HTTP layer: aiohttp.web handlers, the error middleware and the application factory."""

@@ -1,0 +1,123 @@
+"""The aiohttp application: routes, typed state, and the PACS source's lifecycle.
+
+``FHIR_ROUTES`` is the single list of FHIR interactions; the router and the CapabilityStatement are both built
+from it, so the statement cannot claim what is not served.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, NamedTuple
+
+import orjson
+from aiohttp import web
+
+from bridge.errors import NotFound, UpstreamError
+from bridge.mapping.endpoint import wado_endpoint
+from bridge.mapping.imagingstudy import MappingOptions
+from bridge.qido.factory import open_source
+from bridge.qido.source import QidoSource
+from bridge.settings import Settings
+from bridge.studies import read_study
+from bridge.web.capability import capability_statement
+from bridge.web.middleware import errors
+from bridge.web.negotiation import fhir_bytes_response, response_type
+
+log = logging.getLogger(__name__)
+
+SETTINGS = web.AppKey("settings", Settings)
+SOURCE = web.AppKey("source", QidoSource)
+MAPPING = web.AppKey("mapping", MappingOptions)
+ENDPOINT = web.AppKey("endpoint", dict[str, Any])  # empty when no WADO-RS address is known
+
+
+def _respond(request: web.Request, media: str, resource: dict[str, Any]) -> web.Response:
+    return fhir_bytes_response(media, orjson.dumps(resource))
+
+
+async def read_imaging_study(request: web.Request) -> web.Response:
+    media = response_type(request)  # refuse an unserved format before asking the PACS anything
+    app = request.app
+    resource = await read_study(app[SOURCE], request.match_info["id"], app[MAPPING])
+    return _respond(request, media, resource)
+
+
+async def read_endpoint(request: web.Request) -> web.Response:
+    media = response_type(request)
+    endpoint = request.app[ENDPOINT]
+    if not endpoint or request.match_info["id"] != endpoint["id"]:
+        raise NotFound(f"no Endpoint with id {request.match_info['id']!r}")
+    return _respond(request, media, endpoint)
+
+
+async def metadata(request: web.Request) -> web.Response:
+    media = response_type(request)
+    interactions: dict[str, list[str]] = {}
+    for route in FHIR_ROUTES:
+        interactions.setdefault(route.resource_type, []).append(route.interaction)
+    base = str(request.url.with_path("/fhir").with_query(None))
+    return _respond(request, media, capability_statement(interactions, base))
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Alive: the process answers. Says nothing of the PACS (see /readyz)."""
+    return web.json_response({"status": "ok"}, dumps=lambda v: orjson.dumps(v).decode())
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready: the PACS answers a trivial query."""
+    try:
+        await request.app[SOURCE].check()
+    except UpstreamError as exc:
+        body = {"status": "unavailable", "reason": exc.diagnostics}
+        return web.json_response(body, status=503, dumps=lambda v: orjson.dumps(v).decode())
+    return web.json_response({"status": "ready"}, dumps=lambda v: orjson.dumps(v).decode())
+
+
+class FhirRoute(NamedTuple):
+    path: str
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    resource_type: str
+    interaction: str
+
+
+FHIR_ROUTES = (
+    FhirRoute("/fhir/ImagingStudy/{id}", read_imaging_study, "ImagingStudy", "read"),
+    FhirRoute("/fhir/Endpoint/{id}", read_endpoint, "Endpoint", "read"),
+)
+
+
+def create_app(settings: Settings, source: QidoSource | None = None) -> web.Application:
+    """The application; with ``source`` given the caller owns it, else it is opened and closed with the app."""
+    app = web.Application(middlewares=[errors])
+    app[SETTINGS] = settings
+    address = settings.public_wado_url
+    endpoint = wado_endpoint(address) if address else {}
+    app[ENDPOINT] = endpoint
+    app[MAPPING] = MappingOptions(
+        endpoint_id=endpoint.get("id"),
+        patient_id_system=settings.patient_id_system,
+        issuer_systems=dict(settings.issuer_systems),
+        zone=settings.zone,
+    )
+    if source is None:
+        app.cleanup_ctx.append(_pacs_source)
+    else:
+        app[SOURCE] = source
+    app.router.add_get("/fhir/metadata", metadata)
+    for route in FHIR_ROUTES:
+        app.router.add_get(route.path, route.handler)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    return app
+
+
+async def _pacs_source(app: web.Application) -> AsyncIterator[None]:
+    source = await open_source(app[SETTINGS])
+    log.info("PACS: %s", getattr(source, "description", type(source).__name__))
+    if not app[ENDPOINT]:
+        log.warning("no WADO-RS address known (set BRIDGE_WADO_URL): studies are served without an Endpoint")
+    app[SOURCE] = source
+    yield
+    await source.close()

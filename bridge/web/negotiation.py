@@ -1,0 +1,45 @@
+"""FHIR response formats: ``_format`` and ``Accept`` decide; we serve JSON only (``application/fhir+json``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from bridge.errors import NotAcceptable
+
+FHIR_JSON = "application/fhir+json"
+PLAIN_JSON = "application/json"
+
+_FORMAT_ALIASES = {"json": FHIR_JSON, FHIR_JSON: FHIR_JSON, PLAIN_JSON: PLAIN_JSON, "text/json": PLAIN_JSON}
+
+
+def response_type(request: web.Request) -> str:
+    """The media type to answer with, or ``NotAcceptable`` naming what was asked."""
+    requested = request.query.get("_format")
+    if requested is not None:
+        media = requested.split(";")[0].strip().lower()
+        if media not in _FORMAT_ALIASES:
+            raise NotAcceptable(f"_format={requested} is not served; this server speaks FHIR JSON (_format=json)")
+        return _FORMAT_ALIASES[media]
+    accept = request.headers.get("Accept", "")
+    if not accept.strip():
+        return FHIR_JSON
+    offered = {part.split(";")[0].strip().lower() for part in accept.split(",")}
+    if FHIR_JSON in offered:
+        return FHIR_JSON
+    # A client that asked for plain JSON (and not FHIR JSON) gets the same body labelled as it asked.
+    if offered & {PLAIN_JSON, "text/json"}:
+        return PLAIN_JSON
+    if offered & {"*/*", "application/*"}:
+        return FHIR_JSON
+    raise NotAcceptable(f"cannot answer Accept: {accept}; this server speaks {FHIR_JSON}")
+
+
+def fhir_response(request: web.Request, resource: dict[str, Any], status: int = 200) -> web.Response:
+    return fhir_bytes_response(response_type(request), orjson.dumps(resource), status)
+
+
+def fhir_bytes_response(media_type: str, body: bytes, status: int = 200) -> web.Response:
+    return web.Response(body=body, status=status, content_type=media_type, charset="utf-8")
