@@ -8,6 +8,7 @@ of ``bridge.errors``; their messages name the PACS by scheme, host and path only
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 from collections.abc import Sequence
 from urllib.parse import quote
@@ -70,10 +71,12 @@ class HttpQidoSource:
         headers = {"Accept": ACCEPT}
         if token:
             headers["Authorization"] = f"Bearer {token}"
-        auth = aiohttp.BasicAuth(username, password or "") if username is not None else None
+        elif username is not None:
+            # RFC 7617 with UTF-8; built here because aiohttp's BasicAuth is deprecated.
+            pair = base64.b64encode(f"{username}:{password or ''}".encode()).decode("ascii")
+            headers["Authorization"] = f"Basic {pair}"
         self._session = aiohttp.ClientSession(
             headers=headers,
-            auth=auth,
             connector=aiohttp.TCPConnector(limit=concurrency, limit_per_host=concurrency),
         )
 

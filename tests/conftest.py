@@ -1,0 +1,63 @@
+"""Shared fixtures: a real Orthanc loaded with generated studies, and the bridge in front of it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from bridge.qido.source import QidoSource
+from bridge.settings import Settings, load_settings
+from bridge.web.app import create_app
+from tests.support import catalog
+from tests.support.dicomgen import StudySpec, encode
+from tests.support.orthanc import OrthancServer
+
+
+@pytest.fixture(scope="session")
+def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancServer]:
+    """One real Orthanc with its DICOMweb plugin for the whole run (install: scripts/test)."""
+    with OrthancServer(tmp_path_factory.mktemp("orthanc")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def studies(orthanc: OrthancServer) -> dict[str, StudySpec]:
+    """The catalog of awkward studies, uploaded once."""
+    loaded = catalog.studies()
+    for spec in loaded.values():
+        orthanc.upload_many(encode(spec))
+    for spec in catalog.shared_uid_pair():
+        orthanc.upload_many(encode(spec))
+    return loaded
+
+
+def orthanc_settings(orthanc: OrthancServer, **overrides: str) -> Settings:
+    environ = {
+        "BRIDGE_QIDO_URL": orthanc.dicomweb_url,
+        "BRIDGE_PACS_USERNAME": orthanc.username,
+        "BRIDGE_PACS_PASSWORD": orthanc.password,
+    }
+    environ.update({f"BRIDGE_{key.upper()}": value for key, value in overrides.items()})
+    return load_settings(environ)
+
+
+async def start_client(settings: Settings, source: QidoSource | None = None) -> TestClient:  # type: ignore[type-arg]
+    client = TestClient(TestServer(create_app(settings, source)))
+    await client.start_server()
+    return client
+
+
+@pytest.fixture
+async def bridge(orthanc: OrthancServer, studies: dict[str, StudySpec]) -> AsyncIterator[TestClient]:  # type: ignore[type-arg]
+    """The bridge in front of the loaded Orthanc."""
+    client = await start_client(orthanc_settings(orthanc))
+    yield client
+    await client.close()
+
+
+@pytest.fixture
+def data_dir() -> Path:
+    return Path(__file__).parent / "data"
