@@ -37,6 +37,12 @@ RFC3986 = "urn:ietf:rfc:3986"
 V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
 PARTICIPATION_TYPE = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
 DATA_ABSENT_REASON = "http://hl7.org/fhir/StructureDefinition/data-absent-reason"
+#: Marks a resource that leaves elements out (here: the series of a study-level result).
+SUBSETTED = {
+    "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
+    "code": "SUBSETTED",
+    "display": "subsetted",
+}
 #: The modality of a series whose PACS row has none (ImagingStudy.series.modality is 1..1).
 FALLBACK_MODALITY = "OT"
 
@@ -87,12 +93,12 @@ def imaging_study(rows: StudyRows, options: MappingOptions) -> Mapped:
         raise ValueError("the study row has no valid StudyInstanceUID")
     notes: list[str] = []
     offset = text(study, tags.TIMEZONE_OFFSET_FROM_UTC)
-    resource: dict[str, Any] = {
-        "resourceType": "ImagingStudy",
-        "id": study_uid,
-        "identifier": _identifiers(study, study_uid),
-        "status": "available",
-    }
+    resource: dict[str, Any] = {"resourceType": "ImagingStudy", "id": study_uid}
+    if rows.series is None:
+        # Without its series the resource is a subset, and says so: ist-7 cannot hold for ModalitiesInStudy.
+        resource["meta"] = {"tag": [dict(SUBSETTED)]}
+    resource["identifier"] = _identifiers(study, study_uid)
+    resource["status"] = "available"
 
     series_list: list[dict[str, Any]] | None = None
     if rows.series is not None:
@@ -206,10 +212,10 @@ def _series(rows: SeriesRows, offset: str | None, options: MappingOptions, notes
     instances = [_instance(i) for i in sorted(rows.instances, key=_instance_order)]
     series: dict[str, Any] = {"uid": series_uid}
     _set_if(series, "number", unsigned(row, tags.SERIES_NUMBER))
-    modality_code = text(row, tags.MODALITY)
-    series["modality"] = _modality(modality_code)
-    if modality_code is None:
-        notes.append(f"series {series_uid}: no Modality, given {FALLBACK_MODALITY}")
+    modality = _modality(text(row, tags.MODALITY))
+    series["modality"] = modality
+    if modality["coding"][0]["code"] == FALLBACK_MODALITY and text(row, tags.MODALITY) != FALLBACK_MODALITY:
+        notes.append(f"series {series_uid}: Modality {text(row, tags.MODALITY)!r} unusable, given {FALLBACK_MODALITY}")
     if description := text(row, tags.SERIES_DESCRIPTION):
         series["description"] = description
     series["numberOfInstances"] = len(instances)
@@ -231,6 +237,8 @@ def _series(rows: SeriesRows, offset: str | None, options: MappingOptions, notes
 
 
 def _modality(code: str | None) -> dict[str, Any]:
+    # CS values are upper case by definition (PS3.5 6.2) and DCM codes are case-sensitive.
+    code = code.upper() if code else None
     if code is None or not _CODE.match(code):
         code = FALLBACK_MODALITY
     coding: dict[str, str] = {"system": terminology.DCM, "code": code}
