@@ -38,6 +38,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"imaging-bridge: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.log_level != "DEBUG":
+        logging.getLogger("dicomweb_client").setLevel(logging.WARNING)  # logs every query at INFO
     if args.command == "serve":
         host = args.host or settings.host
         port = args.port if args.port is not None else settings.port

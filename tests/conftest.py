@@ -44,14 +44,14 @@ def orthanc_settings(orthanc: OrthancServer, **overrides: str) -> Settings:
     return load_settings(environ)
 
 
-async def start_client(settings: Settings, source: QidoSource | None = None) -> TestClient:  # type: ignore[type-arg]
+async def start_client(settings: Settings, source: QidoSource | None = None) -> TestClient:
     client = TestClient(TestServer(create_app(settings, source)))
     await client.start_server()
     return client
 
 
 @pytest.fixture
-async def bridge(orthanc: OrthancServer, studies: dict[str, StudySpec]) -> AsyncIterator[TestClient]:  # type: ignore[type-arg]
+async def bridge(orthanc: OrthancServer, studies: dict[str, StudySpec]) -> AsyncIterator[TestClient]:
     """The bridge in front of the loaded Orthanc."""
     client = await start_client(orthanc_settings(orthanc))
     yield client

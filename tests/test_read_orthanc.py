@@ -62,9 +62,7 @@ def assert_matches(resource: dict[str, Any], spec: StudySpec) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(catalog.studies()))
-async def test_every_study_reads_back_as_loaded(
-    name: str, bridge: TestClient, studies: dict[str, StudySpec]  # type: ignore[type-arg]
-) -> None:
+async def test_every_study_reads_back_as_loaded(name: str, bridge: TestClient, studies: dict[str, StudySpec]) -> None:
     spec = studies[name]
     response = await bridge.get(f"/fhir/ImagingStudy/{spec.uid}")
     assert response.status == 200, await response.text()
@@ -74,7 +72,7 @@ async def test_every_study_reads_back_as_loaded(
     assert resource.get("started") == EXPECTED_STARTED[name]
 
 
-async def test_full_study_carries_every_element(bridge: TestClient, studies: dict[str, StudySpec]) -> None:  # type: ignore[type-arg]
+async def test_full_study_carries_every_element(bridge: TestClient, studies: dict[str, StudySpec]) -> None:
     resource = await (await bridge.get(f"/fhir/ImagingStudy/{studies['full'].uid}")).json()
     assert resource["description"] == "CT Thorax mit KM"
     assert resource["referrer"] == {"display": "Gregory House"}
@@ -92,7 +90,7 @@ async def test_full_study_carries_every_element(bridge: TestClient, studies: dic
     assert mr["bodySite"]["concept"]["coding"][0]["display"] == "Knee"
 
 
-async def test_sr_and_document_titles(bridge: TestClient, studies: dict[str, StudySpec]) -> None:  # type: ignore[type-arg]
+async def test_sr_and_document_titles(bridge: TestClient, studies: dict[str, StudySpec]) -> None:
     resource = await (await bridge.get(f"/fhir/ImagingStudy/{studies['sr_and_seg'].uid}")).json()
     titles = {s["modality"]["coding"][0]["code"]: s["instance"][0].get("title") for s in resource["series"]}
     assert titles["DOC"] == "Referral letter"
@@ -100,7 +98,7 @@ async def test_sr_and_document_titles(bridge: TestClient, studies: dict[str, Stu
     assert all("bodySite" not in s for s in resource["series"] if s["modality"]["coding"][0]["code"] != "CT")
 
 
-async def test_uid_under_two_patients_is_a_conflict_not_a_merge(bridge: TestClient, studies: object) -> None:  # type: ignore[type-arg]
+async def test_uid_under_two_patients_is_a_conflict_not_a_merge(bridge: TestClient, studies: object) -> None:
     response = await bridge.get(f"/fhir/ImagingStudy/{catalog.SHARED_UID}")
     assert response.status == 409
     outcome = await response.json()
@@ -108,7 +106,7 @@ async def test_uid_under_two_patients_is_a_conflict_not_a_merge(bridge: TestClie
     assert outcome["issue"][0]["code"] == "multiple-matches"
 
 
-async def test_unknown_study_is_404(bridge: TestClient) -> None:  # type: ignore[type-arg]
+async def test_unknown_study_is_404(bridge: TestClient) -> None:
     response = await bridge.get("/fhir/ImagingStudy/1.2.3.4.5.6.7.8.9")
     assert response.status == 404
     validate(await response.json())
@@ -126,7 +124,7 @@ async def test_paging_loses_nothing(orthanc: OrthancServer, studies: dict[str, S
 
 
 async def test_endpoint_leads_to_the_studys_metadata(
-    bridge: TestClient, orthanc: OrthancServer, studies: dict[str, StudySpec]  # type: ignore[type-arg]
+    bridge: TestClient, orthanc: OrthancServer, studies: dict[str, StudySpec]
 ) -> None:
     spec = studies["full"]
     study = await (await bridge.get(f"/fhir/ImagingStudy/{spec.uid}")).json()
@@ -148,9 +146,7 @@ async def test_endpoint_leads_to_the_studys_metadata(
     ):
         assert response.status == 200
         metadata = await response.json(content_type=None)
-    assert {item["00080018"]["Value"][0] for item in metadata} == {
-        i.uid for s in spec.series for i in s.instances
-    }
+    assert {item["00080018"]["Value"][0] for item in metadata} == {i.uid for s in spec.series for i in s.instances}
 
 
 async def test_wrong_credentials_are_a_502_without_secrets(orthanc: OrthancServer, studies: object) -> None:
@@ -166,6 +162,6 @@ async def test_wrong_credentials_are_a_502_without_secrets(orthanc: OrthancServe
         await client.close()
 
 
-async def test_readiness_follows_the_pacs(bridge: TestClient) -> None:  # type: ignore[type-arg]
+async def test_readiness_follows_the_pacs(bridge: TestClient) -> None:
     assert (await bridge.get("/readyz")).status == 200
     assert (await bridge.get("/healthz")).status == 200

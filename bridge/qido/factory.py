@@ -16,7 +16,7 @@ async def open_source(settings: Settings) -> QidoSource:
     url = settings.qido_url
     if url is None or url.startswith("file://"):
         folder = Path(unquote(urlsplit(url).path)) if url else pydicom_samples()
-        source = FolderQidoSource(folder)
+        source = FolderQidoSource(folder, quiet=url is None)
         await source.open()
         return source
     return HttpQidoSource(

@@ -35,8 +35,10 @@ def pydicom_samples() -> Path:
 class FolderQidoSource:
     """A folder of DICOM files answering QIDO-RS queries."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, *, quiet: bool = False) -> None:
+        """``quiet`` hides the per-file complaints while indexing (pydicom's samples include broken files)."""
         self.folder = folder
+        self._quiet = quiet
         self.description = f"file://{folder}"
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dicom-folder")
         self._client: Any = None
@@ -52,6 +54,11 @@ class FolderQidoSource:
 
         # Unreadable and non-conformant files are skipped with a log line by the file client; pydicom's
         # warnings about them would otherwise repeat on every start.
+        # Both libraries also complain on every query about the same broken values: for the embedded samples,
+        # whose brokenness is known and deliberate, that is noise.
+        if self._quiet:
+            for name in ("dicomweb_client", "pydicom"):
+                logging.getLogger(name).setLevel(logging.ERROR)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return DICOMfileClient(url=self.description, in_memory=True, readonly=True)

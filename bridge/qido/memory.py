@@ -37,9 +37,7 @@ class MemoryQidoSource:
             tags.STUDY_INSTANCE_UID: filters.get("StudyInstanceUID"),
             tags.PATIENT_ID: filters.get("PatientID"),
         }
-        return [
-            row for row in self.studies if all(v is None or text(row, tag) == v for tag, v in wanted.items())
-        ]
+        return [row for row in self.studies if all(v is None or text(row, tag) == v for tag, v in wanted.items())]
 
     async def search_series(
         self, study_uid: str, fields: Sequence[str], expected: int | None = None

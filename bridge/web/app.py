@@ -14,9 +14,12 @@ import orjson
 from aiohttp import web
 
 from bridge.errors import NotFound, UpstreamError
+from bridge.mapping import tags
+from bridge.mapping.dicomjson import uid, unsigned
 from bridge.mapping.endpoint import wado_endpoint
 from bridge.mapping.imagingstudy import MappingOptions
 from bridge.qido.factory import open_source
+from bridge.qido.folder import FolderQidoSource
 from bridge.qido.source import QidoSource
 from bridge.settings import Settings
 from bridge.studies import read_study
@@ -119,5 +122,11 @@ async def _pacs_source(app: web.Application) -> AsyncIterator[None]:
     if not app[ENDPOINT]:
         log.warning("no WADO-RS address known (set BRIDGE_WADO_URL): studies are served without an Endpoint")
     app[SOURCE] = source
+    if isinstance(source, FolderQidoSource):
+        # A folder's index is in memory already: tell a newcomer what there is to read.
+        studies = await source.search_studies({}, ())
+        biggest = max(studies, key=lambda s: unsigned(s, tags.NUMBER_OF_STUDY_RELATED_INSTANCES) or 0, default={})
+        if example := uid(biggest, tags.STUDY_INSTANCE_UID):
+            log.info("%d studies in %s; try GET /fhir/ImagingStudy/%s", len(studies), source.folder, example)
     yield
     await source.close()

@@ -58,9 +58,7 @@ def find_orthanc_binary() -> Path:
     override = os.environ.get("ORTHANC_BINARY")
     found = override or shutil.which("Orthanc")
     if not found or not Path(found).is_file():
-        raise OrthancError(
-            "Orthanc executable not found (install the Debian package 'orthanc' or set ORTHANC_BINARY)"
-        )
+        raise OrthancError("Orthanc executable not found (install the Debian package 'orthanc' or set ORTHANC_BINARY)")
     return Path(found)
 
 
@@ -98,11 +96,7 @@ def _dpkg_plugin_candidates() -> list[Path]:
         return []
     if listing.returncode != 0:
         return []
-    return [
-        Path(line)
-        for line in listing.stdout.splitlines()
-        if Path(line).name.startswith("libOrthancDicomWeb.so")
-    ]
+    return [Path(line) for line in listing.stdout.splitlines() if Path(line).name.startswith("libOrthancDicomWeb.so")]
 
 
 def _free_port() -> int:

@@ -1,0 +1,200 @@
+"""The HTTP layer with an in-memory PACS: formats, errors as OperationOutcomes, metadata, endpoint, probes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from bridge.errors import UpstreamBadResponse, UpstreamTimeout, UpstreamUnavailable
+from bridge.qido.memory import MemoryQidoSource
+from bridge.settings import load_settings
+from tests.conftest import start_client
+from tests.support.fhircheck import validate
+
+STUDY = "1.2.3.4"
+SERIES = "1.2.3.4.1"
+WADO = "https://pacs.example.org/dicom-web"
+
+
+def row(**attributes: Any) -> dict[str, Any]:
+    tag_of = {"study": "0020000D", "series": "0020000E", "sop": "00080018", "sop_class": "00080016",
+              "patient": "00100020", "modality": "00080060"}  # fmt: skip
+    return {tag_of[name]: {"vr": "UI", "Value": [value]} for name, value in attributes.items()}
+
+
+def pacs() -> MemoryQidoSource:
+    return MemoryQidoSource(
+        studies=[row(study=STUDY, patient="P1")],
+        series={STUDY: [row(series=SERIES, modality="CT")]},
+        instances={(STUDY, SERIES): [row(sop="1.2.3.4.1.1", sop_class="1.2.840.10008.5.1.4.1.1.2")]},
+    )
+
+
+@pytest.fixture
+def source() -> MemoryQidoSource:
+    return pacs()
+
+
+@pytest.fixture
+async def client(source: MemoryQidoSource) -> AsyncIterator[TestClient]:
+    settings = load_settings({"BRIDGE_QIDO_URL": "http://pacs.internal/dicom-web", "BRIDGE_WADO_URL": WADO})
+    client = await start_client(settings, source)
+    yield client
+    await client.close()
+
+
+async def outcome(response: Any, status: int) -> dict[str, Any]:
+    assert response.status == status, await response.text()
+    assert response.content_type in ("application/fhir+json", "application/json")
+    body: dict[str, Any] = await response.json()
+    validate(body)
+    assert body["resourceType"] == "OperationOutcome"
+    return body
+
+
+async def test_read(client: TestClient) -> None:
+    response = await client.get(f"/fhir/ImagingStudy/{STUDY}")
+    assert response.status == 200
+    assert response.headers["Content-Type"] == "application/fhir+json; charset=utf-8"
+    resource = await response.json()
+    validate(resource)
+    assert resource["series"][0]["instance"][0]["uid"] == "1.2.3.4.1.1"
+
+
+@pytest.mark.parametrize(
+    ("query", "headers", "content_type"),
+    [
+        ("", {}, "application/fhir+json"),
+        ("?_format=json", {}, "application/fhir+json"),
+        ("?_format=application/fhir%2Bjson", {}, "application/fhir+json"),
+        ("?_format=application/json", {}, "application/json"),
+        ("", {"Accept": "application/fhir+json"}, "application/fhir+json"),
+        ("", {"Accept": "application/json"}, "application/json"),
+        ("", {"Accept": "*/*"}, "application/fhir+json"),
+        ("", {"Accept": "text/html, application/fhir+json;q=0.9"}, "application/fhir+json"),
+    ],
+)
+async def test_json_formats_are_served(
+    client: TestClient, query: str, headers: dict[str, str], content_type: str
+) -> None:
+    response = await client.get(f"/fhir/ImagingStudy/{STUDY}{query}", headers=headers)
+    assert response.status == 200
+    assert response.content_type == content_type
+
+
+@pytest.mark.parametrize(
+    ("query", "headers"),
+    [("?_format=xml", {}), ("?_format=application/fhir%2Bxml", {}), ("", {"Accept": "application/fhir+xml"}),
+     ("", {"Accept": "text/html"})],
+)  # fmt: skip
+async def test_other_formats_are_406_before_the_pacs_is_asked(
+    client: TestClient, source: MemoryQidoSource, query: str, headers: dict[str, str]
+) -> None:
+    response = await client.get(f"/fhir/ImagingStudy/{STUDY}{query}", headers=headers)
+    body = await outcome(response, 406)
+    assert body["issue"][0]["code"] == "not-supported"
+    assert source.calls == []
+
+
+@pytest.mark.parametrize("bad_id", ["abc", "1..2", "1.2.", "01.2", "1.2.3" + ".4" * 40, "urn:oid:1.2.3", "1.2-3"])
+async def test_malformed_id_is_400(client: TestClient, source: MemoryQidoSource, bad_id: str) -> None:
+    body = await outcome(await client.get(f"/fhir/ImagingStudy/{bad_id}"), 400)
+    assert "StudyInstanceUID" in body["issue"][0]["diagnostics"]
+    assert source.calls == []
+
+
+async def test_unknown_study_is_404(client: TestClient) -> None:
+    await outcome(await client.get("/fhir/ImagingStudy/1.2.3.5"), 404)
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "code"),
+    [
+        (UpstreamBadResponse("PACS sent malformed JSON"), 502, "exception"),
+        (UpstreamUnavailable("cannot connect to the PACS"), 503, "transient"),
+        (UpstreamTimeout("PACS did not answer"), 504, "timeout"),
+    ],
+)
+async def test_pacs_failures_map_to_gateway_statuses(
+    client: TestClient, source: MemoryQidoSource, error: Exception, status: int, code: str
+) -> None:
+    source.fail_with = error  # type: ignore[assignment]
+    body = await outcome(await client.get(f"/fhir/ImagingStudy/{STUDY}"), status)
+    assert body["issue"][0]["code"] == code
+    assert body["issue"][0]["diagnostics"] == str(error)
+
+
+async def test_one_uid_two_patients_is_409(client: TestClient, source: MemoryQidoSource) -> None:
+    source.studies.append(row(study=STUDY, patient="P2"))
+    body = await outcome(await client.get(f"/fhir/ImagingStudy/{STUDY}"), 409)
+    assert body["issue"][0]["code"] == "multiple-matches"
+
+
+async def test_rows_the_pacs_should_not_have_sent_are_ignored(client: TestClient, source: MemoryQidoSource) -> None:
+    source.studies.append(row(study="1.2.3.44", patient="P9"))  # a PACS that ignored the filter
+    source.series[STUDY].append(row(series="9.9", study="1.2.3.44", modality="MR"))
+    source.instances[(STUDY, SERIES)].append(row(sop="9.9.9", sop_class="1.2.3", series="9.9"))
+    source.instances[(STUDY, SERIES)].append(row(sop="1.2.3.4.1.2"))  # no SOP Class: cannot be listed
+    resource = await (await client.get(f"/fhir/ImagingStudy/{STUDY}")).json()
+    validate(resource)
+    assert [s["uid"] for s in resource["series"]] == [SERIES]
+    assert [i["uid"] for i in resource["series"][0]["instance"]] == ["1.2.3.4.1.1"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/fhir/Patient/1", 404),
+        ("GET", "/fhir/nothing/here/at/all", 404),
+        ("DELETE", f"/fhir/ImagingStudy/{STUDY}", 405),
+        ("POST", "/fhir/metadata", 405),
+    ],
+)
+async def test_every_error_under_fhir_is_an_operation_outcome(
+    client: TestClient, method: str, path: str, status: int
+) -> None:
+    await outcome(await client.request(method, path), status)
+
+
+async def test_endpoint_is_served_and_referenced(client: TestClient) -> None:
+    study = await (await client.get(f"/fhir/ImagingStudy/{STUDY}")).json()
+    reference = study["endpoint"][0]["reference"]
+    response = await client.get(f"/fhir/{reference}")
+    assert response.status == 200
+    endpoint = await response.json()
+    validate(endpoint)
+    assert endpoint["address"] == WADO
+    assert endpoint["connectionType"][0]["coding"][0]["code"] == "dicom-wado-rs"
+    await outcome(await client.get("/fhir/Endpoint/other"), 404)
+
+
+async def test_capability_statement_lists_what_is_served(client: TestClient) -> None:
+    response = await client.get("/fhir/metadata")
+    statement = await response.json()
+    validate(statement)
+    served = {r["type"]: [i["code"] for i in r["interaction"]] for r in statement["rest"][0]["resource"]}
+    assert served == {"Endpoint": ["read"], "ImagingStudy": ["read"]}
+    assert statement["fhirVersion"] == "5.0.0"
+
+
+async def test_probes(client: TestClient, source: MemoryQidoSource) -> None:
+    assert (await client.get("/healthz")).status == 200
+    assert (await client.get("/readyz")).status == 200
+    source.fail_with = UpstreamUnavailable("cannot connect to the PACS")
+    ready = await client.get("/readyz")
+    assert ready.status == 503
+    assert (await ready.json())["status"] == "unavailable"
+    assert (await client.get("/healthz")).status == 200
+
+
+async def test_no_endpoint_without_a_wado_address() -> None:
+    client = await start_client(load_settings({"BRIDGE_QIDO_URL": "file:///nowhere"}), pacs())
+    try:
+        study = await (await client.get(f"/fhir/ImagingStudy/{STUDY}")).json()
+        validate(study)
+        assert "endpoint" not in study
+    finally:
+        await client.close()
