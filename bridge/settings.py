@@ -11,11 +11,11 @@ import json
 import re
 from collections.abc import Mapping
 from typing import Annotated, Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from bridge.errors import ConfigError
 
@@ -68,6 +68,22 @@ class Settings(BaseSettings):
     #: IANA zone assumed for study times without TimezoneOffsetFromUTC; unset gives date-only ``started``.
     timezone: str | None = None
     log_level: str = "INFO"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _credentials_out_of_url(cls, data: Any) -> Any:
+        """Move ``user:password@`` out of BRIDGE_QIDO_URL into the credential fields, where they stay secret."""
+        if not isinstance(data, dict) or not isinstance(data.get("qido_url"), str):
+            return data
+        parts = urlsplit(data["qido_url"])
+        if parts.scheme not in ("http", "https") or (parts.username is None and parts.password is None):
+            return data
+        data = dict(data)
+        data["qido_url"] = _redact(data["qido_url"])
+        if not (data.get("pacs_username") or data.get("pacs_token")):
+            data["pacs_username"] = unquote(parts.username or "")
+            data["pacs_password"] = unquote(parts.password or "")
+        return data
 
     @field_validator("qido_url")
     @classmethod
@@ -153,6 +169,21 @@ class Settings(BaseSettings):
         return ZoneInfo(self.timezone) if self.timezone else None
 
 
+class _GivenSettings(Settings):
+    """Settings from the values given to the constructor alone: no environment, no file."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Read the settings once; ``environ`` replaces the process environment and the file (for tests).
 
@@ -161,10 +192,10 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     try:
         if environ is None:
             return Settings()
-        values = {
+        values: dict[str, Any] = {
             key.removeprefix(ENV_PREFIX).lower(): value for key, value in environ.items() if key.startswith(ENV_PREFIX)
         }
-        return Settings.model_validate(values)
+        return _GivenSettings(**values)
     except ValidationError as exc:
         problems = []
         for error in exc.errors():

@@ -20,7 +20,7 @@ from yarl import URL
 from bridge.errors import UpstreamBadResponse, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from bridge.mapping import tags
 from bridge.mapping.dicomjson import DicomJson
-from bridge.qido.paging import MAX_PAGES, has_more, merge_rows
+from bridge.qido.paging import MAX_PAGES, MAX_REPEATS, RowMerger, has_more
 from bridge.qido.source import Filters
 
 log = logging.getLogger(__name__)
@@ -113,20 +113,26 @@ class HttpQidoSource:
         missing_is_empty: bool = False,
     ) -> list[DicomJson]:
         """Every row of a query, following pages until the PACS has nothing more."""
-        rows: list[DicomJson] = []
-        distinct = 0
+        merged = RowMerger(key_tags)
+        offset = 0
+        previous: list[DicomJson] | None = None
+        repeats = 0
         for _ in range(MAX_PAGES):
-            query = query_string(filters, fields, self._page_size, offset=len(rows))
+            query = query_string(filters, fields, self._page_size, offset=offset)
             page, warning = await self._page(path, query, missing_is_empty=missing_is_empty)
-            rows.extend(page)
-            merged = merge_rows(rows, key_tags)
-            grew = len(merged) > distinct
-            distinct = len(merged)
-            if not grew or not has_more(
-                page_rows=len(page), limit=self._page_size, warning=warning, total_rows=distinct,
+            offset += len(page)
+            merged.add(page)
+            repeats = repeats + 1 if page and page == previous else 0
+            previous = page
+            if repeats >= MAX_REPEATS:
+                log.warning("PACS sends the same page again and again for QIDO %s (ignores offset?)", path)
+                return merged.rows
+            more = has_more(
+                page_rows=len(page), limit=self._page_size, warning=warning, total_rows=len(merged),
                 expected=expected,
-            ):  # fmt: skip
-                return merged
+            )  # fmt: skip
+            if not more:
+                return merged.rows
         raise UpstreamBadResponse(f"PACS kept paging past {MAX_PAGES} pages for QIDO {path}")
 
     async def _page(self, path: str, query: str, *, missing_is_empty: bool) -> tuple[list[DicomJson], str | None]:

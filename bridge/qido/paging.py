@@ -3,7 +3,8 @@
 PACSes cap answers in different ways: some send ``Warning: 299 ... additional results``, some just stop at a
 fixed number. We keep asking (``offset`` = rows so far) while any sign says there is more: the warning, a page
 as long as the ``limit`` we asked for, or fewer rows than the PACS's own count for that level. An empty page
-always ends the read, so a PACS that ignores ``offset`` cannot make us loop forever (see ``merge_rows``).
+always ends the read. A PACS that ignores ``offset`` sends the same page again and again: the read ends once a
+page has come back ``MAX_REPEATS`` times in a row (a page of duplicates alone does not end it).
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from collections.abc import Iterable, Sequence
 from bridge.mapping import dicomjson
 from bridge.mapping.dicomjson import DicomJson
 
-#: Never follow more pages than this for one query: a PACS that ignores ``offset`` repeats its first page.
+#: Never follow more pages than this for one query, whatever the PACS says.
 MAX_PAGES = 10_000
+#: Consecutive repeats of the same page that mean the PACS ignores ``offset``.
+MAX_REPEATS = 2
 
 
 def has_more(*, page_rows: int, limit: int | None, warning: str | None, total_rows: int, expected: int | None) -> bool:
@@ -28,16 +31,35 @@ def has_more(*, page_rows: int, limit: int | None, warning: str | None, total_ro
     return expected is not None and total_rows < expected
 
 
-def merge_rows(rows: Iterable[DicomJson], key_tags: Sequence[str]) -> list[DicomJson]:
-    """Rows merged by their key (first seen wins; attributes only a later duplicate has are kept)."""
-    merged: dict[tuple[str | None, ...], DicomJson] = {}
-    for row in rows:
-        key = tuple(dicomjson.text(row, tag) for tag in key_tags)
-        if key in merged:
-            kept = merged[key]
+class RowMerger:
+    """Rows merged by their key as they arrive: first seen wins, and attributes that only a later duplicate
+    carries (or carries with a value) are kept."""
+
+    def __init__(self, key_tags: Sequence[str]) -> None:
+        self._key_tags = tuple(key_tags)
+        self._rows: dict[tuple[str | None, ...], DicomJson] = {}
+
+    def add(self, rows: Iterable[DicomJson]) -> None:
+        for row in rows:
+            key = tuple(dicomjson.text(row, tag) for tag in self._key_tags)
+            kept = self._rows.get(key)
+            if kept is None:
+                self._rows[key] = dict(row)
+                continue
             for tag, element in row.items():
                 if not dicomjson.values(kept, tag) and (tag not in kept or dicomjson.values(row, tag)):
                     kept[tag] = element
-        else:
-            merged[key] = dict(row)
-    return list(merged.values())
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @property
+    def rows(self) -> list[DicomJson]:
+        return list(self._rows.values())
+
+
+def merge_rows(rows: Iterable[DicomJson], key_tags: Sequence[str]) -> list[DicomJson]:
+    """Rows merged by their key (see ``RowMerger``)."""
+    merger = RowMerger(key_tags)
+    merger.add(rows)
+    return merger.rows
