@@ -25,8 +25,7 @@ def check_study_id(study_id: str) -> str:
     if not is_uid(study_id):
         shown = study_id if len(study_id) <= 80 else study_id[:80] + "…"
         raise InvalidRequest(
-            f"ImagingStudy id {shown!r} is not a DICOM StudyInstanceUID "
-            "(digits and dots, no leading zeros, at most 64 characters)"
+            f"ImagingStudy id {shown!r} is not a DICOM StudyInstanceUID (digits and dots, at most 64 characters)"
         )
     return study_id
 

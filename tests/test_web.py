@@ -99,11 +99,19 @@ async def test_other_formats_are_406_before_the_pacs_is_asked(
     assert source.calls == []
 
 
-@pytest.mark.parametrize("bad_id", ["abc", "1..2", "1.2.", "01.2", "1.2.3" + ".4" * 40, "urn:oid:1.2.3", "1.2-3"])
+@pytest.mark.parametrize("bad_id", ["abc", "1..2", "1.2.", ".1.2", "1.2.3" + ".4" * 40, "urn:oid:1.2.3", "1.2-3"])
 async def test_malformed_id_is_400(client: TestClient, source: MemoryQidoSource, bad_id: str) -> None:
     body = await outcome(await client.get(f"/fhir/ImagingStudy/{bad_id}"), 400)
     assert "StudyInstanceUID" in body["issue"][0]["diagnostics"]
     assert source.calls == []
+
+
+async def test_legacy_uid_with_leading_zeros_is_readable(source: MemoryQidoSource, client: TestClient) -> None:
+    legacy = "1.2.840.0113.01"  # old modalities wrote such UIDs; archives still hold them
+    source.studies.append(row(study=legacy, patient="P3"))
+    response = await client.get(f"/fhir/ImagingStudy/{legacy}")
+    assert response.status == 200
+    validate(await response.json())
 
 
 async def test_unknown_study_is_404(client: TestClient) -> None:

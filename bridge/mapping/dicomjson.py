@@ -13,9 +13,9 @@ from typing import Any
 #: One dataset in the DICOM JSON model: tag -> {"vr": ..., "Value": [...]}.
 DicomJson = dict[str, Any]
 
-_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
-# Some PACSes and old modalities write leading zeros in UID components; they are still usable as ids.
-_LENIENT_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+# Digits and dots. PS3.5 9.1 also forbids leading zeros in a component, but old modalities wrote them and
+# archives keep them: such a UID still names a study, and is still a valid FHIR id.
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
 
 def values(ds: DicomJson, tag: str) -> list[Any]:
@@ -72,13 +72,11 @@ def unsigned(ds: DicomJson, tag: str) -> int | None:
 def uid(ds: DicomJson, tag: str) -> str | None:
     """The first value if it is a usable DICOM UID (digits and dots, at most 64 characters)."""
     value = text(ds, tag)
-    if value is None or len(value) > 64 or not _LENIENT_UID.match(value):
-        return None
-    return value
+    return value if value is not None and is_uid(value) else None
 
 
 def is_uid(value: str) -> bool:
-    """True for a well-formed DICOM UID (PS3.5 9.1): digits and dots, no leading zeros, 64 characters."""
+    """True for a usable DICOM UID: digits and dots, at most 64 characters."""
     return len(value) <= 64 and bool(_UID.match(value))
 
 
