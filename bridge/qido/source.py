@@ -19,6 +19,9 @@ Filters = Mapping[str, str]
 class QidoSource(Protocol):
     """A PACS answering QIDO-RS queries."""
 
+    #: Where the rows come from, for logs and messages: never with credentials.
+    description: str
+
     async def search_studies(self, filters: Filters, fields: Sequence[str]) -> list[DicomJson]:
         """Every study row matching ``filters``, with ``fields`` included."""
         ...

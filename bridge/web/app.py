@@ -35,15 +35,11 @@ MAPPING = web.AppKey("mapping", MappingOptions)
 ENDPOINT = web.AppKey("endpoint", dict[str, Any])  # empty when no WADO-RS address is known
 
 
-def _respond(request: web.Request, media: str, resource: dict[str, Any]) -> web.Response:
-    return fhir_bytes_response(media, orjson.dumps(resource))
-
-
 async def read_imaging_study(request: web.Request) -> web.Response:
     media = response_type(request)  # refuse an unserved format before asking the PACS anything
     app = request.app
     resource = await read_study(app[SOURCE], request.match_info["id"], app[MAPPING])
-    return _respond(request, media, resource)
+    return fhir_bytes_response(media, orjson.dumps(resource))
 
 
 async def read_endpoint(request: web.Request) -> web.Response:
@@ -51,7 +47,7 @@ async def read_endpoint(request: web.Request) -> web.Response:
     endpoint = request.app[ENDPOINT]
     if not endpoint or request.match_info["id"] != endpoint["id"]:
         raise NotFound(f"no Endpoint with id {request.match_info['id']!r}")
-    return _respond(request, media, endpoint)
+    return fhir_bytes_response(media, orjson.dumps(endpoint))
 
 
 async def metadata(request: web.Request) -> web.Response:
@@ -60,7 +56,7 @@ async def metadata(request: web.Request) -> web.Response:
     for route in FHIR_ROUTES:
         interactions.setdefault(route.resource_type, []).append(route.interaction)
     base = str(request.url.with_path("/fhir").with_query(None))
-    return _respond(request, media, capability_statement(interactions, base))
+    return fhir_bytes_response(media, orjson.dumps(capability_statement(interactions, base)))
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -118,7 +114,7 @@ def create_app(settings: Settings, source: QidoSource | None = None) -> web.Appl
 
 async def _pacs_source(app: web.Application) -> AsyncIterator[None]:
     source = await open_source(app[SETTINGS])
-    log.info("PACS: %s", getattr(source, "description", type(source).__name__))
+    log.info("PACS: %s", source.description)
     if not app[ENDPOINT]:
         log.warning("no WADO-RS address known (set BRIDGE_WADO_URL): studies are served without an Endpoint")
     app[SOURCE] = source

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import orjson
 from aiohttp import web
 
 from bridge.errors import NotAcceptable
@@ -35,10 +32,6 @@ def response_type(request: web.Request) -> str:
     if offered & {"*/*", "application/*"}:
         return FHIR_JSON
     raise NotAcceptable(f"cannot answer Accept: {accept}; this server speaks {FHIR_JSON}")
-
-
-def fhir_response(request: web.Request, resource: dict[str, Any], status: int = 200) -> web.Response:
-    return fhir_bytes_response(response_type(request), orjson.dumps(resource), status)
 
 
 def fhir_bytes_response(media_type: str, body: bytes, status: int = 200) -> web.Response:

@@ -6,6 +6,7 @@ files. Values are written as given, malformed ones included (``1997.04.24``), be
 
 from __future__ import annotations
 
+import contextlib
 import io
 import itertools
 import warnings
@@ -137,26 +138,25 @@ def _file(study: StudySpec, series: SeriesSpec, instance: InstanceSpec) -> bytes
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     ds.file_meta = meta
     out = io.BytesIO()
-    # Malformed values are the point of some tests: write them as given, without pydicom's objections.
-    previous = pydicom.config.settings.writing_validation_mode
-    pydicom.config.settings.writing_validation_mode = pydicom.config.IGNORE
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ds.save_as(out, enforce_file_format=True)
-    finally:
-        pydicom.config.settings.writing_validation_mode = previous
+    with _as_given():
+        ds.save_as(out, enforce_file_format=True)
     return out.getvalue()
 
 
-def _put(ds: Dataset, keyword: str, value: object) -> None:
-    if value is None:
-        return
+@contextlib.contextmanager
+def _as_given() -> Iterator[None]:
+    """Malformed values are the point of some tests: write them as given, without pydicom's objections."""
     previous = pydicom.config.settings.writing_validation_mode
     pydicom.config.settings.writing_validation_mode = pydicom.config.IGNORE
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            setattr(ds, keyword, value)
+            yield
     finally:
         pydicom.config.settings.writing_validation_mode = previous
+
+
+def _put(ds: Dataset, keyword: str, value: object) -> None:
+    if value is not None:
+        with _as_given():
+            setattr(ds, keyword, value)
