@@ -13,7 +13,7 @@ from typing import Any
 
 from bridge.errors import Conflict, InvalidRequest, NotFound
 from bridge.mapping import tags
-from bridge.mapping.dicomjson import DicomJson, is_uid, text, uid, unsigned
+from bridge.mapping.dicomjson import DicomJson, fhir_id, is_uid, text, uid, unsigned
 from bridge.mapping.imagingstudy import MappingOptions, SeriesRows, StudyRows, imaging_study
 from bridge.qido.source import QidoSource
 
@@ -89,7 +89,7 @@ def _checked_series(rows: list[DicomJson], study_uid: str) -> list[tuple[str, Di
         if row_study is not None and row_study != study_uid:
             log.warning("PACS returned series of study %s when asked for study %s; ignored", row_study, study_uid)
             continue
-        series_uid = uid(row, tags.SERIES_INSTANCE_UID)
+        series_uid = fhir_id(row, tags.SERIES_INSTANCE_UID)
         if series_uid is None:
             log.warning("study %s: PACS returned a series row without a valid SeriesInstanceUID; dropped", study_uid)
             continue
@@ -101,12 +101,12 @@ def _checked_instances(rows: list[DicomJson], series_uid: str) -> list[DicomJson
     checked = []
     for row in rows:
         row_series = text(row, tags.SERIES_INSTANCE_UID)
-        instance_uid = uid(row, tags.SOP_INSTANCE_UID)
+        instance_uid = fhir_id(row, tags.SOP_INSTANCE_UID)
         if row_series is not None and row_series != series_uid:
             log.warning("PACS returned instance %s of series %s under series %s; ignored",
                         instance_uid, row_series, series_uid)  # fmt: skip
             continue
-        if instance_uid is None or uid(row, tags.SOP_CLASS_UID) is None:
+        if instance_uid is None or fhir_id(row, tags.SOP_CLASS_UID) is None:
             log.warning("series %s: instance %s has no valid SOPInstanceUID or SOPClassUID; dropped",
                         series_uid, text(row, tags.SOP_INSTANCE_UID))  # fmt: skip
             continue

@@ -36,6 +36,8 @@ BERLIN = ZoneInfo("Europe/Berlin")
         ("20240305", "143000", "0100", None, "2024-03-05"),
         ("20240305", "143000", "+0160", None, "2024-03-05"),
         ("20240305", "143000", "-1400", None, "2024-03-05T14:30:00-14:00"),
+        ("09990101", "120000", "+0100", None, "0999-01-01T12:00:00+01:00"),  # years are always four digits
+        ("00010101", "000000", "+0000", None, "0001-01-01T00:00:00+00:00"),
     ],
 )
 def test_fhir_datetime(date: str | None, time: str | None, offset: str | None, zone: ZoneInfo | None,

@@ -81,7 +81,9 @@ def fhir_datetime(date: str | None, time: str | None, offset: str | None, zone: 
     utc_offset = local.replace(tzinfo=tz).utcoffset()
     if utc_offset is None:  # pragma: no cover - zoneinfo always answers
         return day.isoformat()
-    return f"{local:%Y-%m-%dT%H:%M:%S}{'.' + fraction if fraction else ''}{_format_offset(utc_offset)}"
+    # isoformat, not strftime: %Y does not zero-pad years before 1000 on every platform.
+    stamp = local.isoformat(timespec="seconds")
+    return f"{stamp}{'.' + fraction if fraction else ''}{_format_offset(utc_offset)}"
 
 
 def _format_offset(offset: dt.timedelta) -> str:

@@ -16,6 +16,19 @@ DicomJson = dict[str, Any]
 # Digits and dots. PS3.5 9.1 also forbids leading zeros in a component, but old modalities wrote them and
 # archives keep them: such a UID still names a study, and is still a valid FHIR id.
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+# A FHIR id (series.uid, instance.uid): broken UIDs that still fit it are kept rather than losing the instance.
+_FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+# C0/C1 control characters other than tab, CR and LF have no place in a FHIR string.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+# Whitespace other than space, tab, CR, LF (no-break space is common in Latin-1 data): made a plain space,
+# since FHIR strings admit only those four.
+_ODD_SPACE = re.compile(r"[^\S \t\r\n]")
+
+
+def clean(value: str) -> str | None:
+    """A DICOM string as FHIR can carry it: control characters removed, odd spaces plain, padding stripped."""
+    cleaned = _ODD_SPACE.sub(" ", _CONTROL.sub("", value)).strip()
+    return cleaned or None
 
 
 def values(ds: DicomJson, tag: str) -> list[Any]:
@@ -39,15 +52,14 @@ def text(ds: DicomJson, tag: str) -> str | None:
         value = str(value)
     if not isinstance(value, str):
         return None
-    cleaned = value.strip(" \x00\t\r\n")
-    return cleaned or None
+    return clean(value)
 
 
 def texts(ds: DicomJson, tag: str) -> list[str]:
     """Every non-blank string value, padding removed."""
     out = []
     for value in values(ds, tag):
-        if isinstance(value, str) and (cleaned := value.strip(" \x00\t\r\n")):
+        if isinstance(value, str) and (cleaned := clean(value)):
             out.append(cleaned)
     return out
 
@@ -75,6 +87,12 @@ def uid(ds: DicomJson, tag: str) -> str | None:
     return value if value is not None and is_uid(value) else None
 
 
+def fhir_id(ds: DicomJson, tag: str) -> str | None:
+    """The first value if it can stand as a FHIR id: a UID, or a broken one that still fits ``[A-Za-z0-9-.]{1,64}``."""
+    value = text(ds, tag)
+    return value if value is not None and _FHIR_ID.match(value) else None
+
+
 def is_uid(value: str) -> bool:
     """True for a usable DICOM UID: digits and dots, at most 64 characters."""
     return len(value) <= 64 and bool(_UID.match(value))
@@ -99,7 +117,7 @@ def person_names(ds: DicomJson, tag: str) -> list[str]:
 
 
 def _format_name(raw: str) -> str | None:
-    parts = [p.strip() for p in raw.split("=")[0].split("^")]
+    parts = [clean(p) or "" for p in raw.split("=")[0].split("^")]
     parts += [""] * (5 - len(parts))
     family, given, middle, prefix, suffix = parts[:5]
     shown = " ".join(p for p in (prefix, given, middle, family) if p)

@@ -23,6 +23,7 @@ from bridge.mapping import tags
 from bridge.mapping.datetimes import fhir_datetime
 from bridge.mapping.dicomjson import (
     DicomJson,
+    fhir_id,
     items,
     person_name,
     person_names,
@@ -47,6 +48,7 @@ SUBSETTED = {
 FALLBACK_MODALITY = "OT"
 
 _OID = re.compile(r"^[0-2](\.(0|[1-9][0-9]*))+$")
+_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:\S+$")
 # A FHIR code: no leading/trailing whitespace, no runs of whitespace.
 _CODE = re.compile(r"^[^\s]+( [^\s]+)*$")
 
@@ -173,7 +175,7 @@ def _issuer(designator: DicomJson) -> tuple[str | None, str | None]:
     kind = (text(designator, tags.UNIVERSAL_ENTITY_ID_TYPE) or "").upper()
     if universal and kind == "ISO" and _OID.match(universal):
         return f"urn:oid:{universal}", None
-    if universal and kind in ("URI", "URL") and ":" in universal:
+    if universal and kind in ("URI", "URL") and _URI.match(universal):
         return universal, None
     return None, text(designator, tags.LOCAL_NAMESPACE_ENTITY_ID) or universal
 
@@ -206,7 +208,7 @@ def _subject(study: DicomJson, options: MappingOptions) -> dict[str, Any]:
 
 def _series(rows: SeriesRows, offset: str | None, options: MappingOptions, notes: list[str]) -> dict[str, Any]:
     row = rows.series
-    series_uid = uid(row, tags.SERIES_INSTANCE_UID)
+    series_uid = fhir_id(row, tags.SERIES_INSTANCE_UID)
     if series_uid is None:  # the caller drops such rows; guard the invariant anyway
         raise ValueError("a series row has no valid SeriesInstanceUID")
     instances = [_instance(i) for i in sorted(rows.instances, key=_instance_order)]
@@ -291,8 +293,8 @@ def _performer(code: str, display: str, actor_type: str, name: str) -> dict[str,
 
 
 def _instance(row: DicomJson) -> dict[str, Any]:
-    instance_uid = uid(row, tags.SOP_INSTANCE_UID)
-    sop_class = uid(row, tags.SOP_CLASS_UID)
+    instance_uid = fhir_id(row, tags.SOP_INSTANCE_UID)
+    sop_class = fhir_id(row, tags.SOP_CLASS_UID)
     if instance_uid is None or sop_class is None:  # the caller drops such rows; guard the invariant anyway
         raise ValueError("an instance row lacks a valid SOPInstanceUID or SOPClassUID")
     coding: dict[str, str] = {"system": RFC3986, "code": f"urn:oid:{sop_class}"}
@@ -325,12 +327,12 @@ def _distinct(concepts: Any) -> list[dict[str, Any]]:
 
 def _series_order(rows: SeriesRows) -> tuple[int, str]:
     number = unsigned(rows.series, tags.SERIES_NUMBER)
-    return (number if number is not None else 2**31, uid(rows.series, tags.SERIES_INSTANCE_UID) or "")
+    return (number if number is not None else 2**31, fhir_id(rows.series, tags.SERIES_INSTANCE_UID) or "")
 
 
 def _instance_order(row: DicomJson) -> tuple[int, str]:
     number = unsigned(row, tags.INSTANCE_NUMBER)
-    return (number if number is not None else 2**31, uid(row, tags.SOP_INSTANCE_UID) or "")
+    return (number if number is not None else 2**31, fhir_id(row, tags.SOP_INSTANCE_UID) or "")
 
 
 def _set_if(target: dict[str, Any], key: str, value: Any) -> None:
