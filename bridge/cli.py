@@ -43,7 +43,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         host = args.host or settings.host
         port = args.port if args.port is not None else settings.port
-        web.run_app(create_app(settings), host=host, port=port, print=_announce(host, port))
+        try:
+            web.run_app(create_app(settings), host=host, port=port, print=_announce(host, port))
+        except BridgeError as exc:  # the PACS source could not be opened
+            print(f"imaging-bridge: {exc.diagnostics}", file=sys.stderr)
+            return 1
         return 0
     return asyncio.run(_get(settings, args.study_uid))
 
@@ -58,7 +62,11 @@ def _announce(host: str, port: int) -> Callable[..., None]:
 
 async def _get(settings: Settings, study_uid: str) -> int:
     app = create_app(settings)
-    source = await open_source(settings)
+    try:
+        source = await open_source(settings)
+    except BridgeError as exc:
+        print(f"imaging-bridge: {exc.diagnostics}", file=sys.stderr)
+        return 1
     try:
         resource = await read_study(source, study_uid, app[MAPPING])
     except BridgeError as exc:

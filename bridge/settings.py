@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -26,9 +27,16 @@ _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:\S+$")
 
 
 def _check_http_url(value: str) -> str:
+    """A DICOMweb base URL: http(s), a host, a path; no query or fragment (they would be dropped or leaked)."""
     parts = urlsplit(value)
+    try:
+        parts.port  # noqa: B018 - raises on a port out of range
+    except ValueError as exc:
+        raise ValueError(f"has an invalid port: {exc}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"must be an http:// or https:// URL, got {_redact(value)!r}")
+    if parts.query or parts.fragment:
+        raise ValueError("must be a base URL (scheme, host, path) without ?query or #fragment")
     return value.rstrip("/")
 
 
@@ -37,9 +45,13 @@ def _redact(url: str) -> str:
     parts = urlsplit(url)
     if parts.username is None and parts.password is None:
         return url
-    netloc = parts.hostname or ""
-    if parts.port:
-        netloc += f":{parts.port}"
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host  # an IPv6 literal keeps its brackets
+    try:
+        if parts.port:
+            netloc += f":{parts.port}"
+    except ValueError:
+        netloc += ":" + parts.netloc.rsplit(":", 1)[-1]  # keep the bad port for the validator to name
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
@@ -91,8 +103,11 @@ class Settings(BaseSettings):
         if value is None or value == "":
             return None
         if value.startswith("file://"):
-            if not urlsplit(value).path:
-                raise ValueError("a file:// URL needs a folder path, e.g. file:///srv/dicom")
+            parts = urlsplit(value)
+            if parts.netloc not in ("", "localhost") or not parts.path:
+                raise ValueError("a file URL needs an absolute folder path: file:///srv/dicom")
+            if not Path(unquote(parts.path)).is_dir():
+                raise ValueError(f"{unquote(parts.path)} is not a folder")
             return value
         return _check_http_url(value)
 
@@ -151,7 +166,7 @@ class Settings(BaseSettings):
     def _credentials(self) -> Settings:
         if self.pacs_token and (self.pacs_username or self.pacs_password):
             raise ValueError("give either BRIDGE_PACS_TOKEN or BRIDGE_PACS_USERNAME/PASSWORD, not both")
-        if bool(self.pacs_username) != bool(self.pacs_password):
+        if bool(self.pacs_username) != (self.pacs_password is not None):
             raise ValueError("BRIDGE_PACS_USERNAME and BRIDGE_PACS_PASSWORD go together")
         return self
 
@@ -201,7 +216,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         for error in exc.errors():
             where = error["loc"][0] if error["loc"] else ""
             name = f"{ENV_PREFIX}{str(where).upper()}" if where else "settings"
-            problems.append(f"{name}: {error['msg']}")
+            problems.append(f"{name}: {error['msg'].removeprefix('Value error, ')}")
         raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
     except SettingsError as exc:
         # Raised before validation when a JSON-valued variable does not parse.

@@ -14,6 +14,9 @@ from pydantic import ValidationError
 from bridge.errors import ConfigError
 from bridge.settings import load_settings
 
+#: A folder that exists wherever the tests run.
+FOLDER_URL = f"file://{Path(__file__).parent / 'data'}"
+
 
 def test_defaults() -> None:
     settings = load_settings({})
@@ -44,7 +47,7 @@ def test_defaults() -> None:
             {"BRIDGE_QIDO_URL": "https://pacs.test/dicom-web/"}, {"qido_url": "https://pacs.test/dicom-web"},
             id="trailing-slash-dropped",
         ),
-        pytest.param({"BRIDGE_QIDO_URL": "file:///srv/dicom"}, {"qido_url": "file:///srv/dicom"}, id="file-folder"),
+        pytest.param({"BRIDGE_QIDO_URL": FOLDER_URL}, {"qido_url": FOLDER_URL}, id="file-folder"),
         pytest.param({"BRIDGE_TIMEZONE": "Europe/Berlin"}, {"timezone": "Europe/Berlin"}, id="timezone"),
         pytest.param(
             {"BRIDGE_PATIENT_ID_SYSTEM": "urn:oid:1.2.3"}, {"patient_id_system": "urn:oid:1.2.3"}, id="system"
@@ -70,6 +73,11 @@ def test_good_values(environ: dict[str, str], expected: dict[str, object]) -> No
         pytest.param({"BRIDGE_QIDO_URL": "ftp://x"}, "BRIDGE_QIDO_URL", id="qido-url-ftp"),
         pytest.param({"BRIDGE_QIDO_URL": "http://"}, "BRIDGE_QIDO_URL", id="qido-url-no-host"),
         pytest.param({"BRIDGE_QIDO_URL": "file://"}, "BRIDGE_QIDO_URL", id="qido-url-file-no-folder"),
+        pytest.param({"BRIDGE_QIDO_URL": "file:///no/such/folder"}, "BRIDGE_QIDO_URL", id="qido-url-file-missing"),
+        pytest.param({"BRIDGE_QIDO_URL": "file://host/folder"}, "BRIDGE_QIDO_URL", id="qido-url-file-remote"),
+        pytest.param({"BRIDGE_QIDO_URL": "https://pacs.test/dw?key=1"}, "BRIDGE_QIDO_URL", id="qido-url-query"),
+        pytest.param({"BRIDGE_WADO_URL": "https://pacs.test/dw#x"}, "BRIDGE_WADO_URL", id="wado-url-fragment"),
+        pytest.param({"BRIDGE_QIDO_URL": "http://u:p@pacs.test:99999/"}, "BRIDGE_QIDO_URL", id="qido-url-bad-port"),
         pytest.param({"BRIDGE_PORT": "99999"}, "BRIDGE_PORT", id="port-too-high"),
         pytest.param({"BRIDGE_PORT": "abc"}, "BRIDGE_PORT", id="port-not-a-number"),
         pytest.param({"BRIDGE_QIDO_TIMEOUT": "0"}, "BRIDGE_QIDO_TIMEOUT", id="timeout-zero"),
@@ -157,8 +165,8 @@ def test_secrets_are_still_readable() -> None:
             {"BRIDGE_QIDO_URL": "https://alice:s3cret@pacs.test:8443/dicom-web"}, "https://pacs.test:8443/dicom-web",
             id="derived-without-credentials",
         ),
-        pytest.param({"BRIDGE_QIDO_URL": "file:///srv/dicom"}, None, id="file-folder"),
-        pytest.param({"BRIDGE_QIDO_URL": "file:///srv/dicom", "BRIDGE_WADO_URL": "http://pacs.test/wado"},
+        pytest.param({"BRIDGE_QIDO_URL": FOLDER_URL}, None, id="file-folder"),
+        pytest.param({"BRIDGE_QIDO_URL": FOLDER_URL, "BRIDGE_WADO_URL": "http://pacs.test/wado"},
                      "http://pacs.test/wado", id="file-folder-with-explicit-wado"),
         pytest.param({}, None, id="embedded-samples"),
     ],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -199,7 +200,7 @@ async def test_probes(client: TestClient, source: MemoryQidoSource) -> None:
 
 
 async def test_no_endpoint_without_a_wado_address() -> None:
-    client = await start_client(load_settings({"BRIDGE_QIDO_URL": "file:///nowhere"}), pacs())
+    client = await start_client(load_settings({"BRIDGE_QIDO_URL": f"file://{Path(__file__).parent}"}), pacs())
     try:
         study = await (await client.get(f"/fhir/ImagingStudy/{STUDY}")).json()
         validate(study)
