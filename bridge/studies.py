@@ -9,15 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 
-from bridge.errors import Conflict, InvalidRequest, NotFound
+from bridge.errors import Conflict, InvalidRequest, NotFound, UpstreamError
 from bridge.mapping import tags
-from bridge.mapping.dicomjson import DicomJson, fhir_id, is_uid, text, uid, unsigned
+from bridge.mapping.dicomjson import DicomJson, fhir_id, is_uid, items, text, uid, unsigned
 from bridge.mapping.imagingstudy import MappingOptions, SeriesRows, StudyRows, imaging_study
+from bridge.qido.paging import RowMerger
 from bridge.qido.source import QidoSource
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: Series whose instances have titles (DocumentTitle, or an SR's Concept Name) worth a metadata read.
+TITLED_MODALITIES = frozenset({"SR", "KO", "DOC"})
 
 
 def check_study_id(study_id: str) -> str:
@@ -32,30 +38,23 @@ def check_study_id(study_id: str) -> str:
 
 async def fetch_study(source: QidoSource, study_uid: str) -> StudyRows:
     """The study row, its series and every instance of each, as the PACS has them."""
-    study_rows, series_rows = await asyncio.gather(
+    study_rows, series_rows = await _all(
         source.search_studies({"StudyInstanceUID": study_uid}, tags.STUDY_FIELDS),
         source.search_series(study_uid, tags.SERIES_FIELDS),
     )
     study = _the_study(study_rows, study_uid)
-    expected_series = unsigned(study, tags.NUMBER_OF_STUDY_RELATED_SERIES)
-    if expected_series is not None and len(series_rows) < expected_series:
+    patient = text(study, tags.PATIENT_ID)
+    expected = unsigned(study, tags.NUMBER_OF_STUDY_RELATED_SERIES)
+    if expected is not None and len(series_rows) < expected:
         # The first read may have stopped at a silent cap: read again, paging up to the PACS's count.
-        series_rows = await source.search_series(study_uid, tags.SERIES_FIELDS, expected=expected_series)
-
-    checked = _checked_series(series_rows, study_uid)
-    instance_lists = await asyncio.gather(
-        *(
-            source.search_instances(
-                study_uid, series_uid, tags.INSTANCE_FIELDS,
-                expected=unsigned(row, tags.NUMBER_OF_SERIES_RELATED_INSTANCES),
-            )
-            for series_uid, row in checked
-        )
-    )  # fmt: skip
-    series = [
-        SeriesRows(row, _checked_instances(instances, series_uid))
-        for (series_uid, row), instances in zip(checked, instance_lists, strict=True)
-    ]
+        series_rows = await source.search_series(study_uid, tags.SERIES_FIELDS, expected=expected)
+    listed = _checked_series(series_rows, study_uid, patient)
+    instance_lists = await _all(
+        *(_series_instances(source, study_uid, series_uid, row, patient) for series_uid, row in listed)
+    )
+    series = [SeriesRows(row, instances) for (_, row), instances in zip(listed, instance_lists, strict=True)]
+    if expected is not None and len(listed) < expected:
+        series += await _series_from_metadata(source, study_uid, patient, {uid for uid, _ in listed}, expected)
     return StudyRows(study, series)
 
 
@@ -66,6 +65,74 @@ async def read_study(source: QidoSource, study_uid: str, options: MappingOptions
     for note in mapped.notes:
         log.warning("%s", note)
     return mapped.resource
+
+
+async def _series_instances(
+    source: QidoSource, study_uid: str, series_uid: str, row: DicomJson, patient: str | None
+) -> list[DicomJson]:
+    """Every instance of one series: QIDO first, WADO-RS metadata where QIDO lists fewer than the PACS counts
+    (a hard cap) or leaves document titles out (sequences are not returned by every QIDO service)."""
+    expected = unsigned(row, tags.NUMBER_OF_SERIES_RELATED_INSTANCES)
+    rows = await source.search_instances(study_uid, series_uid, tags.INSTANCE_FIELDS, expected=expected)
+    short = expected is not None and len(rows) < expected
+    untitled = (text(row, tags.MODALITY) or "").upper() in TITLED_MODALITIES and any(not _titled(r) for r in rows)
+    if short or untitled:
+        try:
+            metadata = await source.series_metadata(study_uid, series_uid)
+        except UpstreamError as exc:
+            # Best effort: the QIDO list stands, and a shortfall is logged by the mapper's count check.
+            log.warning("series %s: WADO-RS metadata unavailable (%s)", series_uid, exc.diagnostics)
+        else:
+            if short:
+                log.warning("series %s: QIDO listed %d of %d instances; completed from WADO-RS metadata",
+                            series_uid, len(rows), expected)  # fmt: skip
+            merged = RowMerger((tags.SOP_INSTANCE_UID,))
+            merged.add(rows)  # QIDO rows first; metadata adds the instances and attributes they lack
+            merged.add(metadata)
+            rows = merged.rows
+    return _checked_instances(rows, series_uid, patient)
+
+
+async def _series_from_metadata(
+    source: QidoSource, study_uid: str, patient: str | None, known: set[str], expected: int
+) -> list[SeriesRows]:
+    """Series QIDO could not list (a hard cap), rebuilt from the study's WADO-RS metadata."""
+    try:
+        metadata = await source.study_metadata(study_uid)
+    except UpstreamError as exc:
+        log.warning("study %s: QIDO listed %d of %d series and WADO-RS metadata is unavailable (%s)",
+                    study_uid, len(known), expected, exc.diagnostics)  # fmt: skip
+        return []
+    by_series: dict[str, list[DicomJson]] = {}
+    for instance in metadata:
+        series_uid = fhir_id(instance, tags.SERIES_INSTANCE_UID)
+        if series_uid is not None and series_uid not in known:
+            by_series.setdefault(series_uid, []).append(instance)
+    log.warning("study %s: QIDO listed %d of %d series; %d more from WADO-RS metadata",
+                study_uid, len(known), expected, len(by_series))  # fmt: skip
+    # An instance's metadata carries its series' attributes too: the first one stands for the series row.
+    return [
+        SeriesRows(instances[0], _checked_instances(instances, series_uid, patient))
+        for series_uid, instances in by_series.items()
+    ]
+
+
+def _titled(row: DicomJson) -> bool:
+    return text(row, tags.DOCUMENT_TITLE) is not None or bool(items(row, tags.CONCEPT_NAME_CODE_SEQUENCE))
+
+
+async def _all(*aws: Awaitable[T]) -> list[T]:
+    """Run concurrently; on the first failure cancel the rest (no PACS work for an answer already lost)."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(_as_coroutine(aw)) for aw in aws]
+    except BaseExceptionGroup as failed:
+        raise failed.exceptions[0] from None
+    return [task.result() for task in tasks]
+
+
+async def _as_coroutine(aw: Awaitable[T]) -> T:
+    return await aw
 
 
 def _the_study(rows: list[DicomJson], study_uid: str) -> DicomJson:
@@ -82,33 +149,42 @@ def _the_study(rows: list[DicomJson], study_uid: str) -> DicomJson:
     return matching[0]
 
 
-def _checked_series(rows: list[DicomJson], study_uid: str) -> list[tuple[str, DicomJson]]:
+def _same_patient(row: DicomJson, patient: str | None, what: str) -> None:
+    """``Conflict`` if a row names another patient than the study: never show one patient's images as another's."""
+    row_patient = text(row, tags.PATIENT_ID)
+    if row_patient is not None and patient is not None and row_patient != patient:
+        raise Conflict(f"the PACS lists {what} under a different patient than its study; refusing to merge them")
+
+
+def _checked_series(rows: list[DicomJson], study_uid: str, patient: str | None) -> list[tuple[str, DicomJson]]:
     checked = []
     for row in rows:
         row_study = text(row, tags.STUDY_INSTANCE_UID)
         if row_study is not None and row_study != study_uid:
-            log.warning("PACS returned series of study %s when asked for study %s; ignored", row_study, study_uid)
+            log.warning("PACS returned series of study %r when asked for study %s; ignored", row_study, study_uid)
             continue
         series_uid = fhir_id(row, tags.SERIES_INSTANCE_UID)
         if series_uid is None:
             log.warning("study %s: PACS returned a series row without a valid SeriesInstanceUID; dropped", study_uid)
             continue
+        _same_patient(row, patient, f"series {series_uid}")
         checked.append((series_uid, row))
     return checked
 
 
-def _checked_instances(rows: list[DicomJson], series_uid: str) -> list[DicomJson]:
+def _checked_instances(rows: list[DicomJson], series_uid: str, patient: str | None) -> list[DicomJson]:
     checked = []
     for row in rows:
         row_series = text(row, tags.SERIES_INSTANCE_UID)
         instance_uid = fhir_id(row, tags.SOP_INSTANCE_UID)
         if row_series is not None and row_series != series_uid:
-            log.warning("PACS returned instance %s of series %s under series %s; ignored",
+            log.warning("PACS returned instance %r of series %r under series %s; ignored",
                         instance_uid, row_series, series_uid)  # fmt: skip
             continue
         if instance_uid is None or fhir_id(row, tags.SOP_CLASS_UID) is None:
-            log.warning("series %s: instance %s has no valid SOPInstanceUID or SOPClassUID; dropped",
+            log.warning("series %s: instance %r has no usable SOPInstanceUID or SOPClassUID; dropped",
                         series_uid, text(row, tags.SOP_INSTANCE_UID))  # fmt: skip
             continue
+        _same_patient(row, patient, f"instance {instance_uid}")
         checked.append(row)
     return checked

@@ -601,3 +601,45 @@ async def test_check(
             await source.check()
     [(url, _)] = sent(pacs)
     assert url.query == {"limit": "1"}
+
+
+# --- review findings -----------------------------------------------------------------------------------------------
+
+
+class ShufflingPacs(FakePacs):
+    """Ignores offset and sends its rows in a new order each time, so no two pages are equal."""
+
+    def __call__(self, url: URL, **kwargs: Any) -> CallbackResult:
+        self.rows = self.rows[1:] + self.rows[:1]
+        return super().__call__(url, **kwargs)
+
+
+async def test_a_pacs_ignoring_offset_with_shuffled_pages_is_not_paged_forever(
+    pacs: aioresponses, source: HttpQidoSource
+) -> None:
+    fake = ShufflingPacs(instances(5), honour_offset=False)
+    pacs.get(INSTANCES, callback=fake, repeat=True)
+
+    rows = await source.search_instances("1.2.3", "4.5", (), expected=10)  # a count it never reaches
+
+    assert sorted(uids(rows)) == sorted(uids(instances(5)))
+    assert len(fake.asked) == 1 + MAX_REPEATS
+
+
+@pytest.mark.parametrize("declared", [True, False], ids=["content-length", "streamed"])
+async def test_an_answer_beyond_the_size_cap_is_a_502(
+    pacs: aioresponses, make_source: MakeSource, declared: bool
+) -> None:
+    body = json.dumps(instances(200)).encode()
+    headers = {} if declared else {"Transfer-Encoding": "chunked"}
+    pacs.get(INSTANCES, body=body, headers=headers, content_type="application/dicom+json")
+    source = make_source(max_bytes=2048)
+
+    with pytest.raises(UpstreamBadResponse, match="exceeds 2048 bytes"):
+        await source.search_instances("1.2.3", "4.5", ())
+
+
+async def test_series_metadata_is_read_from_wado_rs(pacs: aioresponses, source: HttpQidoSource) -> None:
+    pacs.get(f"{BASE}/studies/1.2.3/series/4.5/metadata", payload=instances(3))
+
+    assert uids(await source.series_metadata("1.2.3", "4.5")) == uids(instances(3))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -11,7 +12,7 @@ from aiohttp.test_utils import TestClient
 
 from tests.conftest import orthanc_settings, start_client
 from tests.support import catalog
-from tests.support.dicomgen import StudySpec
+from tests.support.dicomgen import StudySpec, encode, simple_study
 from tests.support.fhircheck import validate
 from tests.support.orthanc import OrthancServer
 
@@ -94,7 +95,8 @@ async def test_sr_and_document_titles(bridge: TestClient, studies: dict[str, Stu
     resource = await (await bridge.get(f"/fhir/ImagingStudy/{studies['sr_and_seg'].uid}")).json()
     titles = {s["modality"]["coding"][0]["code"]: s["instance"][0].get("title") for s in resource["series"]}
     assert titles["DOC"] == "Referral letter"
-    # Orthanc's QIDO never returns sequences, so the SR's concept name is not available from it.
+    # Orthanc's QIDO never returns sequences: the SR's concept name comes from WADO-RS metadata.
+    assert titles["SR"] == "Radiology Report"
     assert all("bodySite" not in s for s in resource["series"] if s["modality"]["coding"][0]["code"] != "CT")
 
 
@@ -165,3 +167,19 @@ async def test_wrong_credentials_are_a_502_without_secrets(orthanc: OrthancServe
 async def test_readiness_follows_the_pacs(bridge: TestClient) -> None:
     assert (await bridge.get("/readyz")).status == 200
     assert (await bridge.get("/healthz")).status == 200
+
+
+async def test_a_pacs_that_caps_its_answers_loses_nothing(tmp_path: Path) -> None:
+    """Orthanc's LimitFind* caps cannot be paged past (offset stops at the cap): WADO-RS metadata completes."""
+    capped = {"LimitFindResults": 3, "LimitFindInstances": 3}
+    spec = simple_study(series=5, instances=7, patient_id="PAT-CAPPED")
+    with OrthancServer(tmp_path, extra_config=capped) as server:
+        server.upload_many(encode(spec))
+        for page_size in ("0", "2"):
+            client = await start_client(orthanc_settings(server, qido_page_size=page_size))
+            try:
+                response = await client.get(f"/fhir/ImagingStudy/{spec.uid}")
+                assert response.status == 200
+                assert_matches(await response.json(), spec)
+            finally:
+                await client.close()

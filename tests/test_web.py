@@ -76,6 +76,9 @@ async def test_read(client: TestClient) -> None:
         ("", {"Accept": "application/json"}, "application/json"),
         ("", {"Accept": "*/*"}, "application/fhir+json"),
         ("", {"Accept": "text/html, application/fhir+json;q=0.9"}, "application/fhir+json"),
+        ("?_format=application/fhir+json", {}, "application/fhir+json"),  # "+" unencoded: decoded as a space
+        ("", {"Accept": "application/json+fhir"}, "application/fhir+json"),
+        ("", {"Accept": "application/json, application/fhir+json;q=0"}, "application/json"),
     ],
 )
 async def test_json_formats_are_served(
@@ -89,7 +92,8 @@ async def test_json_formats_are_served(
 @pytest.mark.parametrize(
     ("query", "headers"),
     [("?_format=xml", {}), ("?_format=application/fhir%2Bxml", {}), ("", {"Accept": "application/fhir+xml"}),
-     ("", {"Accept": "text/html"})],
+     ("", {"Accept": "text/html"}), ("", {"Accept": "application/fhir+json;q=0, application/xml"}),
+     ("", {"Accept": "*/*;q=0"})],
 )  # fmt: skip
 async def test_other_formats_are_406_before_the_pacs_is_asked(
     client: TestClient, source: MemoryQidoSource, query: str, headers: dict[str, str]
@@ -207,3 +211,49 @@ async def test_no_endpoint_without_a_wado_address() -> None:
         assert "endpoint" not in study
     finally:
         await client.close()
+
+
+def counted(**attributes: Any) -> dict[str, Any]:
+    """A row with NumberOfSeriesRelatedInstances, as PACSes send at series level."""
+    count = attributes.pop("count")
+    return {**row(**attributes), "00201209": {"vr": "IS", "Value": [count]}}
+
+
+async def test_series_of_another_patient_is_409_not_merged(client: TestClient, source: MemoryQidoSource) -> None:
+    source.series[STUDY].append(row(series="1.2.3.4.2", modality="MR", patient="P2"))
+    body = await outcome(await client.get(f"/fhir/ImagingStudy/{STUDY}"), 409)
+    assert "different patient" in body["issue"][0]["diagnostics"]
+
+
+async def test_instances_qido_cannot_list_come_from_wado_rs_metadata(
+    client: TestClient, source: MemoryQidoSource
+) -> None:
+    source.series[STUDY] = [counted(series=SERIES, modality="CT", count=3)]
+    listed = source.instances[(STUDY, SERIES)]
+    source.metadata[(STUDY, SERIES)] = listed + [
+        row(sop=f"1.2.3.4.1.{n}", sop_class="1.2.840.10008.5.1.4.1.1.2") for n in (2, 3)
+    ]
+    resource = await (await client.get(f"/fhir/ImagingStudy/{STUDY}")).json()
+    validate(resource)
+    assert [i["uid"] for i in resource["series"][0]["instance"]] == ["1.2.3.4.1.1", "1.2.3.4.1.2", "1.2.3.4.1.3"]
+
+
+async def test_without_metadata_the_listed_instances_stand(client: TestClient, source: MemoryQidoSource) -> None:
+    source.series[STUDY] = [counted(series=SERIES, modality="CT", count=3)]
+    source.fail_with, source.fail_only = UpstreamBadResponse("no WADO-RS here"), "metadata"
+    resource = await (await client.get(f"/fhir/ImagingStudy/{STUDY}")).json()
+    validate(resource)
+    assert resource["series"][0]["numberOfInstances"] == 1
+
+
+async def test_series_qido_cannot_list_come_from_study_metadata(client: TestClient, source: MemoryQidoSource) -> None:
+    source.studies[0]["00201206"] = {"vr": "IS", "Value": [2]}
+    hidden = {**row(sop="1.2.3.4.2.1", sop_class="1.2.840.10008.5.1.4.1.1.4", series="1.2.3.4.2", modality="MR")}
+    source.metadata[(STUDY, "1.2.3.4.2")] = [hidden]
+    resource = await (await client.get(f"/fhir/ImagingStudy/{STUDY}")).json()
+    validate(resource)
+    assert [(s["uid"], s["modality"]["coding"][0]["code"]) for s in resource["series"]] == [
+        (SERIES, "CT"),
+        ("1.2.3.4.2", "MR"),
+    ]
+    assert resource["numberOfInstances"] == 2

@@ -24,6 +24,7 @@ async def open_source(settings: Settings) -> QidoSource:
         timeout=settings.qido_timeout,
         concurrency=settings.qido_concurrency,
         page_size=settings.qido_page_size,
+        max_bytes=settings.qido_max_bytes,
         username=settings.pacs_username,
         password=settings.pacs_password.get_secret_value() if settings.pacs_password else None,
         token=settings.pacs_token.get_secret_value() if settings.pacs_token else None,

@@ -88,6 +88,14 @@ class FolderQidoSource:
         )
         return merge_rows(rows, (tags.SOP_INSTANCE_UID,))
 
+    async def series_metadata(self, study_uid: str, series_uid: str) -> list[DicomJson]:
+        return await self._call(
+            lambda c: c.retrieve_series_metadata(study_instance_uid=study_uid, series_instance_uid=series_uid)
+        )
+
+    async def study_metadata(self, study_uid: str) -> list[DicomJson]:
+        return await self._call(lambda c: c.retrieve_study_metadata(study_instance_uid=study_uid))
+
     async def _call(self, query: Callable[[Any], list[DicomJson]]) -> list[DicomJson]:
         client = self._client
         if client is None:

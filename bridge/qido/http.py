@@ -53,6 +53,7 @@ class HttpQidoSource:
         timeout: float = 30.0,
         concurrency: int = 8,
         page_size: int = 0,
+        max_bytes: int = 256 * 1024 * 1024,
         username: str | None = None,
         password: str | None = None,
         token: str | None = None,
@@ -67,6 +68,7 @@ class HttpQidoSource:
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._timeout_seconds = timeout
         self._page_size = page_size or None
+        self._max_bytes = max_bytes
         self._semaphore = asyncio.Semaphore(concurrency)
         headers = {"Accept": ACCEPT}
         if token:
@@ -99,6 +101,14 @@ class HttpQidoSource:
         path = f"/studies/{study_uid}/series/{series_uid}/instances"
         return await self._query(path, {}, fields, (tags.SOP_INSTANCE_UID,), expected, missing_is_empty=True)
 
+    async def series_metadata(self, study_uid: str, series_uid: str) -> list[DicomJson]:
+        rows, _ = await self._page(f"/studies/{study_uid}/series/{series_uid}/metadata", "", missing_is_empty=True)
+        return rows
+
+    async def study_metadata(self, study_uid: str) -> list[DicomJson]:
+        rows, _ = await self._page(f"/studies/{study_uid}/metadata", "", missing_is_empty=True)
+        return rows
+
     async def check(self) -> None:
         await self._page("/studies", query_string({}, (), limit=1), missing_is_empty=False)
 
@@ -115,17 +125,16 @@ class HttpQidoSource:
         """Every row of a query, following pages until the PACS has nothing more."""
         merged = RowMerger(key_tags)
         offset = 0
-        previous: list[DicomJson] | None = None
         repeats = 0
         for _ in range(MAX_PAGES):
             query = query_string(filters, fields, self._page_size, offset=offset)
             page, warning = await self._page(path, query, missing_is_empty=missing_is_empty)
             offset += len(page)
+            before = len(merged)
             merged.add(page)
-            repeats = repeats + 1 if page and page == previous else 0
-            previous = page
+            repeats = repeats + 1 if page and len(merged) == before else 0
             if repeats >= MAX_REPEATS:
-                log.warning("PACS sends the same page again and again for QIDO %s (ignores offset?)", path)
+                log.warning("PACS sends the same rows again and again for QIDO %s (ignores offset?)", path)
                 return merged.rows
             more = has_more(
                 page_rows=len(page), limit=self._page_size, warning=warning, total_rows=len(merged),
@@ -138,7 +147,7 @@ class HttpQidoSource:
     async def _page(self, path: str, query: str, *, missing_is_empty: bool) -> tuple[list[DicomJson], str | None]:
         url = self._base.with_path(self._base_path + path, encoded=False).with_query(None)
         url = URL(f"{url}?{query}", encoded=True) if query else url
-        where = f"QIDO {path}"
+        where = f"{'WADO-RS' if path.endswith('/metadata') else 'QIDO'} {path}"
         async with self._semaphore:
             try:
                 async with self._session.get(url, timeout=self._timeout) as response:
@@ -146,7 +155,7 @@ class HttpQidoSource:
                         return [], None
                     if response.status != 200:
                         raise _status_error(response.status, where)
-                    body = await response.read()
+                    body = await self._read(response, where)
                     warning = ", ".join(response.headers.getall("Warning", [])) or None
             except UpstreamError:
                 raise
@@ -163,6 +172,22 @@ class HttpQidoSource:
             except aiohttp.ClientError as exc:
                 raise UpstreamUnavailable(f"request to the PACS failed for {where}: {type(exc).__name__}") from None
         return _parse(body, where), warning
+
+    async def _read(self, response: aiohttp.ClientResponse, where: str) -> bytes:
+        """The body, refused (502) beyond ``max_bytes``: a PACS must not be able to exhaust our memory."""
+        too_big = UpstreamBadResponse(
+            f"PACS answer to {where} exceeds {self._max_bytes} bytes (BRIDGE_QIDO_MAX_BYTES); narrow the query"
+        )
+        if response.content_length is not None and response.content_length > self._max_bytes:
+            raise too_big
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.content.iter_chunked(1 << 16):
+            size += len(chunk)
+            if size > self._max_bytes:
+                raise too_big
+            chunks.append(chunk)
+        return b"".join(chunks)
 
 
 def _status_error(status: int, where: str) -> UpstreamError:

@@ -3,8 +3,8 @@
 PACSes cap answers in different ways: some send ``Warning: 299 ... additional results``, some just stop at a
 fixed number. We keep asking (``offset`` = rows so far) while any sign says there is more: the warning, a page
 as long as the ``limit`` we asked for, or fewer rows than the PACS's own count for that level. An empty page
-always ends the read. A PACS that ignores ``offset`` sends the same page again and again: the read ends once a
-page has come back ``MAX_REPEATS`` times in a row (a page of duplicates alone does not end it).
+always ends the read. A PACS that ignores ``offset`` sends the same rows again and again (in any order): the
+read ends after ``MAX_REPEATS`` pages in a row that brought no new row (one page of duplicates does not end it).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from bridge.mapping.dicomjson import DicomJson
 
 #: Never follow more pages than this for one query, whatever the PACS says.
 MAX_PAGES = 10_000
-#: Consecutive repeats of the same page that mean the PACS ignores ``offset``.
+#: Pages in a row without a new row that mean the PACS ignores ``offset``.
 MAX_REPEATS = 2
 
 

@@ -1,4 +1,4 @@
-"""The one seam between the bridge and a PACS.
+"""The one seam between the bridge and a PACS: QIDO-RS queries, plus WADO-RS metadata where QIDO falls short.
 
 The web layer depends on ``QidoSource`` only. Two real implementations exist: ``HttpQidoSource`` (a DICOMweb
 server over aiohttp) and ``FolderQidoSource`` (a local folder of DICOM files, also the tests' in-process PACS).
@@ -36,6 +36,14 @@ class QidoSource(Protocol):
         self, study_uid: str, series_uid: str, fields: Sequence[str], expected: int | None = None
     ) -> list[DicomJson]:
         """Every instance row of one series; ``expected`` is the PACS's own count, a hint for paging."""
+        ...
+
+    async def series_metadata(self, study_uid: str, series_uid: str) -> list[DicomJson]:
+        """WADO-RS Retrieve Series Metadata: one dataset per instance, with every attribute (sequences too)."""
+        ...
+
+    async def study_metadata(self, study_uid: str) -> list[DicomJson]:
+        """WADO-RS Retrieve Study Metadata: one dataset per instance of the study."""
         ...
 
     async def check(self) -> None:
