@@ -64,12 +64,16 @@ class Settings(BaseSettings):
 
     qido_url: str | None = None
     wado_url: str | None = None
+    #: The bridge's own public base URL (``https://host/fhir``) for links; unset: taken from each request.
+    public_url: str | None = None
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8080
     qido_timeout: Annotated[float, Field(gt=0, le=3600)] = 30.0
     qido_concurrency: Annotated[int, Field(ge=1, le=256)] = 8
     #: Rows asked per QIDO request (``limit``); 0 sends no limit and pages only when the PACS says there is more.
     qido_page_size: Annotated[int, Field(ge=0, le=100_000)] = 0
+    #: The largest PACS answer accepted, in bytes; a larger one is a 502, not exhausted memory.
+    qido_max_bytes: Annotated[int, Field(ge=1024)] = 256 * 1024 * 1024
     pacs_username: str | None = None
     pacs_password: SecretStr | None = None
     pacs_token: SecretStr | None = None
@@ -121,6 +125,11 @@ class Settings(BaseSettings):
             # The address is given to every client: it must never carry credentials.
             raise ValueError("must not contain a user name or password")
         return checked
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        return _check_http_url(value) if value else None
 
     @field_validator("patient_id_system")
     @classmethod

@@ -55,7 +55,7 @@ async def metadata(request: web.Request) -> web.Response:
     interactions: dict[str, list[str]] = {}
     for route in FHIR_ROUTES:
         interactions.setdefault(route.resource_type, []).append(route.interaction)
-    base = str(request.url.with_path("/fhir").with_query(None))
+    base = request.app[SETTINGS].public_url or str(request.url.with_path("/fhir").with_query(None))
     return fhir_bytes_response(media, orjson.dumps(capability_statement(interactions, base)))
 
 
@@ -118,11 +118,17 @@ async def _pacs_source(app: web.Application) -> AsyncIterator[None]:
     if not app[ENDPOINT]:
         log.warning("no WADO-RS address known (set BRIDGE_WADO_URL): studies are served without an Endpoint")
     app[SOURCE] = source
-    if isinstance(source, FolderQidoSource):
-        # A folder's index is in memory already: tell a newcomer what there is to read.
-        studies = await source.search_studies({}, ())
-        biggest = max(studies, key=lambda s: unsigned(s, tags.NUMBER_OF_STUDY_RELATED_INSTANCES) or 0, default={})
-        if example := uid(biggest, tags.STUDY_INSTANCE_UID):
-            log.info("%d studies in %s; try GET /fhir/ImagingStudy/%s", len(studies), source.folder, example)
-    yield
-    await source.close()
+    try:
+        if isinstance(source, FolderQidoSource):
+            await _suggest_a_study(source)
+        yield
+    finally:
+        await source.close()
+
+
+async def _suggest_a_study(source: FolderQidoSource) -> None:
+    """A folder's index is in memory already: tell a newcomer what there is to read."""
+    studies = await source.search_studies({}, ())
+    biggest = max(studies, key=lambda s: unsigned(s, tags.NUMBER_OF_STUDY_RELATED_INSTANCES) or 0, default={})
+    if example := uid(biggest, tags.STUDY_INSTANCE_UID):
+        log.info("%d studies in %s; try GET /fhir/ImagingStudy/%s", len(studies), source.folder, example)

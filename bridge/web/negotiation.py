@@ -9,22 +9,31 @@ from bridge.errors import NotAcceptable
 FHIR_JSON = "application/fhir+json"
 PLAIN_JSON = "application/json"
 
-_FORMAT_ALIASES = {"json": FHIR_JSON, FHIR_JSON: FHIR_JSON, PLAIN_JSON: PLAIN_JSON, "text/json": PLAIN_JSON}
+LEGACY_FHIR_JSON = "application/json+fhir"  # DSTU2's name, still sent by older clients
+
+_FORMAT_ALIASES = {
+    "json": FHIR_JSON,
+    FHIR_JSON: FHIR_JSON,
+    LEGACY_FHIR_JSON: FHIR_JSON,
+    PLAIN_JSON: PLAIN_JSON,
+    "text/json": PLAIN_JSON,
+}
 
 
 def response_type(request: web.Request) -> str:
     """The media type to answer with, or ``NotAcceptable`` naming what was asked."""
     requested = request.query.get("_format")
     if requested is not None:
-        media = requested.split(";")[0].strip().lower()
+        # An unencoded "+" (as the FHIR spec writes application/fhir+json) arrives as a space.
+        media = requested.split(";")[0].strip().lower().replace(" ", "+")
         if media not in _FORMAT_ALIASES:
             raise NotAcceptable(f"_format={requested} is not served; this server speaks FHIR JSON (_format=json)")
         return _FORMAT_ALIASES[media]
     accept = request.headers.get("Accept", "")
     if not accept.strip():
         return FHIR_JSON
-    offered = {part.split(";")[0].strip().lower() for part in accept.split(",")}
-    if FHIR_JSON in offered:
+    offered = _accepted(accept)
+    if offered & {FHIR_JSON, LEGACY_FHIR_JSON}:
         return FHIR_JSON
     # A client that asked for plain JSON (and not FHIR JSON) gets the same body labelled as it asked.
     if offered & {PLAIN_JSON, "text/json"}:
@@ -32,6 +41,21 @@ def response_type(request: web.Request) -> str:
     if offered & {"*/*", "application/*"}:
         return FHIR_JSON
     raise NotAcceptable(f"cannot answer Accept: {accept}; this server speaks {FHIR_JSON}")
+
+
+def _accepted(accept: str) -> set[str]:
+    """The media ranges of an Accept header, without those refused by ``q=0``."""
+    accepted = set()
+    for part in accept.split(","):
+        media, *parameters = (p.strip().lower() for p in part.split(";"))
+        quality = next((p.removeprefix("q=") for p in parameters if p.startswith("q=")), "1")
+        try:
+            refused = float(quality) <= 0
+        except ValueError:
+            refused = False  # a malformed q is ignored rather than held against the client
+        if media and not refused:
+            accepted.add(media)
+    return accepted
 
 
 def fhir_bytes_response(media_type: str, body: bytes, status: int = 200) -> web.Response:
