@@ -7,6 +7,7 @@ status and FHIR issue code the class declares (``bridge.web.middleware``), so ha
     ├── InvalidRequest        400  the client's request is malformed
     ├── NotFound              404  no such resource
     ├── NotAcceptable         406  a response format we do not serve
+    ├── UnsupportedMediaType  415  a request body we do not read
     ├── Conflict              409  the PACS holds contradicting data (one StudyInstanceUID, two patients)
     └── UpstreamError              the PACS failed us
         ├── UpstreamBadResponse   502  an HTTP error status or a body that is not DICOM JSON
@@ -44,6 +45,11 @@ class NotFound(BridgeError):
 
 class NotAcceptable(BridgeError):
     status = 406
+    issue_code = "not-supported"
+
+
+class UnsupportedMediaType(BridgeError):
+    status = 415
     issue_code = "not-supported"
 
 

@@ -7,20 +7,19 @@ notes on count disagreements are logged.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Awaitable
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any
 
+from bridge.aio import gather_all
 from bridge.errors import Conflict, InvalidRequest, NotFound, UpstreamError
 from bridge.mapping import tags
 from bridge.mapping.dicomjson import DicomJson, fhir_id, is_uid, items, text, uid, unsigned
 from bridge.mapping.imagingstudy import MappingOptions, SeriesRows, StudyRows, imaging_study
 from bridge.qido.paging import RowMerger
-from bridge.qido.source import QidoSource
+from bridge.qido.source import QidoSource, qido_value
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 #: Series whose instances have titles (DocumentTitle, or an SR's Concept Name) worth a metadata read.
 TITLED_MODALITIES = frozenset({"SR", "KO", "DOC"})
@@ -36,25 +35,31 @@ def check_study_id(study_id: str) -> str:
     return study_id
 
 
-async def fetch_study(source: QidoSource, study_uid: str) -> StudyRows:
-    """The study row, its series and every instance of each, as the PACS has them."""
-    study_rows, series_rows = await _all(
-        source.search_studies({"StudyInstanceUID": study_uid}, tags.STUDY_FIELDS),
-        source.search_series(study_uid, tags.SERIES_FIELDS),
+async def fetch_study(source: QidoSource, study_uid: str, patient: str | None = None) -> StudyRows:
+    """The study row, its series and every instance of each, as the PACS has them.
+
+    With ``patient`` (a PatientID) the read is scoped to that patient's part of the study: rows of other
+    patients sharing the StudyInstanceUID are out of scope and left out. Without it they are a ``Conflict``.
+    """
+    scope = Scope(patient)
+    filters = scope.filters
+    study_rows, series_rows = await gather_all(
+        source.search_studies({"StudyInstanceUID": study_uid, **filters}, tags.STUDY_FIELDS),
+        source.search_series(study_uid, tags.SERIES_FIELDS, filters=filters),
     )
-    study = _the_study(study_rows, study_uid)
-    patient = text(study, tags.PATIENT_ID)
+    study = _the_study(study_rows, study_uid, scope)
+    scope = Scope(text(study, tags.PATIENT_ID), scoped=patient is not None)
     expected = unsigned(study, tags.NUMBER_OF_STUDY_RELATED_SERIES)
     if expected is not None and len(series_rows) < expected:
         # The first read may have stopped at a silent cap: read again, paging up to the PACS's count.
-        series_rows = await source.search_series(study_uid, tags.SERIES_FIELDS, expected=expected)
-    listed = _checked_series(series_rows, study_uid, patient)
-    instance_lists = await _all(
-        *(_series_instances(source, study_uid, series_uid, row, patient) for series_uid, row in listed)
+        series_rows = await source.search_series(study_uid, tags.SERIES_FIELDS, expected=expected, filters=filters)
+    listed = _checked_series(series_rows, study_uid, scope)
+    instance_lists = await gather_all(
+        *(_series_instances(source, study_uid, series_uid, row, scope) for series_uid, row in listed)
     )
     series = [SeriesRows(row, instances) for (_, row), instances in zip(listed, instance_lists, strict=True)]
     if expected is not None and len(listed) < expected:
-        series += await _series_from_metadata(source, study_uid, patient, {uid for uid, _ in listed}, expected)
+        series += await _series_from_metadata(source, study_uid, scope, {uid for uid, _ in listed}, expected)
     return StudyRows(study, series)
 
 
@@ -68,12 +73,14 @@ async def read_study(source: QidoSource, study_uid: str, options: MappingOptions
 
 
 async def _series_instances(
-    source: QidoSource, study_uid: str, series_uid: str, row: DicomJson, patient: str | None
+    source: QidoSource, study_uid: str, series_uid: str, row: DicomJson, scope: Scope
 ) -> list[DicomJson]:
     """Every instance of one series: QIDO first, WADO-RS metadata where QIDO lists fewer than the PACS counts
     (a hard cap) or leaves document titles out (sequences are not returned by every QIDO service)."""
     expected = unsigned(row, tags.NUMBER_OF_SERIES_RELATED_INSTANCES)
-    rows = await source.search_instances(study_uid, series_uid, tags.INSTANCE_FIELDS, expected=expected)
+    rows = await source.search_instances(
+        study_uid, series_uid, tags.INSTANCE_FIELDS, expected=expected, filters=scope.filters
+    )
     short = expected is not None and len(rows) < expected
     untitled = (text(row, tags.MODALITY) or "").upper() in TITLED_MODALITIES and any(not _titled(r) for r in rows)
     if short or untitled:
@@ -90,11 +97,11 @@ async def _series_instances(
             merged.add(rows)  # QIDO rows first; metadata adds the instances and attributes they lack
             merged.add(metadata)
             rows = merged.rows
-    return _checked_instances(rows, series_uid, patient)
+    return _checked_instances(rows, series_uid, scope)
 
 
 async def _series_from_metadata(
-    source: QidoSource, study_uid: str, patient: str | None, known: set[str], expected: int
+    source: QidoSource, study_uid: str, scope: Scope, known: set[str], expected: int
 ) -> list[SeriesRows]:
     """Series QIDO could not list (a hard cap), rebuilt from the study's WADO-RS metadata."""
     try:
@@ -112,7 +119,7 @@ async def _series_from_metadata(
                 study_uid, len(known), expected, len(by_series))  # fmt: skip
     # An instance's metadata carries its series' attributes too: the first one stands for the series row.
     return [
-        SeriesRows(instances[0], _checked_instances(instances, series_uid, patient))
+        SeriesRows(instances[0], _checked_instances(instances, series_uid, scope))
         for series_uid, instances in by_series.items()
     ]
 
@@ -121,22 +128,32 @@ def _titled(row: DicomJson) -> bool:
     return text(row, tags.DOCUMENT_TITLE) is not None or bool(items(row, tags.CONCEPT_NAME_CODE_SEQUENCE))
 
 
-async def _all(*aws: Awaitable[T]) -> list[T]:
-    """Run concurrently; on the first failure cancel the rest (no PACS work for an answer already lost)."""
-    try:
-        async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(_as_coroutine(aw)) for aw in aws]
-    except BaseExceptionGroup as failed:
-        raise failed.exceptions[0] from None
-    return [task.result() for task in tasks]
+@dataclass(frozen=True)
+class Scope:
+    """Whose part of a study is read: ``patient`` (a PatientID, None if the PACS gives none)."""
+
+    patient: str | None
+    #: A scoped read was asked for one patient: other patients' rows are left out, not a conflict.
+    scoped: bool = True
+
+    @property
+    def filters(self) -> dict[str, str]:
+        return {"PatientID": qido_value(self.patient)} if self.scoped and self.patient else {}
+
+    def admits(self, row: DicomJson, what: str) -> bool:
+        """Whether a row belongs to the scope; a row of another patient is a ``Conflict`` when not scoped."""
+        row_patient = text(row, tags.PATIENT_ID)
+        if row_patient is None or self.patient is None or row_patient == self.patient:
+            return True
+        if self.scoped:
+            return False
+        raise Conflict(f"the PACS lists {what} under a different patient than its study; refusing to merge them")
 
 
-async def _as_coroutine(aw: Awaitable[T]) -> T:
-    return await aw
-
-
-def _the_study(rows: list[DicomJson], study_uid: str) -> DicomJson:
+def _the_study(rows: list[DicomJson], study_uid: str, scope: Scope) -> DicomJson:
     matching = [row for row in rows if uid(row, tags.STUDY_INSTANCE_UID) == study_uid]
+    if scope.patient is not None:
+        matching = [row for row in matching if text(row, tags.PATIENT_ID) == scope.patient]
     if not matching:
         raise NotFound(f"the PACS has no study with StudyInstanceUID {study_uid}")
     patients = sorted({text(row, tags.PATIENT_ID) or "" for row in matching})
@@ -149,14 +166,7 @@ def _the_study(rows: list[DicomJson], study_uid: str) -> DicomJson:
     return matching[0]
 
 
-def _same_patient(row: DicomJson, patient: str | None, what: str) -> None:
-    """``Conflict`` if a row names another patient than the study: never show one patient's images as another's."""
-    row_patient = text(row, tags.PATIENT_ID)
-    if row_patient is not None and patient is not None and row_patient != patient:
-        raise Conflict(f"the PACS lists {what} under a different patient than its study; refusing to merge them")
-
-
-def _checked_series(rows: list[DicomJson], study_uid: str, patient: str | None) -> list[tuple[str, DicomJson]]:
+def _checked_series(rows: list[DicomJson], study_uid: str, scope: Scope) -> list[tuple[str, DicomJson]]:
     checked = []
     for row in rows:
         row_study = text(row, tags.STUDY_INSTANCE_UID)
@@ -167,12 +177,12 @@ def _checked_series(rows: list[DicomJson], study_uid: str, patient: str | None) 
         if series_uid is None:
             log.warning("study %s: PACS returned a series row without a valid SeriesInstanceUID; dropped", study_uid)
             continue
-        _same_patient(row, patient, f"series {series_uid}")
-        checked.append((series_uid, row))
+        if scope.admits(row, f"series {series_uid}"):
+            checked.append((series_uid, row))
     return checked
 
 
-def _checked_instances(rows: list[DicomJson], series_uid: str, patient: str | None) -> list[DicomJson]:
+def _checked_instances(rows: list[DicomJson], series_uid: str, scope: Scope) -> list[DicomJson]:
     checked = []
     for row in rows:
         row_series = text(row, tags.SERIES_INSTANCE_UID)
@@ -185,6 +195,6 @@ def _checked_instances(rows: list[DicomJson], series_uid: str, patient: str | No
             log.warning("series %s: instance %r has no usable SOPInstanceUID or SOPClassUID; dropped",
                         series_uid, text(row, tags.SOP_INSTANCE_UID))  # fmt: skip
             continue
-        _same_patient(row, patient, f"instance {instance_uid}")
-        checked.append(row)
+        if scope.admits(row, f"instance {instance_uid}"):
+            checked.append(row)
     return checked

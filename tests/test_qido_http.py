@@ -166,8 +166,12 @@ async def source(make_source: MakeSource) -> HttpQidoSource:
         pytest.param({}, (), None, 4, "offset=4", id="offset-without-limit"),
         pytest.param({}, (), 0, 0, "", id="limit-zero-means-unset"),
         pytest.param(
-            {"AccessionNumber": "A,B&C=D#E[F]", "PatientName": "Doe^John Q"}, (), None, 0,
-            "AccessionNumber=A%2CB%26C%3DD%23E%5BF%5D&PatientName=Doe%5EJohn%20Q", id="values-percent-encoded",
+            {"AccessionNumber": "A&C=D#E[F]", "PatientName": "Doe^John Q"}, (), None, 0,
+            "AccessionNumber=A%26C%3DD%23E%5BF%5D&PatientName=Doe%5EJohn%20Q", id="values-percent-encoded",
+        ),
+        pytest.param(
+            {"PatientID": "ID*7*3", "StudyInstanceUID": "1.2,1.3"}, (), None, 0,
+            "PatientID=ID*7*3&StudyInstanceUID=1.2,1.3", id="planner-wildcards-and-uid-lists-sent-as-they-are",
         ),
         pytest.param({"StudyDescription": "a/b?c"}, (), None, 0, "StudyDescription=a%2Fb%3Fc", id="slash-and-query"),
         pytest.param(

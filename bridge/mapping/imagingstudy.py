@@ -143,6 +143,16 @@ def imaging_study(rows: StudyRows, options: MappingOptions) -> Mapped:
     return Mapped(resource, notes)
 
 
+def series_element(row: DicomJson, options: MappingOptions) -> dict[str, Any]:
+    """One series row as the ``series`` element it becomes (without instances): what search criteria match on."""
+    return _series(SeriesRows(row, ()), text(row, tags.TIMEZONE_OFFSET_FROM_UTC), options, [])
+
+
+def instance_element(row: DicomJson) -> dict[str, Any]:
+    """One instance row as the ``series.instance`` element it becomes."""
+    return _instance(row)
+
+
 def _identifiers(study: DicomJson, study_uid: str) -> list[dict[str, Any]]:
     identifiers: list[dict[str, Any]] = [{"system": DICOM_UID_SYSTEM, "value": f"urn:oid:{study_uid}"}]
     # R4-era clients look for the accession number among the identifiers, R5 ones in basedOn: give both.

@@ -19,7 +19,7 @@ from bridge.errors import UpstreamBadResponse, UpstreamUnavailable
 from bridge.mapping import tags
 from bridge.mapping.dicomjson import DicomJson
 from bridge.qido.paging import merge_rows
-from bridge.qido.source import Filters
+from bridge.qido.source import NO_FILTERS, Filters
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -75,18 +75,27 @@ class FolderQidoSource:
         return merge_rows(rows, (tags.STUDY_INSTANCE_UID, tags.PATIENT_ID))
 
     async def search_series(
-        self, study_uid: str, fields: Sequence[str], expected: int | None = None
-    ) -> list[DicomJson]:
-        rows = await self._call(lambda c: c.search_for_series(study_instance_uid=study_uid))
-        return merge_rows(rows, (tags.SERIES_INSTANCE_UID,))
-
-    async def search_instances(
-        self, study_uid: str, series_uid: str, fields: Sequence[str], expected: int | None = None
+        self, study_uid: str | None, fields: Sequence[str], expected: int | None = None, filters: Filters = NO_FILTERS
     ) -> list[DicomJson]:
         rows = await self._call(
-            lambda c: c.search_for_instances(study_instance_uid=study_uid, series_instance_uid=series_uid)
+            lambda c: c.search_for_series(study_instance_uid=study_uid, search_filters=dict(filters))
         )
-        return merge_rows(rows, (tags.SOP_INSTANCE_UID,))
+        return merge_rows(rows, (tags.SERIES_INSTANCE_UID, tags.PATIENT_ID))
+
+    async def search_instances(
+        self,
+        study_uid: str | None,
+        series_uid: str | None,
+        fields: Sequence[str],
+        expected: int | None = None,
+        filters: Filters = NO_FILTERS,
+    ) -> list[DicomJson]:
+        rows = await self._call(
+            lambda c: c.search_for_instances(
+                study_instance_uid=study_uid, series_instance_uid=series_uid, search_filters=dict(filters)
+            )
+        )
+        return merge_rows(rows, (tags.SOP_INSTANCE_UID, tags.PATIENT_ID))
 
     async def series_metadata(self, study_uid: str, series_uid: str) -> list[DicomJson]:
         return await self._call(

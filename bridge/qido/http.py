@@ -21,7 +21,7 @@ from bridge.errors import UpstreamBadResponse, UpstreamError, UpstreamTimeout, U
 from bridge.mapping import tags
 from bridge.mapping.dicomjson import DicomJson
 from bridge.qido.paging import MAX_PAGES, MAX_REPEATS, RowMerger, has_more
-from bridge.qido.source import Filters
+from bridge.qido.source import NO_FILTERS, Filters
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +31,10 @@ ACCEPT = "application/dicom+json, application/json;q=0.9"
 def query_string(filters: Filters, fields: Sequence[str], limit: int | None = None, offset: int = 0) -> str:
     """The QIDO query string, parameters in sorted order and every value percent-encoded.
 
-    Encoding everything (``,`` ``&`` ``=`` ``#`` ``[`` ``]`` included) keeps each value one value; it does not
-    make ``*`` or ``?`` literal (DICOM has no escape for them): callers refuse those in exact-match values.
+    Everything but ``*`` and ``,`` is percent-encoded (``&`` ``=`` ``#`` ``[`` ``]`` and spaces included), so each
+    value stays one value. ``*`` (a wildcard) and ``,`` (a UID list) are sent as they are because only the
+    bridge's own planner puts them there (client values holding them are refused) and some PACSes do not
+    percent-decode query values.
     """
     pairs = sorted(filters.items())
     pairs += [("includefield", field) for field in sorted(set(fields))]
@@ -40,7 +42,7 @@ def query_string(filters: Filters, fields: Sequence[str], limit: int | None = No
         pairs.append(("limit", str(limit)))
     if offset:
         pairs.append(("offset", str(offset)))
-    return "&".join(f"{quote(key, safe='')}={quote(value, safe='')}" for key, value in pairs)
+    return "&".join(f"{quote(key, safe='')}={quote(value, safe='*,')}" for key, value in pairs)
 
 
 class HttpQidoSource:
@@ -90,16 +92,26 @@ class HttpQidoSource:
         return await self._query("/studies", filters, fields, (tags.STUDY_INSTANCE_UID, tags.PATIENT_ID))
 
     async def search_series(
-        self, study_uid: str, fields: Sequence[str], expected: int | None = None
+        self, study_uid: str | None, fields: Sequence[str], expected: int | None = None, filters: Filters = NO_FILTERS
     ) -> list[DicomJson]:
-        path = f"/studies/{study_uid}/series"
-        return await self._query(path, {}, fields, (tags.SERIES_INSTANCE_UID,), expected, missing_is_empty=True)
+        path = f"/studies/{study_uid}/series" if study_uid else "/series"
+        # One series may be listed once per patient sharing its study UID: keep those apart, as for studies.
+        key = (tags.SERIES_INSTANCE_UID, tags.PATIENT_ID)
+        return await self._query(path, filters, fields, key, expected, missing_is_empty=True)
 
     async def search_instances(
-        self, study_uid: str, series_uid: str, fields: Sequence[str], expected: int | None = None
+        self,
+        study_uid: str | None,
+        series_uid: str | None,
+        fields: Sequence[str],
+        expected: int | None = None,
+        filters: Filters = NO_FILTERS,
     ) -> list[DicomJson]:
-        path = f"/studies/{study_uid}/series/{series_uid}/instances"
-        return await self._query(path, {}, fields, (tags.SOP_INSTANCE_UID,), expected, missing_is_empty=True)
+        path = "/instances"
+        if study_uid:
+            path = f"/studies/{study_uid}{f'/series/{series_uid}' if series_uid else ''}/instances"
+        key = (tags.SOP_INSTANCE_UID, tags.PATIENT_ID)
+        return await self._query(path, filters, fields, key, expected, missing_is_empty=True)
 
     async def series_metadata(self, study_uid: str, series_uid: str) -> list[DicomJson]:
         rows, _ = await self._page(f"/studies/{study_uid}/series/{series_uid}/metadata", "", missing_is_empty=True)

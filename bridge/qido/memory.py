@@ -1,21 +1,48 @@
-"""``QidoSource`` held in memory: a PACS double for tests and demos, with real matching of the UID paths.
+"""``QidoSource`` held in memory: a PACS double for tests and demos.
 
-It answers exactly what it was given, duplicates and all, so tests can reproduce a PACS's quirks without a
-server. Failures can be injected with ``fail_with`` (for every call, or those named by ``fail_only``).
+It answers with real QIDO-RS matching on the attributes the bridge filters on (exact and ``*``/``?`` wildcard
+strings, UID lists, date ranges), and answers exactly what it was given, duplicates and all, so tests can
+reproduce a PACS's quirks without a server. Failures can be injected with ``fail_with`` (for every call, or
+those named by ``fail_only``).
 """
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Iterable, Sequence
+
+from pydicom.datadict import tag_for_keyword
 
 from bridge.errors import UpstreamError
 from bridge.mapping import tags
-from bridge.mapping.dicomjson import DicomJson, text
-from bridge.qido.source import Filters
+from bridge.mapping.dicomjson import DicomJson, texts
+from bridge.qido.source import NO_FILTERS, Filters
+
+
+def qido_match(row: DicomJson, filters: Filters) -> bool:
+    """QIDO-RS matching of one row (PS3.4 C.2.2.2) on keyword filters; an attribute the row lacks matches."""
+    for keyword, wanted in filters.items():
+        number = tag_for_keyword(keyword)
+        if number is None:
+            continue  # QIDO: an unsupported filter is ignored
+        tag = f"{number:08X}"
+        if tag not in row or not wanted:
+            continue
+        have = texts(row, tag)
+        if keyword.endswith("Date") and "-" in wanted:
+            low, _, high = wanted.partition("-")
+            if not any((not low or low <= v) and (not high or v <= high) for v in have):
+                return False
+        elif tag.startswith("0020000") or keyword.endswith("UID"):
+            if not set(have) & set(wanted.split(",")):
+                return False
+        elif not any(fnmatch.fnmatchcase(v, wanted) for v in have):
+            return False
+    return True
 
 
 class MemoryQidoSource:
-    """Study, series and instance rows in memory; filters on StudyInstanceUID and PatientID only."""
+    """Study, series and instance rows in memory."""
 
     description = "memory"
 
@@ -37,23 +64,42 @@ class MemoryQidoSource:
 
     async def search_studies(self, filters: Filters, fields: Sequence[str]) -> list[DicomJson]:
         self._called("studies")
-        wanted = {
-            tags.STUDY_INSTANCE_UID: filters.get("StudyInstanceUID"),
-            tags.PATIENT_ID: filters.get("PatientID"),
-        }
-        return [row for row in self.studies if all(v is None or text(row, tag) == v for tag, v in wanted.items())]
+        return [row for row in self.studies if qido_match(row, filters)]
 
     async def search_series(
-        self, study_uid: str, fields: Sequence[str], expected: int | None = None
+        self, study_uid: str | None, fields: Sequence[str], expected: int | None = None, filters: Filters = NO_FILTERS
     ) -> list[DicomJson]:
         self._called(f"series {study_uid}")
-        return list(self.series.get(study_uid, []))
+        studies = [study_uid] if study_uid else list(self.series)
+        return [
+            {tags.STUDY_INSTANCE_UID: {"vr": "UI", "Value": [study]}, **row}
+            for study in studies
+            for row in self.series.get(study, [])
+            if qido_match({tags.STUDY_INSTANCE_UID: {"vr": "UI", "Value": [study]}, **row}, filters)
+        ]
 
     async def search_instances(
-        self, study_uid: str, series_uid: str, fields: Sequence[str], expected: int | None = None
+        self,
+        study_uid: str | None,
+        series_uid: str | None,
+        fields: Sequence[str],
+        expected: int | None = None,
+        filters: Filters = NO_FILTERS,
     ) -> list[DicomJson]:
         self._called(f"instances {series_uid}")
-        return list(self.instances.get((study_uid, series_uid), []))
+        found = []
+        for (study, series), rows in self.instances.items():
+            if (study_uid and study != study_uid) or (series_uid and series != series_uid):
+                continue
+            for row in rows:
+                located = {
+                    tags.STUDY_INSTANCE_UID: {"vr": "UI", "Value": [study]},
+                    tags.SERIES_INSTANCE_UID: {"vr": "UI", "Value": [series]},
+                    **row,
+                }
+                if qido_match(located, filters):
+                    found.append(located if not study_uid else row)
+        return found
 
     async def series_metadata(self, study_uid: str, series_uid: str) -> list[DicomJson]:
         self._called(f"metadata {series_uid}")

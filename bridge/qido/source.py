@@ -7,6 +7,7 @@ Each returns every matching row, whatever paging the PACS needs, with duplicate 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
@@ -14,6 +15,17 @@ from bridge.mapping.dicomjson import DicomJson
 
 #: QIDO matching attributes: keyword or tag -> value, as QIDO-RS takes them (already validated by the caller).
 Filters = Mapping[str, str]
+NO_FILTERS: Filters = {}
+
+_UNRESERVED = re.compile(r"[^A-Za-z0-9\-._~]+")
+
+
+def qido_value(value: str) -> str:
+    """An exact value as a portable QIDO match value: runs of characters outside the URL's unreserved set become
+    ``*``. Some PACSes (Orthanc among them) do not percent-decode query values, so ``PAT%2001`` would match
+    nothing; ``PAT*01`` matches a superset, which the caller must check exactly. Callers refuse client values
+    holding ``*``, ``?`` or ``\\`` first, so only this function ever writes a wildcard."""
+    return _UNRESERVED.sub("*", value)
 
 
 class QidoSource(Protocol):
@@ -27,15 +39,21 @@ class QidoSource(Protocol):
         ...
 
     async def search_series(
-        self, study_uid: str, fields: Sequence[str], expected: int | None = None
+        self, study_uid: str | None, fields: Sequence[str], expected: int | None = None, filters: Filters = NO_FILTERS
     ) -> list[DicomJson]:
-        """Every series row of one study; ``expected`` is the PACS's own count, a hint for paging."""
+        """Every series row of one study (of all studies with ``study_uid`` None) matching ``filters``;
+        ``expected`` is the PACS's own count, a hint for paging."""
         ...
 
     async def search_instances(
-        self, study_uid: str, series_uid: str, fields: Sequence[str], expected: int | None = None
+        self,
+        study_uid: str | None,
+        series_uid: str | None,
+        fields: Sequence[str],
+        expected: int | None = None,
+        filters: Filters = NO_FILTERS,
     ) -> list[DicomJson]:
-        """Every instance row of one series; ``expected`` is the PACS's own count, a hint for paging."""
+        """Every instance row of one series (of a study or all studies, with UIDs None) matching ``filters``."""
         ...
 
     async def series_metadata(self, study_uid: str, series_uid: str) -> list[DicomJson]:

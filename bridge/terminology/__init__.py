@@ -50,6 +50,11 @@ def body_part(term: str) -> Concept | None:
     return _body_parts().get(key)
 
 
+def body_part_terms(snomed_code: str) -> list[str]:
+    """The Body Part Examined terms that map to a SNOMED code (the mapping is many-to-one), sorted."""
+    return sorted(term for term, concept in _body_parts().items() if concept.code == snomed_code)
+
+
 def modality_display(code: str) -> str | None:
     """The DICOM code meaning of a modality code, or None for a code outside CID 33 (retired, private)."""
     return _modalities().get(code)

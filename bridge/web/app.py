@@ -6,6 +6,7 @@ from it, so the statement cannot claim what is not served.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, NamedTuple
@@ -13,7 +14,7 @@ from typing import Any, NamedTuple
 import orjson
 from aiohttp import web
 
-from bridge.errors import NotFound, UpstreamError
+from bridge.errors import NotFound, UnsupportedMediaType, UpstreamError
 from bridge.mapping import tags
 from bridge.mapping.dicomjson import uid, unsigned
 from bridge.mapping.endpoint import wado_endpoint
@@ -21,6 +22,9 @@ from bridge.mapping.imagingstudy import MappingOptions
 from bridge.qido.factory import open_source
 from bridge.qido.folder import FolderQidoSource
 from bridge.qido.source import QidoSource
+from bridge.search.bundle import needs_series, searchset
+from bridge.search.execute import run_search
+from bridge.search.query import parse_search
 from bridge.settings import Settings
 from bridge.studies import read_study
 from bridge.web.capability import capability_statement
@@ -28,6 +32,8 @@ from bridge.web.middleware import errors
 from bridge.web.negotiation import fhir_bytes_response, response_type
 
 log = logging.getLogger(__name__)
+
+MAX_BODY = 64 * 1024
 
 SETTINGS = web.AppKey("settings", Settings)
 SOURCE = web.AppKey("source", QidoSource)
@@ -42,6 +48,42 @@ async def read_imaging_study(request: web.Request) -> web.Response:
     return fhir_bytes_response(media, orjson.dumps(resource))
 
 
+async def search_imaging_study(request: web.Request) -> web.Response:
+    """GET [base]/ImagingStudy?… and POST [base]/ImagingStudy/_search (form body): a searchset Bundle."""
+    media = response_type(request)
+    app = request.app
+    params = [(key, value) for key, value in request.query.items()]
+    if request.method == "POST":
+        if request.content_type != "application/x-www-form-urlencoded":
+            raise UnsupportedMediaType(
+                f"POST _search takes application/x-www-form-urlencoded, not {request.content_type or 'no body type'}"
+            )
+        form = await request.post()
+        params += [(key, value) for key, value in form.items() if isinstance(value, str)]
+    query = parse_search(params, strict=_strict(request), zone=app[MAPPING].zone or dt.UTC)
+    if query.ignored:
+        log.info("search ignored unknown parameters: %s", ", ".join(query.ignored))
+    result = await run_search(app[SOURCE], query, app[MAPPING], complete=needs_series(query))
+    endpoint = app[ENDPOINT] or None
+    bundle = searchset(_base(request), query, result.total, result.resources, endpoint, result.warnings)
+    return fhir_bytes_response(media, orjson.dumps(bundle))
+
+
+def _strict(request: web.Request) -> bool:
+    """``Prefer: handling=strict`` (RFC 7240; lenient is the default)."""
+    preferences = request.headers.getall("Prefer", [])
+    return any(
+        part.strip().lower().replace(" ", "") == "handling=strict"
+        for header in preferences
+        for part in header.replace(";", ",").split(",")
+    )
+
+
+def _base(request: web.Request) -> str:
+    """The FHIR base URL for links: BRIDGE_PUBLIC_URL, else this request's scheme and host."""
+    return request.app[SETTINGS].public_url or str(request.url.with_path("/fhir").with_query(None))
+
+
 async def read_endpoint(request: web.Request) -> web.Response:
     media = response_type(request)
     endpoint = request.app[ENDPOINT]
@@ -54,9 +96,10 @@ async def metadata(request: web.Request) -> web.Response:
     media = response_type(request)
     interactions: dict[str, list[str]] = {}
     for route in FHIR_ROUTES:
-        interactions.setdefault(route.resource_type, []).append(route.interaction)
-    base = request.app[SETTINGS].public_url or str(request.url.with_path("/fhir").with_query(None))
-    return fhir_bytes_response(media, orjson.dumps(capability_statement(interactions, base)))
+        codes = interactions.setdefault(route.resource_type, [])
+        if route.interaction not in codes:
+            codes.append(route.interaction)
+    return fhir_bytes_response(media, orjson.dumps(capability_statement(interactions, _base(request))))
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -75,6 +118,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 class FhirRoute(NamedTuple):
+    method: str
     path: str
     handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     resource_type: str
@@ -82,14 +126,17 @@ class FhirRoute(NamedTuple):
 
 
 FHIR_ROUTES = (
-    FhirRoute("/fhir/ImagingStudy/{id}", read_imaging_study, "ImagingStudy", "read"),
-    FhirRoute("/fhir/Endpoint/{id}", read_endpoint, "Endpoint", "read"),
+    FhirRoute("GET", "/fhir/ImagingStudy", search_imaging_study, "ImagingStudy", "search-type"),
+    FhirRoute("POST", "/fhir/ImagingStudy/_search", search_imaging_study, "ImagingStudy", "search-type"),
+    FhirRoute("GET", "/fhir/ImagingStudy/{id}", read_imaging_study, "ImagingStudy", "read"),
+    FhirRoute("GET", "/fhir/Endpoint/{id}", read_endpoint, "Endpoint", "read"),
 )
 
 
 def create_app(settings: Settings, source: QidoSource | None = None) -> web.Application:
     """The application; with ``source`` given the caller owns it, else it is opened and closed with the app."""
-    app = web.Application(middlewares=[errors])
+    # A POST _search form is a few kilobytes; nothing else has a body.
+    app = web.Application(middlewares=[errors], client_max_size=MAX_BODY)
     app[SETTINGS] = settings
     address = settings.public_wado_url
     endpoint = wado_endpoint(address) if address else {}
@@ -106,7 +153,7 @@ def create_app(settings: Settings, source: QidoSource | None = None) -> web.Appl
         app[SOURCE] = source
     app.router.add_get("/fhir/metadata", metadata)
     for route in FHIR_ROUTES:
-        app.router.add_get(route.path, route.handler)
+        app.router.add_route(route.method, route.path, route.handler)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     return app
