@@ -11,6 +11,7 @@ from aiohttp.test_utils import TestClient
 
 from bridge.errors import UpstreamBadResponse, UpstreamTimeout, UpstreamUnavailable
 from bridge.qido.memory import MemoryQidoSource
+from bridge.search.parameters import SEARCH_PARAMETERS
 from bridge.settings import load_settings
 from tests.conftest import start_client
 from tests.support.fhircheck import validate
@@ -188,8 +189,12 @@ async def test_capability_statement_lists_what_is_served(client: TestClient) -> 
     response = await client.get("/fhir/metadata")
     statement = await response.json()
     validate(statement)
-    served = {r["type"]: [i["code"] for i in r["interaction"]] for r in statement["rest"][0]["resource"]}
-    assert served == {"Endpoint": ["read"], "ImagingStudy": ["read"]}
+    resources = {r["type"]: r for r in statement["rest"][0]["resource"]}
+    served = {name: sorted(i["code"] for i in r["interaction"]) for name, r in resources.items()}
+    assert served == {"Endpoint": ["read"], "ImagingStudy": ["read", "search-type"]}
+    # The search parameters are the table's, no more, no less.
+    assert [p["name"] for p in resources["ImagingStudy"]["searchParam"]] == [p.name for p in SEARCH_PARAMETERS]
+    assert resources["ImagingStudy"]["searchInclude"] == ["ImagingStudy:endpoint"]
     assert statement["fhirVersion"] == "5.0.0"
 
 
