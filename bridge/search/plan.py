@@ -34,6 +34,7 @@ STATUS_SYSTEM = "http://hl7.org/fhir/imagingstudy-status"
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 # Studies are stored under their local date; the bridge reads instants: a day's slack on each side of a range.
 _SLACK = dt.timedelta(days=1)
+_INSTANT = dt.timedelta(microseconds=1)  # ranges are [low, high): the last instant inside is high - 1 µs
 
 
 @dataclass(frozen=True)
@@ -167,12 +168,16 @@ def _date_filter(values: list[DateValue]) -> list[Filters] | None:
     for value in values:
         if value.prefix == "ne":
             return None
-        low = (value.low - _SLACK).date() if value.prefix in ("eq", "ge", "gt", "sa") else None
-        high = (value.high + _SLACK).date() if value.prefix in ("eq", "le", "lt", "eb") else None
-        if value.prefix in ("gt", "sa"):
+        # A target (a study's started) spans at most a day; the slack covers any zone difference.
+        low = high = None
+        if value.prefix in ("eq", "ge"):
+            low = (value.low - _SLACK).date()
+        elif value.prefix in ("gt", "sa"):
             low = (value.high - 2 * _SLACK).date()
-        if value.prefix in ("lt", "eb"):
-            high = (value.low + 2 * _SLACK).date()
+        if value.prefix in ("eq", "le"):
+            high = (value.high - _INSTANT + _SLACK).date()
+        elif value.prefix in ("lt", "eb"):
+            high = (value.low - _INSTANT + _SLACK).date()
         lows.append(low)
         highs.append(high)
     low = None if None in lows else min(d for d in lows if d)

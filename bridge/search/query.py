@@ -53,7 +53,7 @@ _FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _DATE = re.compile(
     r"^(?P<prefix>eq|ne|gt|lt|ge|le|sa|eb|ap)?(?P<year>\d{4})(?:-(?P<month>\d{2})(?:-(?P<day>\d{2})"
     r"(?:T(?P<hour>\d{2}):(?P<minute>\d{2})(?::(?P<second>\d{2})(?:\.(?P<fraction>\d+))?)?"
-    r"(?P<zone>Z|[+-]\d{2}:\d{2})?)?)?)?$"
+    r"(?P<zone>Z|[+\- ]\d{2}:\d{2})?)?)?)?$"
 )
 
 
@@ -258,6 +258,7 @@ def date_range(match: re.Match[str], zone: dt.tzinfo) -> tuple[dt.datetime, dt.d
 
 
 def _zone(text: str) -> dt.tzinfo:
+    """``Z`` or ``±hh:mm``; a space stands for ``+`` (an unencoded ``+`` in a URL arrives as one)."""
     if text == "Z":
         return dt.UTC
     sign = -1 if text[0] == "-" else 1

@@ -1,0 +1,151 @@
+"""The search translation, table-driven: FHIR parameters -> the QIDO-RS queries the PACS sees (pure)."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qsl
+
+import pytest
+
+from bridge.errors import InvalidRequest
+from bridge.search.plan import plan_search
+from bridge.search.query import parse_search
+
+
+def plan(query: str) -> tuple[object, list[tuple[str, str, list[dict[str, str]]]]]:
+    """The plan of a query string: (study queries, [(criterion, level, queries)])."""
+    result = plan_search(parse_search(parse_qsl(query, keep_blank_values=True)))
+    if result.unsatisfiable:
+        return "nothing", []
+    study = [dict(q) for q in result.study_queries] if result.study_queries is not None else None
+    lower = [(lq.criterion.name, lq.level.value, [dict(q) for q in lq.queries]) for lq in result.level_queries]
+    return study, lower
+
+
+UID = "1.2.840.113619.2.55.3.1"
+
+# (FHIR query, study-level QIDO queries, series/instance-level QIDO queries)
+TRANSLATIONS = [
+    ("", [{}], []),
+    ("_count=5", [{}], []),
+    (f"_id={UID}", [{"StudyInstanceUID": UID}], []),
+    (f"_id={UID},1.2.3", [{"StudyInstanceUID": f"{UID},1.2.3"}], []),
+    (f"identifier=urn:dicom:uid|urn:oid:{UID}", [{"StudyInstanceUID": UID}], []),
+    (f"identifier=urn:oid:{UID}", [{"StudyInstanceUID": UID}], []),  # SMART Imaging's bare form
+    ("identifier=ACC-17", [{"AccessionNumber": "ACC-17"}], []),
+    ("identifier=https://ris.example/acc|ACC-17", [{"AccessionNumber": "ACC-17"}], []),
+    ("identifier:of-type=http://terminology.hl7.org/CodeSystem/v2-0203|ACSN|ACC-17", [{"AccessionNumber": "ACC-17"}], []),
+    ("identifier:of-type=http://terminology.hl7.org/CodeSystem/v2-0203|MR|77", "nothing", []),
+    (f"identifier=ACC-17,urn:oid:{UID}", [{"AccessionNumber": "ACC-17"}, {"StudyInstanceUID": UID}], []),
+    ("patient=Patient/PAT-1", [{"PatientID": "PAT-1"}], []),
+    ("patient=PAT-1", [{"PatientID": "PAT-1"}], []),
+    ("patient=https://ehr.example/fhir/Patient/PAT-1", [{"PatientID": "PAT-1"}], []),
+    ("subject=Group/7", "nothing", []),
+    ("patient:identifier=urn:oid:1.2.3|PAT-1", [{"PatientID": "PAT-1"}], []),
+    ("patient.identifier=PAT-1", [{"PatientID": "PAT-1"}], []),
+    # Characters outside the URL's unreserved set become the planner's own wildcard; the bridge re-checks.
+    ("patient:identifier=PAT 01/ä", [{"PatientID": "PAT*01*"}], []),
+    ("patient=P1,P2", [{"PatientID": "P1"}, {"PatientID": "P2"}], []),
+    ("started=2024-03-05", [{"StudyDate": "20240304-20240306"}], []),
+    ("started=2024-03", [{"StudyDate": "20240229-20240401"}], []),
+    ("started=2024", [{"StudyDate": "20231231-20250101"}], []),
+    ("started=ge2024-03-05", [{"StudyDate": "20240304-"}], []),
+    ("started=gt2024-03-05", [{"StudyDate": "20240304-"}], []),
+    ("started=sa2024-03-05", [{"StudyDate": "20240304-"}], []),
+    ("started=le2024-03-05", [{"StudyDate": "-20240306"}], []),
+    ("started=lt2024-03-05", [{"StudyDate": "-20240305"}], []),
+    ("started=eb2024-03-05", [{"StudyDate": "-20240305"}], []),
+    ("started=ne2024-03-05", [{}], []),  # QIDO cannot say "not": the bridge checks every row
+    ("started=ge2024-01&started=lt2024-02", [{"StudyDate": "20231231-"}], []),
+    ("started:missing=true", [{}], []),
+    ("started=2024-03-05T10:00:00%2B01:00", [{"StudyDate": "20240304-20240306"}], []),
+    ("started=2024-03-05T10:00:00+01:00", [{"StudyDate": "20240304-20240306"}], []),  # "+" unencoded: a space
+    ("modality=CT", [{"ModalitiesInStudy": "CT"}], []),
+    ("modality=http://dicom.nema.org/resources/ontology/DCM|MR", [{"ModalitiesInStudy": "MR"}], []),
+    ("modality=http://snomed.info/sct|CT", "nothing", []),
+    ("modality=CT,MR", [{"ModalitiesInStudy": "CT"}, {"ModalitiesInStudy": "MR"}], []),
+    ("modality=CT&modality=SR", [{"ModalitiesInStudy": "CT"}], []),  # one filter per attribute; SR is checked
+    ("based-on:identifier=ACC-17", [{"AccessionNumber": "ACC-17"}], []),
+    ("based-on:missing=true", [{}], []),
+    ("status=available", [{}], []),
+    ("status=cancelled", "nothing", []),
+    ("endpoint=Endpoint/wado-rs-1", [{}], []),
+    # Series- and instance-level criteria are asked at their own level, narrowed by the study-level filters.
+    ("series=1.2.3.4", None, [("series", "series", [{"SeriesInstanceUID": "1.2.3.4"}])]),
+    ("instance=1.2.3.4.5", None, [("instance", "instance", [{"SOPInstanceUID": "1.2.3.4.5"}])]),
+    (
+        "dicom-class=urn:oid:1.2.840.10008.5.1.4.1.1.2,1.2.840.10008.5.1.4.1.1.4",
+        None,
+        [("dicom-class", "instance", [{"SOPClassUID": "1.2.840.10008.5.1.4.1.1.2,1.2.840.10008.5.1.4.1.1.4"}])],
+    ),
+    ("body-site=http://snomed.info/sct|816094009", None,
+     [("body-site", "series", [{"BodyPartExamined": "CHEST"}, {"BodyPartExamined": "THORAX"}])]),
+    ("body-site=000000", "nothing", []),
+    (
+        "patient=PAT-1&series=1.2.3.4",
+        [{"PatientID": "PAT-1"}],
+        [("series", "series", [{"PatientID": "PAT-1", "SeriesInstanceUID": "1.2.3.4"}])],
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("query", "study", "lower"), TRANSLATIONS, ids=[t[0] or "(none)" for t in TRANSLATIONS])
+def test_translation(query: str, study: object, lower: list[object]) -> None:
+    assert plan(query) == (study, lower)
+
+
+# (FHIR query, text the 400 must contain: the parameter's name and what is wrong)
+REFUSALS = [
+    ("patient=PAT*", "cannot be matched literally"),
+    ("identifier=ACC?1", "cannot be matched literally"),
+    ("patient:identifier=A\\,B", "cannot be matched literally"),  # FHIR's escaped comma: DICOM cannot carry it
+    ("patient:exact=PAT-1", "modifier :exact is not supported on patient"),
+    ("modality:not=CT", "modifier :not is not supported on modality"),
+    ("started=ap2024", "ap prefix"),
+    ("started=2024-13", "not a real date"),
+    ("started=2024-02-30", "not a real date"),
+    ("started=yesterday", "is not a FHIR date"),
+    ("started=2024-03-05T10:00:00+15:00", "not a real date"),
+    ("started:missing=maybe", "started:missing takes true or false"),
+    ("_id=not a uid", "is not a DICOM UID"),
+    ("series=1.2.3;drop", "is not a DICOM UID"),
+    ("patient=", "empty value"),
+    ("modality=CT,,MR", "empty value"),
+    ("identifier=a|b|c", "a token is [system|]code"),
+    ("identifier:of-type=ACSN|17", "identifier:of-type takes system|code|value"),
+    ("based-on=ServiceRequest/1", "based-on:identifier"),
+    ("patient=Patient/PAT 01/ä", "is not a reference"),  # a PatientID with "/" is reached by patient:identifier
+    ("patient.name=Smith", "chained search patient.name is not supported"),
+    ("_count=-1", "_count takes a whole number"),
+    ("_count=ten", "_count takes a whole number"),
+    ("_count=1&_count=2", "_count may be given once"),
+    ("_offset=x", "_offset takes a whole number"),
+    ("_summary=text", "_summary=text is not supported"),
+    ("_elements=identifier,foo", "foo are not ImagingStudy elements"),
+    ("_summary=true&_elements=identifier", "cannot be combined"),
+    ("_total=maybe", "_total takes"),
+]
+
+
+@pytest.mark.parametrize(("query", "message"), REFUSALS, ids=[r[0] for r in REFUSALS])
+def test_malformed_values_are_400_naming_the_problem(query: str, message: str) -> None:
+    with pytest.raises(InvalidRequest, match=message.replace("[", r"\[").replace("|", r"\|")):
+        parse_search(parse_qsl(query, keep_blank_values=True))
+
+
+def test_unknown_parameters_are_ignored_when_lenient_and_refused_when_strict() -> None:
+    params = [("foo", "bar"), ("_sort", "-started"), ("_include", "ImagingStudy:patient"), ("patient", "P1")]
+    lenient = parse_search(params)
+    assert lenient.ignored == ("foo", "_sort", "_include=ImagingStudy:patient")
+    assert [c.name for c in lenient.criteria] == ["patient"]
+    with pytest.raises(InvalidRequest, match="unknown search parameter foo"):
+        parse_search(params, strict=True)
+
+
+@pytest.mark.parametrize(("count", "expected"), [("0", 0), ("5", 5), ("100", 100), ("1000", 100)])
+def test_count_is_capped_never_exceeded(count: str, expected: int) -> None:
+    assert parse_search([("_count", count)]).count == expected
+
+
+@pytest.mark.parametrize("include", ["ImagingStudy:endpoint", "ImagingStudy:endpoint:Endpoint", "*"])
+def test_include_endpoint(include: str) -> None:
+    assert parse_search([("_include", include)]).include_endpoint
