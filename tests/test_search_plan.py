@@ -22,6 +22,7 @@ def plan(query: str) -> tuple[object, list[tuple[str, str, list[dict[str, str]]]
 
 
 UID = "1.2.840.113619.2.55.3.1"
+V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
 
 # (FHIR query, study-level QIDO queries, series/instance-level QIDO queries)
 TRANSLATIONS = [
@@ -33,8 +34,8 @@ TRANSLATIONS = [
     (f"identifier=urn:oid:{UID}", [{"StudyInstanceUID": UID}], []),  # SMART Imaging's bare form
     ("identifier=ACC-17", [{"AccessionNumber": "ACC-17"}], []),
     ("identifier=https://ris.example/acc|ACC-17", [{"AccessionNumber": "ACC-17"}], []),
-    ("identifier:of-type=http://terminology.hl7.org/CodeSystem/v2-0203|ACSN|ACC-17", [{"AccessionNumber": "ACC-17"}], []),
-    ("identifier:of-type=http://terminology.hl7.org/CodeSystem/v2-0203|MR|77", "nothing", []),
+    (f"identifier:of-type={V2_0203}|ACSN|ACC-17", [{"AccessionNumber": "ACC-17"}], []),
+    (f"identifier:of-type={V2_0203}|MR|77", "nothing", []),
     (f"identifier=ACC-17,urn:oid:{UID}", [{"AccessionNumber": "ACC-17"}, {"StudyInstanceUID": UID}], []),
     ("patient=Patient/PAT-1", [{"PatientID": "PAT-1"}], []),
     ("patient=PAT-1", [{"PatientID": "PAT-1"}], []),
