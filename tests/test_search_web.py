@@ -1,0 +1,244 @@
+"""Search through the HTTP layer with an in-memory PACS: Bundles, paging links, result parameters, handling."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from bridge.mapping.dicomjson import DicomJson
+from bridge.qido.memory import MemoryQidoSource
+from bridge.qido.source import NO_FILTERS, Filters
+from bridge.settings import load_settings
+from tests.conftest import start_client
+from tests.support.fhircheck import validate
+
+CT = "1.2.840.10008.5.1.4.1.1.2"
+
+
+def el(vr: str, value: Any) -> dict[str, Any]:
+    return {"vr": vr, "Value": [value]}
+
+
+def pacs(studies: int = 12) -> MemoryQidoSource:
+    """``studies`` studies of patient P1 (one a day in March 2024), each one CT series with one instance."""
+    source = MemoryQidoSource()
+    for n in range(1, studies + 1):
+        uid, series = f"2.25.{n}", f"2.25.{n}.1"
+        source.studies.append({
+            "0020000D": el("UI", uid), "00100020": el("LO", "P1"), "00080020": el("DA", f"202403{n:02d}"),
+            "00080061": el("CS", "CT"), "00080050": el("SH", f"ACC{n}"),
+        })  # fmt: skip
+        source.series[uid] = [{"0020000E": el("UI", series), "00080060": el("CS", "CT"), "00100020": el("LO", "P1")}]
+        source.instances[(uid, series)] = [{"00080018": el("UI", f"{series}.1"), "00080016": el("UI", CT)}]
+    return source
+
+
+@pytest.fixture
+def source() -> MemoryQidoSource:
+    return pacs()
+
+
+@pytest.fixture
+async def client(source: MemoryQidoSource) -> AsyncIterator[TestClient]:
+    settings = load_settings({"BRIDGE_QIDO_URL": "http://pacs.internal/dicom-web", "BRIDGE_PUBLIC_URL":
+                              "https://fhir.example.org/fhir"})  # fmt: skip
+    client = await start_client(settings, source)
+    yield client
+    await client.close()
+
+
+async def bundle(client: TestClient, query: str, status: int = 200, **kwargs: Any) -> dict[str, Any]:
+    response = await client.get(f"/fhir/ImagingStudy?{query}", **kwargs)
+    body: dict[str, Any] = await response.json()
+    assert response.status == status, body
+    validate(body)
+    return body
+
+
+def ids(body: dict[str, Any]) -> list[str]:
+    return [e["resource"]["id"] for e in body.get("entry", []) if e["search"]["mode"] == "match"]
+
+
+def link(body: dict[str, Any], relation: str) -> str | None:
+    return next((entry["url"] for entry in body["link"] if entry["relation"] == relation), None)
+
+
+async def test_searchset_bundle(client: TestClient) -> None:
+    body = await bundle(client, "patient=P1&_count=5")
+    assert body["type"] == "searchset"
+    assert body["total"] == 12
+    assert ids(body) == [f"2.25.{n}" for n in (12, 11, 10, 9, 8)]  # newest first
+    first = body["entry"][0]
+    assert first["fullUrl"] == "https://fhir.example.org/fhir/ImagingStudy/2.25.12"
+    assert first["resource"]["series"][0]["instance"][0]["uid"] == "2.25.12.1.1"  # complete resources
+    assert link(body, "self") == "https://fhir.example.org/fhir/ImagingStudy?patient=P1&_count=5"
+
+
+async def test_following_next_visits_every_study_once_and_previous_goes_back(client: TestClient) -> None:
+    seen: list[str] = []
+    url: str | None = "/fhir/ImagingStudy?_count=5&started=ge2024-03"
+    pages = []
+    while url:
+        path = urlsplit(url)
+        page = await bundle(client, path.query) if path.query else None
+        assert page is not None
+        pages.append(page)
+        seen += ids(page)
+        url = link(page, "next")
+    assert len(seen) == 12
+    assert sorted(seen) == sorted(set(seen))
+    back = urlsplit(link(pages[-1], "previous") or "")
+    assert ids(await bundle(client, back.query)) == ids(pages[-2])
+
+
+async def test_empty_result_is_an_empty_searchset(client: TestClient) -> None:
+    body = await bundle(client, "patient=NOBODY")
+    assert body["total"] == 0
+    assert "entry" not in body
+    assert link(body, "self")
+
+
+@pytest.mark.parametrize("query", ["_summary=count", "_count=0"])
+async def test_count_only(client: TestClient, query: str) -> None:
+    body = await bundle(client, query)
+    assert body["total"] == 12
+    assert "entry" not in body
+
+
+async def test_summary_true_drops_instances_and_says_so(client: TestClient) -> None:
+    body = await bundle(client, "_summary=true&_count=1")
+    resource = body["entry"][0]["resource"]
+    assert resource["meta"]["tag"][0]["code"] == "SUBSETTED"
+    assert "instance" not in resource["series"][0]
+    assert "numberOfInstances" not in resource  # ist-4 would otherwise demand the listed instances
+
+
+async def test_elements_without_series_reads_only_the_study_level(client: TestClient, source: MemoryQidoSource) -> None:
+    body = await bundle(client, "_elements=identifier,modality&_count=3")
+    resource = body["entry"][0]["resource"]
+    assert set(resource) == {"resourceType", "id", "meta", "identifier", "modality", "status", "subject"}
+    assert resource["meta"]["tag"][0]["code"] == "SUBSETTED"
+    assert source.calls == ["studies"]  # one PACS query for the page: no series, no instances
+
+
+async def test_include_endpoint(client: TestClient) -> None:
+    body = await bundle(client, "_count=2&_include=ImagingStudy:endpoint")
+    included = [e for e in body["entry"] if e["search"]["mode"] == "include"]
+    assert len(included) == 1
+    assert included[0]["resource"]["resourceType"] == "Endpoint"
+    assert included[0]["fullUrl"].startswith("https://fhir.example.org/fhir/Endpoint/")
+
+
+async def test_post_search_equals_get(client: TestClient) -> None:
+    got = await bundle(client, "patient=P1&_count=3&modality=CT")
+    response = await client.post("/fhir/ImagingStudy/_search?_count=3", data={"patient": "P1", "modality": "CT"})
+    posted = await response.json()
+    assert response.status == 200
+    validate(posted)
+    assert ids(posted) == ids(got)
+    assert posted["total"] == got["total"]
+    assert link(posted, "next") == link(got, "next")
+
+
+async def test_post_search_takes_a_form_only(client: TestClient) -> None:
+    response = await client.post("/fhir/ImagingStudy/_search", json={"patient": "P1"})
+    assert response.status == 415
+    validate(await response.json())
+
+
+async def test_unknown_parameters_lenient_by_default_strict_on_request(client: TestClient) -> None:
+    lenient = await bundle(client, "patient=P1&frobnicate=yes&_count=2")
+    assert "frobnicate" not in (link(lenient, "self") or "")
+    strict = await bundle(client, "patient=P1&frobnicate=yes", 400, headers={"Prefer": "handling=strict"})
+    assert "frobnicate" in strict["issue"][0]["diagnostics"]
+
+
+async def test_refusals_are_400_operation_outcomes(client: TestClient, source: MemoryQidoSource) -> None:
+    for query in ("patient=P*", "identifier=A?", "started=ap2024", "_count=x", "patient:contains=P"):
+        body = await bundle(client, query, 400)
+        assert body["issue"][0]["severity"] == "error"
+    assert source.calls == []  # nothing reached the PACS
+
+
+async def test_format_is_negotiated_before_the_pacs_is_asked(client: TestClient, source: MemoryQidoSource) -> None:
+    response = await client.get("/fhir/ImagingStudy?patient=P1&_format=xml")
+    assert response.status == 406
+    assert source.calls == []
+
+
+async def test_a_uid_under_two_patients_is_left_out_unless_the_search_names_the_patient(
+    client: TestClient, source: MemoryQidoSource
+) -> None:
+    shared = "2.25.3"
+    source.studies.append({"0020000D": el("UI", shared), "00100020": el("LO", "P2"), "00080020": el("DA", "20240303")})
+    source.series[shared].append({"0020000E": el("UI", "2.25.3.9"), "00080060": el("CS", "MR"),
+                                  "00100020": el("LO", "P2")})  # fmt: skip
+    source.instances[(shared, "2.25.3.9")] = [
+        {"00080018": el("UI", "2.25.3.9.1"), "00080016": el("UI", CT), "00100020": el("LO", "P2")}
+    ]
+    unscoped = await bundle(client, "started=2024-03-03")
+    assert ids(unscoped) == []
+    outcome = [e for e in unscoped["entry"] if e["search"]["mode"] == "outcome"]
+    assert "registered under 2 patients" in outcome[0]["resource"]["issue"][0]["diagnostics"]
+    for patient, series in (("P1", "2.25.3.1"), ("P2", "2.25.3.9")):
+        scoped = await bundle(client, f"patient={patient}&started=2024-03-03")
+        assert ids(scoped) == [shared]
+        assert [s["uid"] for s in scoped["entry"][0]["resource"]["series"]] == [series]  # only their part
+
+
+async def test_a_pacs_that_ignores_the_patient_filter_cannot_leak_studies() -> None:
+    class Careless(MemoryQidoSource):
+        async def search_studies(self, filters: Filters, fields: Sequence[str]) -> list[DicomJson]:
+            return await super().search_studies({}, fields)  # returns everyone's studies
+
+    careless = Careless(pacs(3).studies, pacs(3).series, pacs(3).instances)
+    careless.studies.append({"0020000D": el("UI", "2.25.99"), "00100020": el("LO", "P2")})
+    client = await start_client(load_settings({"BRIDGE_QIDO_URL": "http://pacs/dicom-web"}), careless)
+    try:
+        body = await bundle(client, "patient=P2")
+        assert ids(body) == ["2.25.99"]
+        assert ids(await bundle(client, "patient=p2")) == []  # exact, whatever the PACS's case rules
+    finally:
+        await client.close()
+
+
+async def test_a_pages_studies_are_read_concurrently() -> None:
+    class Slow(MemoryQidoSource):
+        in_flight = peak = 0
+
+        async def search_instances(
+            self, study_uid: str | None, series_uid: str | None, fields: Sequence[str],
+            expected: int | None = None, filters: Filters = NO_FILTERS,
+        ) -> list[DicomJson]:  # fmt: skip
+            Slow.in_flight += 1
+            Slow.peak = max(Slow.peak, Slow.in_flight)
+            await asyncio.sleep(0.02)
+            Slow.in_flight -= 1
+            return await super().search_instances(study_uid, series_uid, fields, expected, filters)
+
+    data = pacs(6)
+    client = await start_client(load_settings({"BRIDGE_QIDO_URL": "http://pacs/dicom-web"}),
+                                Slow(data.studies, data.series, data.instances))  # fmt: skip
+    try:
+        assert len(ids(await bundle(client, "_count=6"))) == 6
+    finally:
+        await client.close()
+    assert Slow.peak == 6
+
+
+def test_links_are_plain_get_urls() -> None:
+    from bridge.search.bundle import page_links
+    from bridge.search.query import parse_search
+
+    query = parse_search([("patient:identifier", "urn:oid:1.2|PAT 01/ä"), ("_count", "2"), ("_offset", "2")])
+    links = {entry["relation"]: entry["url"] for entry in page_links("https://x/fhir", query, total=5)}
+    assert dict(parse_qsl(urlsplit(links["next"]).query)) == {
+        "patient:identifier": "urn:oid:1.2|PAT 01/ä", "_count": "2", "_offset": "4"
+    }  # fmt: skip
+    assert dict(parse_qsl(urlsplit(links["previous"]).query))["_count"] == "2"
+    assert "_offset" not in dict(parse_qsl(urlsplit(links["previous"]).query))
