@@ -81,6 +81,9 @@ class Settings(BaseSettings):
     patient_id_system: str | None = None
     #: IssuerOfPatientID value -> identifier system URI, as a JSON object.
     issuer_systems: dict[str, str] = Field(default_factory=dict)
+    #: How a Patient id relates to the DICOM PatientID in ``patient=Patient/<id>``: a template with one
+    #: ``{PatientID}``, e.g. ``mrn-{PatientID}`` when the EHR's Patient ids wrap the PACS's PatientIDs.
+    patient_reference: str = "{PatientID}"
     #: IANA zone assumed for study times without TimezoneOffsetFromUTC; unset gives date-only ``started``.
     timezone: str | None = None
     log_level: str = "INFO"
@@ -150,6 +153,13 @@ class Settings(BaseSettings):
             for issuer, system in value.items():
                 if not isinstance(system, str) or not _URI.match(system):
                     raise ValueError(f"the system for issuer {issuer!r} must be an absolute URI")
+        return value
+
+    @field_validator("patient_reference")
+    @classmethod
+    def _patient_reference(cls, value: str) -> str:
+        if value.count("{PatientID}") != 1 or value.replace("{PatientID}", "").count("{"):
+            raise ValueError("must contain {PatientID} exactly once, e.g. {PatientID} or mrn-{PatientID}")
         return value
 
     @field_validator("timezone")

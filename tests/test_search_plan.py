@@ -8,7 +8,7 @@ import pytest
 
 from bridge.errors import InvalidRequest
 from bridge.search.plan import plan_search
-from bridge.search.query import parse_search
+from bridge.search.query import PatientRule, parse_search
 
 
 def plan(query: str) -> tuple[object, list[tuple[str, str, list[dict[str, str]]]]]:
@@ -150,3 +150,22 @@ def test_count_is_capped_never_exceeded(count: str, expected: int) -> None:
 @pytest.mark.parametrize("include", ["ImagingStudy:endpoint", "ImagingStudy:endpoint:Endpoint", "*"])
 def test_include_endpoint(include: str) -> None:
     assert parse_search([("_include", include)]).include_endpoint
+
+
+@pytest.mark.parametrize(
+    ("template", "reference", "patient_id"),
+    [
+        ("{PatientID}", "Patient/PAT-1", "PAT-1"),
+        ("mrn-{PatientID}", "Patient/mrn-12345", "12345"),
+        ("mrn-{PatientID}", "Patient/12345", None),  # outside the template: stands for no PatientID
+        ("{PatientID}.h1", "Patient/777.h1", "777"),
+        ("mrn-{PatientID}", "Patient/mrn-", None),
+    ],
+)
+def test_patient_reference_rule(template: str, reference: str, patient_id: str | None) -> None:
+    query = parse_search([("patient", reference)], patients=PatientRule(template))
+    result = plan_search(query)
+    if patient_id is None:
+        assert result.unsatisfiable
+    else:
+        assert result.study_queries == ({"PatientID": patient_id},)

@@ -56,8 +56,8 @@ def _study_value(criterion: Criterion, value: object, study: Element, zone: dt.t
         if identifier is None:
             return False
         if isinstance(value, Reference):
-            # BRIDGE_PATIENT_REFERENCE=id: the Patient's id is the DICOM PatientID.
-            return value.type == "Patient" and identifier.get("value") == value.id
+            # The parser turned the Patient's id into the PatientID it stands for (BRIDGE_PATIENT_REFERENCE).
+            return value.type == "Patient" and bool(value.id) and identifier.get("value") == value.id
         return isinstance(value, Token) and _identifier_match(value, identifier)
     if name == "started":
         return isinstance(value, DateValue) and "started" in study and _date_match(value, study["started"], zone)

@@ -46,8 +46,9 @@ SEARCH_PARAMETERS: tuple[SearchParameter, ...] = (
     ),
     SearchParameter(
         "patient", "reference", Level.STUDY,
-        "Patient/<id>, where the id is the DICOM PatientID (BRIDGE_PATIENT_REFERENCE=id); :identifier=system|value "
-        "matches the subject's identifier; the chain patient.identifier does the same.",
+        "Patient/<id>, where the id stands for a DICOM PatientID by the BRIDGE_PATIENT_REFERENCE template "
+        "(default: the id is the PatientID); :identifier=system|value matches the subject's identifier; the chain "
+        "patient.identifier does the same.",
         frozenset({"identifier"}), _r5("patient"),
     ),
     SearchParameter(

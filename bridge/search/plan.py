@@ -137,7 +137,7 @@ def _value_filters(name: str, value: object) -> list[Filters]:
         return [{"AccessionNumber": qido_value(value.value)}] if (value.type_system, value.type_code) == ACSN else []
     if name in ("patient", "subject"):
         if isinstance(value, Reference):
-            return [{"PatientID": qido_value(value.id)}] if value.type == "Patient" else []
+            return [{"PatientID": qido_value(value.id)}] if value.type == "Patient" and value.id else []
         if isinstance(value, Token):
             return [{"PatientID": qido_value(value.code)}]
     if name == "based-on" and isinstance(value, Token):

@@ -81,6 +81,22 @@ class Reference:
 
 
 @dataclass(frozen=True)
+class PatientRule:
+    """``Patient/<id>`` -> DICOM PatientID, from the BRIDGE_PATIENT_REFERENCE template (``mrn-{PatientID}``)."""
+
+    template: str = "{PatientID}"
+
+    def patient_id(self, patient_id: str) -> str | None:
+        """The PatientID a Patient id stands for; None when the id does not fit the template."""
+        prefix, _, suffix = self.template.partition("{PatientID}")
+        if len(patient_id) <= len(prefix) + len(suffix) or not patient_id.startswith(prefix):
+            return None
+        if suffix and not patient_id.endswith(suffix):
+            return None
+        return patient_id[len(prefix) : len(patient_id) - len(suffix)]
+
+
+@dataclass(frozen=True)
 class DateValue:
     """A date search value: its prefix and the instant range ``[low, high)`` its precision spans."""
 
@@ -121,10 +137,17 @@ class SearchQuery:
         return any(c.name in ("patient", "subject") for c in self.criteria)
 
 
-def parse_search(params: Iterable[tuple[str, str]], *, strict: bool = False, zone: dt.tzinfo = dt.UTC) -> SearchQuery:
+def parse_search(
+    params: Iterable[tuple[str, str]],
+    *,
+    strict: bool = False,
+    zone: dt.tzinfo = dt.UTC,
+    patients: PatientRule = PatientRule(),
+) -> SearchQuery:
     """Parse query or form parameters. ``strict`` refuses unknown parameters (``Prefer: handling=strict``).
 
     ``zone`` is the zone of date search values without one (and of whole days): BRIDGE_TIMEZONE, else UTC.
+    ``patients`` turns ``Patient/<id>`` into the PatientID it stands for.
     """
     criteria: list[Criterion] = []
     result: dict[str, str] = {}
@@ -153,7 +176,7 @@ def parse_search(params: Iterable[tuple[str, str]], *, strict: bool = False, zon
             raise InvalidRequest(f"modifier :{modifier} is not supported on {name} (supported: {allowed})")
         if not raw:
             raise InvalidRequest(f"{key} has an empty value")
-        values = tuple(_parse_value(name, modifier or None, value, zone) for value in _split(key, raw))
+        values = tuple(_parse_value(name, modifier or None, value, zone, patients) for value in _split(key, raw))
         criteria.append(Criterion(name, modifier or None, values, (key, raw)))
     return _with_result_parameters(criteria, result, ignored, strict)
 
@@ -170,7 +193,7 @@ def _split(key: str, raw: str) -> list[str]:
     return values
 
 
-def _parse_value(name: str, modifier: str | None, value: str, zone: dt.tzinfo) -> Value:
+def _parse_value(name: str, modifier: str | None, value: str, zone: dt.tzinfo, patients: PatientRule) -> Value:
     if modifier == "missing":
         if value not in ("true", "false"):
             raise InvalidRequest(f"{name}:missing takes true or false, not {value!r}")
@@ -178,7 +201,11 @@ def _parse_value(name: str, modifier: str | None, value: str, zone: dt.tzinfo) -
     if name == "started":
         return parse_date(value, zone)
     if name in ("patient", "subject") and modifier is None:
-        return _reference(name, value, default_type="Patient")
+        reference = _reference(name, value, default_type="Patient")
+        if reference.type != "Patient":
+            return reference
+        # Matched on the PatientID it stands for; an id outside the template stands for none ("").
+        return Reference("Patient", patients.patient_id(reference.id) or "")
     if name == "endpoint":
         return _reference(name, value, default_type="Endpoint")
     if name == "based-on" and modifier is None:

@@ -24,7 +24,7 @@ from bridge.qido.folder import FolderQidoSource
 from bridge.qido.source import QidoSource
 from bridge.search.bundle import needs_series, searchset
 from bridge.search.execute import run_search
-from bridge.search.query import parse_search
+from bridge.search.query import PatientRule, parse_search
 from bridge.settings import Settings
 from bridge.studies import read_study
 from bridge.web.capability import capability_statement
@@ -60,7 +60,10 @@ async def search_imaging_study(request: web.Request) -> web.Response:
             )
         form = await request.post()
         params += [(key, value) for key, value in form.items() if isinstance(value, str)]
-    query = parse_search(params, strict=_strict(request), zone=app[MAPPING].zone or dt.UTC)
+    settings = app[SETTINGS]
+    query = parse_search(
+        params, strict=_strict(request), zone=settings.zone or dt.UTC, patients=PatientRule(settings.patient_reference)
+    )
     if query.ignored:
         log.info("search ignored unknown parameters: %s", ", ".join(query.ignored))
     result = await run_search(app[SOURCE], query, app[MAPPING], complete=needs_series(query))
