@@ -86,6 +86,17 @@ TRANSLATIONS = [
         [{"PatientID": "PAT-1"}],
         [("series", "series", [{"PatientID": "PAT-1", "SeriesInstanceUID": "1.2.3.4"}])],
     ),
+    # Only keys every level carries narrow series queries (Orthanc answers ModalitiesInStudy there with nothing).
+    (
+        "modality=MR&series=1.2.3.4",
+        [{"ModalitiesInStudy": "MR"}],
+        [("series", "series", [{"SeriesInstanceUID": "1.2.3.4"}])],
+    ),
+    # With another filter narrowing, the date is decided by the bridge alone: a study stored as 1997.04.24 is found.
+    ("patient=PAT-1&started=1997-04-24", [{"PatientID": "PAT-1"}], []),
+    ("started=ge2010&started=lt2011", [{"StudyDate": "20091231-"}], []),
+    ("started=ge0001-01-01", [{"StudyDate": "00010101-"}], []),  # the calendar's ends do not overflow
+    ("started=9999-12-31", [{"StudyDate": "99991230-99991231"}], []),
 ]  # fmt: skip
 
 

@@ -34,6 +34,8 @@ STATUS_SYSTEM = "http://hl7.org/fhir/imagingstudy-status"
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 # Studies are stored under their local date; the bridge reads instants: a day's slack on each side of a range.
 _SLACK = dt.timedelta(days=1)
+#: Study-level keys that series and instance queries accept everywhere.
+LOWER_LEVEL_KEYS = frozenset({"PatientID", "StudyInstanceUID"})
 _INSTANT = dt.timedelta(microseconds=1)  # ranges are [low, high): the last instant inside is high - 1 µs
 
 
@@ -69,12 +71,18 @@ def plan_search(query: SearchQuery) -> Plan:
         else:
             lower.append((criterion, alternatives))
     study_queries = _combine(study)
-    narrowing = study_queries[0] if study_queries and len(study_queries) == 1 else {}
+    if study_queries and any(len(q) > 1 and "StudyDate" in q for q in study_queries):
+        # Another filter narrows already: let the bridge alone decide the date, so studies stored with a
+        # malformed date (1997.04.24), which no PACS date range matches, are still found.
+        study_queries = tuple({k: v for k, v in q.items() if k != "StudyDate"} for q in study_queries)
+    single = study_queries[0] if study_queries and len(study_queries) == 1 else {}
+    narrowing = {key: value for key, value in single.items() if key in LOWER_LEVEL_KEYS}
     level_queries = []
     for criterion, alternatives in lower:
         level = BY_NAME[criterion.name].level
-        # Relational QIDO: the study-level filters narrow series and instance queries too (a PACS that ignores
-        # them returns more, which the intersection removes).
+        # Relational QIDO: study-level filters narrow series and instance queries too (a PACS that ignores them
+        # returns more, which the intersection removes). Only keys every level carries: Orthanc answers a
+        # series query holding ModalitiesInStudy with nothing.
         queries = tuple({**narrowing, **alt} for alt in alternatives) if alternatives is not None else (narrowing,)
         level_queries.append(LevelQueries(criterion, level, queries))
     if study_queries is None and not level_queries:
@@ -171,13 +179,13 @@ def _date_filter(values: list[DateValue]) -> list[Filters] | None:
         # A target (a study's started) spans at most a day; the slack covers any zone difference.
         low = high = None
         if value.prefix in ("eq", "ge"):
-            low = (value.low - _SLACK).date()
+            low = _day(value.low, -_SLACK)
         elif value.prefix in ("gt", "sa"):
-            low = (value.high - 2 * _SLACK).date()
+            low = _day(value.high, -2 * _SLACK)
         if value.prefix in ("eq", "le"):
-            high = (value.high - _INSTANT + _SLACK).date()
+            high = _day(value.high, _SLACK - _INSTANT)
         elif value.prefix in ("lt", "eb"):
-            high = (value.low - _INSTANT + _SLACK).date()
+            high = _day(value.low, _SLACK - _INSTANT)
         lows.append(low)
         highs.append(high)
     low = None if None in lows else min(d for d in lows if d)
@@ -185,6 +193,14 @@ def _date_filter(values: list[DateValue]) -> list[Filters] | None:
     if low is None and high is None:
         return None
     return [{"StudyDate": f"{_da(low)}-{_da(high)}"}]
+
+
+def _day(instant: dt.datetime, shift: dt.timedelta) -> dt.date:
+    """The date of ``instant + shift``, held within the calendar (year 1 to 9999)."""
+    try:
+        return (instant + shift).date()
+    except OverflowError:
+        return dt.date.min if shift < dt.timedelta(0) else dt.date.max
 
 
 def _da(day: dt.date | None) -> str:

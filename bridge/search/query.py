@@ -254,7 +254,7 @@ def parse_date(value: str, zone: dt.tzinfo = dt.UTC) -> DateValue:
         raise InvalidRequest("started: the ap prefix is not supported")
     try:
         low, high = date_range(match, zone)
-    except ValueError as exc:
+    except (ValueError, OverflowError) as exc:
         raise InvalidRequest(f"started: {value!r} is not a real date or time ({exc})") from None
     return DateValue(prefix, low, high)
 
@@ -264,24 +264,26 @@ def date_range(match: re.Match[str], zone: dt.tzinfo) -> tuple[dt.datetime, dt.d
     year = int(match["year"])
     tz = _zone(match["zone"]) if match["zone"] else zone
     if match["month"] is None:
-        return _local(dt.datetime(year, 1, 1), tz), _local(dt.datetime(year + 1, 1, 1), tz)
-    month = int(match["month"])
-    if match["day"] is None:
-        start = dt.datetime(year, month, 1)
-        end = dt.datetime(year + (month == 12), month % 12 + 1, 1)
-        return _local(start, tz), _local(end, tz)
-    day = dt.datetime(year, month, int(match["day"]))
-    if match["hour"] is None:
-        return _local(day, tz), _local(day + dt.timedelta(days=1), tz)
-    start = day.replace(hour=int(match["hour"]), minute=int(match["minute"]))
-    if match["second"] is None:
-        return _local(start, tz), _local(start + dt.timedelta(minutes=1), tz)
-    start = start.replace(second=int(match["second"]))
-    if match["fraction"] is None:
-        return _local(start, tz), _local(start + dt.timedelta(seconds=1), tz)
-    digits = match["fraction"][:6]
-    start = start.replace(microsecond=int(digits.ljust(6, "0")))
-    return _local(start, tz), _local(start + dt.timedelta(microseconds=10 ** (6 - len(digits))), tz)
+        start, end = dt.datetime(year, 1, 1), _after(dt.datetime(year, 1, 1), years=1)
+    elif match["day"] is None:
+        start = dt.datetime(year, int(match["month"]), 1)
+        end = _after(start, months=1)
+    elif match["hour"] is None:
+        start = dt.datetime(year, int(match["month"]), int(match["day"]))
+        end = _after(start, days=1)
+    else:
+        start = dt.datetime(year, int(match["month"]), int(match["day"]), int(match["hour"]), int(match["minute"]))
+        if match["second"] is None:
+            end = _after(start, minutes=1)
+        else:
+            start = start.replace(second=int(match["second"]))
+            if match["fraction"] is None:
+                end = _after(start, seconds=1)
+            else:
+                digits = match["fraction"][:6]
+                start = start.replace(microsecond=int(digits.ljust(6, "0")))
+                end = _after(start, microseconds=10 ** (6 - len(digits)))
+    return _local(start, tz), _local(end, tz)
 
 
 def _zone(text: str) -> dt.tzinfo:
@@ -296,7 +298,24 @@ def _zone(text: str) -> dt.tzinfo:
 
 
 def _local(naive: dt.datetime, tz: dt.tzinfo) -> dt.datetime:
-    return naive.replace(tzinfo=tz).astimezone(dt.UTC)
+    """A local time as a UTC instant, held within the calendar at its ends (0001-01-01, 9999-12-31)."""
+    try:
+        return naive.replace(tzinfo=tz).astimezone(dt.UTC)
+    except OverflowError:
+        edge = dt.datetime.min if naive.year == dt.MINYEAR else dt.datetime.max
+        return edge.replace(tzinfo=dt.UTC)
+
+
+def _after(start: dt.datetime, **step: int) -> dt.datetime:
+    """``start`` plus a step (a year, a month, a day…) in local time, or the calendar's end past 9999."""
+    try:
+        if "years" in step:
+            return start.replace(year=start.year + step["years"])
+        if "months" in step:
+            return start.replace(year=start.year + (start.month == 12), month=start.month % 12 + 1)
+        return start + dt.timedelta(**step)
+    except (ValueError, OverflowError):
+        return dt.datetime.max
 
 
 def _with_result_parameters(
