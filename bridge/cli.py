@@ -16,7 +16,8 @@ from bridge.errors import BridgeError, ConfigError
 from bridge.qido.factory import open_source
 from bridge.settings import Settings, load_settings
 from bridge.studies import read_study
-from bridge.web.app import MAPPING, create_app
+from bridge.web.app import create_app
+from bridge.web.keys import MAPPING
 
 log = logging.getLogger("bridge")
 

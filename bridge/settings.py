@@ -87,6 +87,16 @@ class Settings(BaseSettings):
     #: IANA zone assumed for study times without TimezoneOffsetFromUTC; unset gives date-only ``started``.
     timezone: str | None = None
     log_level: str = "INFO"
+    #: Where synthesized studies are cached: unset keeps them in this process; redis://… shares them.
+    cache_url: SecretStr | None = None
+    cache_ttl: Annotated[float, Field(ge=0)] = 300.0
+    cache_stale_while_revalidate: Annotated[float, Field(ge=0)] = 600.0
+    cache_stale_if_error: Annotated[float, Field(ge=0)] = 86_400.0
+    cache_max_bytes: Annotated[int, Field(ge=0)] = 256 * 1024 * 1024
+    #: Seconds between scheduled refreshes of the cache; 0 turns the refresher off.
+    refresh_interval: Annotated[float, Field(ge=0)] = 0.0
+    #: The scheduled refresh also reads studies of the last N days into the cache; 0: none.
+    refresh_prewarm_days: Annotated[int, Field(ge=0, le=3650)] = 0
 
     @model_validator(mode="before")
     @classmethod
@@ -153,6 +163,15 @@ class Settings(BaseSettings):
             for issuer, system in value.items():
                 if not isinstance(system, str) or not _URI.match(system):
                     raise ValueError(f"the system for issuer {issuer!r} must be an absolute URI")
+        return value
+
+    @field_validator("cache_url")
+    @classmethod
+    def _cache_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        if urlsplit(value.get_secret_value()).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
         return value
 
     @field_validator("patient_reference")

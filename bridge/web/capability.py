@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from typing import Any
 
 from bridge import RELEASE_DATE, __version__
 from bridge.search.parameters import INCLUDE_ENDPOINT, SEARCH_PARAMETERS
 
 
-def capability_statement(interactions: Mapping[str, Sequence[str]], base_url: str | None) -> dict[str, Any]:
+def capability_statement(interactions: dict[str, list[str]], base_url: str | None) -> dict[str, Any]:
     """An R5 CapabilityStatement listing, per resource type, the interactions served (and the search
     parameters, for a type that can be searched)."""
     implementation: dict[str, Any] = {"description": "DICOMweb-to-FHIR bridge: ImagingStudy from QIDO-RS"}

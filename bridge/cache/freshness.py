@@ -1,0 +1,104 @@
+"""What the cache holds and when it may serve it: pure functions of an entry, a policy and the time.
+
+An entry is *fresh* for ``ttl`` seconds after the PACS last confirmed it; then, for ``stale_while_revalidate``
+seconds, it is served while a background read refreshes it; past that it must be read again, but if that read
+fails it may still be served for ``stale_if_error`` seconds after it went stale (RFC 5861's two extensions).
+The clock is a parameter everywhere, so the rules are tested by a table, not by sleeping.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from dataclasses import dataclass, replace
+from enum import Enum
+from typing import Any
+
+import orjson
+
+
+@dataclass(frozen=True)
+class Policy:
+    ttl: float = 300.0
+    stale_while_revalidate: float = 600.0
+    stale_if_error: float = 86_400.0
+
+    @property
+    def retention(self) -> float:
+        """How long an entry is worth keeping at all."""
+        return self.ttl + max(self.stale_while_revalidate, self.stale_if_error)
+
+
+class Action(Enum):
+    SERVE = "serve"  # fresh
+    SERVE_STALE = "serve-stale"  # stale, within stale-while-revalidate: serve and refresh in the background
+    FETCH = "fetch"  # missing, too old, or the client asked (Cache-Control: no-cache)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One synthesized study as served: the response bytes and what HTTP and the refresher need to know."""
+
+    body: bytes
+    #: The content's version (a hash of the resource without its meta): the ETag and meta.versionId.
+    version: str
+    #: When this content was first seen (epoch seconds): Last-Modified and meta.lastUpdated.
+    last_modified: float
+    #: When the PACS last confirmed this content (epoch seconds): freshness counts from here.
+    checked_at: float
+    #: The study-level change signal at that time (see ``change_signal``).
+    signal: str = ""
+
+    @property
+    def etag(self) -> str:
+        return f'"{self.version}"'
+
+    def confirmed(self, now: float) -> Entry:
+        """The same content, confirmed unchanged by the PACS at ``now``."""
+        return replace(self, checked_at=now)
+
+    def pack(self) -> bytes:
+        """Bytes for a shared store: a length-prefixed JSON header, then the body as it is."""
+        header = orjson.dumps({"v": self.version, "m": self.last_modified, "c": self.checked_at, "s": self.signal})
+        return struct.pack(">I", len(header)) + header + self.body
+
+    @classmethod
+    def unpack(cls, packed: bytes) -> Entry:
+        (size,) = struct.unpack(">I", packed[:4])
+        header = orjson.loads(packed[4 : 4 + size])
+        return cls(packed[4 + size :], header["v"], header["m"], header["c"], header["s"])
+
+
+def decide(entry: Entry | None, now: float, policy: Policy, *, no_cache: bool = False) -> Action:
+    """What to do with a request for a cached study."""
+    if entry is None or no_cache:
+        return Action.FETCH
+    age = now - entry.checked_at
+    if age < policy.ttl:
+        return Action.SERVE
+    if age < policy.ttl + policy.stale_while_revalidate:
+        return Action.SERVE_STALE
+    return Action.FETCH
+
+
+def usable_on_error(entry: Entry | None, now: float, policy: Policy) -> bool:
+    """Whether a stored entry may stand in for a PACS that just failed (stale-if-error)."""
+    return entry is not None and now - entry.checked_at < policy.ttl + policy.stale_if_error
+
+
+def due_for_refresh(entry: Entry, now: float, policy: Policy, horizon: float) -> bool:
+    """Whether the scheduled refresh should re-validate an entry: it expires within ``horizon`` seconds."""
+    return now - entry.checked_at >= policy.ttl - horizon
+
+
+def content_version(resource: dict[str, Any]) -> str:
+    """A hash of the resource without ``meta``: equal exactly when the content is."""
+    content = {key: value for key, value in resource.items() if key != "meta"}
+    return hashlib.sha256(orjson.dumps(content, option=orjson.OPT_SORT_KEYS)).hexdigest()[:20]
+
+
+def change_signal(series: int | None, instances: int | None, modalities: list[str]) -> str:
+    """The cheap study-level summary the refresher compares: counts and modalities, as the PACS reports them."""
+    return f"{series if series is not None else '-'}/{instances if instances is not None else '-'}/" + ",".join(
+        sorted(set(modalities))
+    )

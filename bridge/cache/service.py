@@ -1,0 +1,162 @@
+"""The read-through cache of synthesized studies.
+
+A read consults the backend and the freshness rules (``bridge.cache.freshness``): fresh entries are served as
+stored bytes (no mapping, no serialization), stale ones are served while one background read refreshes them,
+and a PACS failure falls back to a stored entry within the stale-if-error window. Concurrent reads of the same
+study share one PACS fetch (single flight), so fifty cold reads cost the PACS what one costs.
+
+``meta.versionId`` is a hash of the content and ``meta.lastUpdated`` the time that content was first seen, so
+both change exactly when the study does, on every replica sharing the backend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+import orjson
+
+from bridge.cache.backends import CacheBackend, Clock, study_key
+from bridge.cache.freshness import (
+    Action,
+    Entry,
+    Policy,
+    change_signal,
+    content_version,
+    decide,
+    usable_on_error,
+)
+from bridge.errors import UpstreamError
+from bridge.mapping import tags
+from bridge.mapping.dicomjson import DicomJson, texts, uid, unsigned
+from bridge.mapping.imagingstudy import MappingOptions, imaging_study
+from bridge.qido.source import QidoSource
+from bridge.studies import check_study_id, fetch_study
+
+log = logging.getLogger(__name__)
+
+
+class Outcome(Enum):
+    HIT = "hit"
+    MISS = "miss"
+    STALE = "stale"  # served stale while a background read refreshes it
+    STALE_IF_ERROR = "stale-if-error"  # served stale because the PACS failed
+
+
+@dataclass(frozen=True)
+class Read:
+    entry: Entry
+    outcome: Outcome
+
+
+class StudyCache:
+    """Synthesized studies, read through the cache."""
+
+    def __init__(
+        self,
+        backend: CacheBackend,
+        source: QidoSource,
+        options: MappingOptions,
+        policy: Policy,
+        clock: Clock = time.time,
+    ) -> None:
+        self.backend = backend
+        self.policy = policy
+        self._source = source
+        self._options = options
+        self._clock = clock
+        self._inflight: dict[str, asyncio.Future[Entry]] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+
+    async def read(self, study_uid: str, *, no_cache: bool = False) -> Read:
+        """The study as stored or freshly read; ``no_cache`` (``Cache-Control: no-cache``) forces a PACS read."""
+        check_study_id(study_uid)
+        stored = await self.backend.get(study_key(study_uid))
+        now = self._clock()
+        action = decide(stored, now, self.policy, no_cache=no_cache)
+        if action is Action.SERVE and stored is not None:
+            return Read(stored, Outcome.HIT)
+        if action is Action.SERVE_STALE and stored is not None:
+            self._in_background(self.fetch(study_uid, stored))
+            return Read(stored, Outcome.STALE)
+        try:
+            return Read(await self.fetch(study_uid, stored), Outcome.MISS)
+        except UpstreamError as exc:
+            if usable_on_error(stored, now, self.policy) and stored is not None:
+                log.warning("PACS failed (%s); serving the stored study %s", exc.diagnostics, study_uid)
+                return Read(stored, Outcome.STALE_IF_ERROR)
+            raise
+
+    async def fetch(self, study_uid: str, previous: Entry | None) -> Entry:
+        """Read the study from the PACS and store it; concurrent calls for one study share one read."""
+        pending = self._inflight.get(study_uid)
+        if pending is None:
+            pending = asyncio.ensure_future(self._load(study_uid, previous))
+            self._inflight[study_uid] = pending
+            pending.add_done_callback(lambda _: self._inflight.pop(study_uid, None))
+        # shield: a client that gives up must not cancel the read the others are waiting for.
+        return await asyncio.shield(pending)
+
+    async def revalidate(self, study_uid: str, stored: Entry) -> bool:
+        """One cheap study-level query; re-read the study only if its change signal moved. True if it changed."""
+        rows = await self._source.search_studies({"StudyInstanceUID": study_uid}, tags.STUDY_FIELDS)
+        matching = [row for row in rows if uid(row, tags.STUDY_INSTANCE_UID) == study_uid]
+        if len(matching) == 1 and signal_of(matching[0]) == stored.signal:
+            await self.backend.put(study_key(study_uid), stored.confirmed(self._clock()), self.policy.retention)
+            return False
+        await self.fetch(study_uid, stored)
+        return True
+
+    async def close(self) -> None:
+        """Cancel background refreshes (their results would be stored in a closing backend)."""
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+
+    async def _load(self, study_uid: str, previous: Entry | None) -> Entry:
+        rows = await fetch_study(self._source, study_uid)
+        mapped = imaging_study(rows, self._options)
+        for note in mapped.notes:
+            log.warning("%s", note)
+        entry = make_entry(mapped.resource, signal_of(rows.study), previous, self._clock())
+        await self.backend.put(study_key(study_uid), entry, self.policy.retention)
+        return entry
+
+    def _in_background(self, work: Any) -> None:
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task[Any]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.warning("background refresh failed: %s", getattr(exc, "diagnostics", repr(exc)))
+
+
+def make_entry(resource: dict[str, Any], signal: str, previous: Entry | None, now: float) -> Entry:
+    """The entry for a freshly mapped resource: same version and lastUpdated as before if the content is."""
+    version = content_version(resource)
+    last_modified = previous.last_modified if previous is not None and previous.version == version else now
+    meta = {**resource.get("meta", {}), "versionId": version, "lastUpdated": instant(last_modified)}
+    ordered = {"resourceType": resource["resourceType"], "id": resource["id"], "meta": meta}
+    ordered.update((key, value) for key, value in resource.items() if key not in ordered)
+    return Entry(orjson.dumps(ordered), version, last_modified, now, signal)
+
+
+def signal_of(study: DicomJson) -> str:
+    return change_signal(
+        unsigned(study, tags.NUMBER_OF_STUDY_RELATED_SERIES),
+        unsigned(study, tags.NUMBER_OF_STUDY_RELATED_INSTANCES),
+        texts(study, tags.MODALITIES_IN_STUDY),
+    )
+
+
+def instant(epoch: float) -> str:
+    """A FHIR instant: ``2026-11-27T14:20:27.123Z``."""
+    stamp = dt.datetime.fromtimestamp(epoch, dt.UTC).isoformat(timespec="milliseconds")
+    return stamp.replace("+00:00", "Z")

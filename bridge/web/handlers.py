@@ -1,0 +1,123 @@
+"""The request handlers. They raise ``BridgeError``s; ``bridge.web.middleware`` renders them."""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.utils
+import logging
+
+import orjson
+from aiohttp import web
+
+from bridge.cache.freshness import Entry
+from bridge.cache.service import Outcome
+from bridge.errors import NotFound, UnsupportedMediaType, UpstreamError
+from bridge.search.bundle import needs_series, searchset
+from bridge.search.execute import run_search
+from bridge.search.query import PatientRule, parse_search
+from bridge.web.capability import capability_statement
+from bridge.web.keys import CACHE, ENDPOINT, INTERACTIONS, MAPPING, SETTINGS, SOURCE
+from bridge.web.negotiation import fhir_bytes_response, response_type
+
+log = logging.getLogger(__name__)
+
+
+async def read_imaging_study(request: web.Request) -> web.StreamResponse:
+    """GET [base]/ImagingStudy/{id}: from the cache, with ETag, Last-Modified and conditional reads."""
+    media = response_type(request)  # refuse an unserved format before asking the PACS anything
+    no_cache = "no-cache" in request.headers.get("Cache-Control", "").lower()
+    read = await request.app[CACHE].read(request.match_info["id"], no_cache=no_cache)
+    entry = read.entry
+    headers = {
+        "ETag": entry.etag,
+        "Last-Modified": email.utils.formatdate(entry.last_modified, usegmt=True),
+        # Patient data: no shared cache may keep it; the client revalidates with If-None-Match.
+        "Cache-Control": "private, no-cache",
+        "X-Cache": _X_CACHE[read.outcome],
+    }
+    if _not_modified(request, entry):
+        return web.Response(status=304, headers=headers)
+    response = fhir_bytes_response(media, entry.body)
+    response.headers.update(headers)
+    return response
+
+
+_X_CACHE = {Outcome.HIT: "HIT", Outcome.MISS: "MISS", Outcome.STALE: "STALE", Outcome.STALE_IF_ERROR: "STALE-IF-ERROR"}
+
+
+def _not_modified(request: web.Request, entry: Entry) -> bool:
+    """RFC 9110 13.1: If-None-Match decides when present (weak comparison), else If-Modified-Since."""
+    if_none_match = request.headers.get("If-None-Match")
+    if if_none_match is not None:
+        tags = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
+        return "*" in tags or entry.etag in tags
+    since = request.if_modified_since
+    return since is not None and int(entry.last_modified) <= since.timestamp()
+
+
+async def search_imaging_study(request: web.Request) -> web.Response:
+    """GET [base]/ImagingStudy?… and POST [base]/ImagingStudy/_search (form body): a searchset Bundle."""
+    media = response_type(request)
+    app = request.app
+    params = [(key, value) for key, value in request.query.items()]
+    if request.method == "POST":
+        if request.content_type != "application/x-www-form-urlencoded":
+            raise UnsupportedMediaType(
+                f"POST _search takes application/x-www-form-urlencoded, not {request.content_type or 'no body type'}"
+            )
+        form = await request.post()
+        params += [(key, value) for key, value in form.items() if isinstance(value, str)]
+    settings = app[SETTINGS]
+    query = parse_search(
+        params, strict=_strict(request), zone=settings.zone or dt.UTC, patients=PatientRule(settings.patient_reference)
+    )
+    if query.ignored:
+        log.info("search ignored unknown parameters: %s", ", ".join(query.ignored))
+    result = await run_search(app[SOURCE], query, app[MAPPING], complete=needs_series(query))
+    endpoint = app[ENDPOINT] or None
+    bundle = searchset(_base(request), query, result.total, result.resources, endpoint, result.warnings)
+    return fhir_bytes_response(media, orjson.dumps(bundle))
+
+
+def _strict(request: web.Request) -> bool:
+    """``Prefer: handling=strict`` (RFC 7240; lenient is the default)."""
+    preferences = request.headers.getall("Prefer", [])
+    return any(
+        part.strip().lower().replace(" ", "") == "handling=strict"
+        for header in preferences
+        for part in header.replace(";", ",").split(",")
+    )
+
+
+def _base(request: web.Request) -> str:
+    """The FHIR base URL for links: BRIDGE_PUBLIC_URL, else this request's scheme and host."""
+    return request.app[SETTINGS].public_url or str(request.url.with_path("/fhir").with_query(None))
+
+
+async def read_endpoint(request: web.Request) -> web.Response:
+    media = response_type(request)
+    endpoint = request.app[ENDPOINT]
+    if not endpoint or request.match_info["id"] != endpoint["id"]:
+        raise NotFound(f"no Endpoint with id {request.match_info['id']!r}")
+    return fhir_bytes_response(media, orjson.dumps(endpoint))
+
+
+async def metadata(request: web.Request) -> web.Response:
+    media = response_type(request)
+    statement = capability_statement(request.app[INTERACTIONS], _base(request))
+    return fhir_bytes_response(media, orjson.dumps(statement))
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Alive: the process answers. Says nothing of the PACS (see /readyz)."""
+    return web.json_response({"status": "ok"}, dumps=lambda v: orjson.dumps(v).decode())
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready: the PACS answers a trivial query."""
+    try:
+        await request.app[SOURCE].check()
+    except UpstreamError as exc:
+        body = {"status": "unavailable", "reason": exc.diagnostics}
+        return web.json_response(body, status=503, dumps=lambda v: orjson.dumps(v).decode())
+    return web.json_response({"status": "ready"}, dumps=lambda v: orjson.dumps(v).decode())

@@ -1,0 +1,20 @@
+"""The application's typed state (aiohttp ``AppKey``s), shared by the handlers and the lifecycle contexts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from bridge.cache.service import StudyCache
+from bridge.mapping.imagingstudy import MappingOptions
+from bridge.qido.source import QidoSource
+from bridge.settings import Settings
+
+SETTINGS = web.AppKey("settings", Settings)
+SOURCE = web.AppKey("source", QidoSource)
+CACHE = web.AppKey("cache", StudyCache)
+MAPPING = web.AppKey("mapping", MappingOptions)
+ENDPOINT = web.AppKey("endpoint", dict[str, Any])  # empty when no WADO-RS address is known
+#: Resource type -> the FHIR interactions served, from the route table (for the CapabilityStatement).
+INTERACTIONS = web.AppKey("interactions", dict[str, list[str]])
