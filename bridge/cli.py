@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -12,12 +13,14 @@ import orjson
 from aiohttp import web
 
 from bridge import __version__
+from bridge.cache.refresh import refresh_due, warm
+from bridge.cache.service import StudyCache
 from bridge.errors import BridgeError, ConfigError
 from bridge.qido.factory import open_source
 from bridge.settings import Settings, load_settings
 from bridge.studies import read_study
-from bridge.web.app import create_app
-from bridge.web.keys import MAPPING
+from bridge.web.app import create_app, mapping_options
+from bridge.web.contexts import cache_policy, open_backend
 
 log = logging.getLogger("bridge")
 
@@ -31,6 +34,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--port", type=int, help="overrides BRIDGE_PORT")
     get = commands.add_parser("get", help="print the ImagingStudy of one StudyInstanceUID")
     get.add_argument("study_uid")
+    refresh = commands.add_parser(
+        "refresh", help="warm or re-validate the cache (BRIDGE_CACHE_URL) for a date range, a patient, or what it holds"
+    )
+    refresh.add_argument("--since", type=_day, help="studies from this date (YYYY-MM-DD)")
+    refresh.add_argument("--until", type=_day, help="studies up to this date (YYYY-MM-DD)")
+    refresh.add_argument("--patient", help="studies of this PatientID")
+    refresh.add_argument("--due", action="store_true", help="re-validate every study the cache holds")
     args = parser.parse_args(argv)
 
     try:
@@ -50,6 +60,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"imaging-bridge: {exc.diagnostics}", file=sys.stderr)
             return 1
         return 0
+    if args.command == "refresh":
+        if not (args.since or args.until or args.patient or args.due):
+            parser.error("refresh needs --since/--until, --patient or --due")
+        return asyncio.run(_refresh(settings, args))
     return asyncio.run(_get(settings, args.study_uid))
 
 
@@ -62,14 +76,13 @@ def _announce(host: str, port: int) -> Callable[..., None]:
 
 
 async def _get(settings: Settings, study_uid: str) -> int:
-    app = create_app(settings)
     try:
         source = await open_source(settings)
     except BridgeError as exc:
         print(f"imaging-bridge: {exc.diagnostics}", file=sys.stderr)
         return 1
     try:
-        resource = await read_study(source, study_uid, app[MAPPING])
+        resource = await read_study(source, study_uid, mapping_options(settings))
     except BridgeError as exc:
         print(f"imaging-bridge: {exc.diagnostics} (HTTP {exc.status})", file=sys.stderr)
         return 1
@@ -77,6 +90,54 @@ async def _get(settings: Settings, study_uid: str) -> int:
         await source.close()
     sys.stdout.write(orjson.dumps(resource, option=orjson.OPT_INDENT_2).decode() + "\n")
     return 0
+
+
+def _day(value: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a date (YYYY-MM-DD)") from None
+
+
+async def _refresh(settings: Settings, args: argparse.Namespace) -> int:
+    try:
+        source = await open_source(settings)
+    except BridgeError as exc:
+        print(f"imaging-bridge: {exc.diagnostics}", file=sys.stderr)
+        return 1
+    backend = open_backend(settings)
+    cache = StudyCache(backend, source, mapping_options(settings), cache_policy(settings))
+    if backend.description == "memory":
+        print("imaging-bridge: no BRIDGE_CACHE_URL: studies are read and checked, but kept by no one", file=sys.stderr)
+    try:
+        if args.due:
+            summary = await refresh_due(cache, horizon=settings.cache_ttl)
+        else:
+            filters = {}
+            if args.since or args.until:
+                filters["StudyDate"] = f"{_da(args.since)}-{_da(args.until)}"
+            if args.patient:
+                filters["PatientID"] = args.patient
+            summary = await warm(cache, source, filters, _progress_bar)
+    except BridgeError as exc:
+        print(f"\nimaging-bridge: {exc.diagnostics}", file=sys.stderr)
+        return 1
+    finally:
+        await cache.close()
+        await backend.close()
+        await source.close()
+    print(f"\n{summary}", file=sys.stderr)
+    return 1 if summary.failed else 0
+
+
+def _da(day: dt.date | None) -> str:
+    return f"{day:%Y%m%d}" if day else ""
+
+
+def _progress_bar(done: int, total: int, width: int = 30) -> None:
+    filled = width * done // total if total else width
+    sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
+    sys.stderr.flush()
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from it, so the statement cannot claim what is not served.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from aiohttp import web
 
@@ -47,24 +47,33 @@ FHIR_ROUTES = (
 )
 
 
-def create_app(settings: Settings, source: QidoSource | None = None) -> web.Application:
-    """The application; with ``source`` given the caller owns it, else it is opened and closed with the app."""
-    app = web.Application(middlewares=[errors], client_max_size=MAX_BODY)
-    app[SETTINGS] = settings
+def endpoint_of(settings: Settings) -> dict[str, Any]:
+    """The WADO-RS Endpoint the studies reference, or {} when no address is known."""
     address = settings.public_wado_url
-    endpoint = wado_endpoint(address) if address else {}
-    app[ENDPOINT] = endpoint
-    app[MAPPING] = MappingOptions(
-        endpoint_id=endpoint.get("id"),
+    return wado_endpoint(address) if address else {}
+
+
+def mapping_options(settings: Settings) -> MappingOptions:
+    return MappingOptions(
+        endpoint_id=endpoint_of(settings).get("id"),
         patient_id_system=settings.patient_id_system,
         issuer_systems=dict(settings.issuer_systems),
         zone=settings.zone,
     )
+
+
+def create_app(settings: Settings, source: QidoSource | None = None) -> web.Application:
+    """The application; with ``source`` given the caller owns it, else it is opened and closed with the app."""
+    app = web.Application(middlewares=[errors], client_max_size=MAX_BODY)
+    app[SETTINGS] = settings
+    app[ENDPOINT] = endpoint_of(settings)
+    app[MAPPING] = mapping_options(settings)
     if source is None:
         app.cleanup_ctx.append(contexts.pacs_source)
     else:
         app[SOURCE] = source
     app.cleanup_ctx.append(contexts.study_cache)
+    app.cleanup_ctx.append(contexts.refresher)
     interactions: dict[str, list[str]] = {}
     app.router.add_get("/fhir/metadata", metadata)
     for route in FHIR_ROUTES:

@@ -3,6 +3,8 @@ the PACS source, the study cache, and the scheduled refresher."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 
@@ -10,6 +12,7 @@ from aiohttp import web
 
 from bridge.cache.backends import CacheBackend, MemoryBackend, RedisBackend
 from bridge.cache.freshness import Policy
+from bridge.cache.refresh import Refresher
 from bridge.cache.service import StudyCache
 from bridge.mapping import tags
 from bridge.mapping.dicomjson import uid, unsigned
@@ -48,6 +51,23 @@ async def study_cache(app: web.Application) -> AsyncIterator[None]:
     finally:
         await cache.close()
         await backend.close()
+
+
+async def refresher(app: web.Application) -> AsyncIterator[None]:
+    """The scheduled refresh (BRIDGE_REFRESH_INTERVAL > 0), cancelled and awaited at shutdown."""
+    settings = app[SETTINGS]
+    if not settings.refresh_interval:
+        yield
+        return
+    schedule = Refresher(app[CACHE], app[SOURCE], settings.refresh_interval, settings.refresh_prewarm_days)
+    task = asyncio.create_task(schedule.run(), name="cache-refresh")
+    log.info("scheduled refresh every %g s", settings.refresh_interval)
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def open_backend(settings: Settings) -> CacheBackend:
