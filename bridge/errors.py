@@ -5,6 +5,7 @@ status and FHIR issue code the class declares (``bridge.web.middleware``), so ha
 
     BridgeError
     ├── InvalidRequest        400  the client's request is malformed
+    │   └── TooCostly         400  well-formed, but more than the bridge will ask of the PACS
     ├── NotFound              404  no such resource
     ├── NotAcceptable         406  a response format we do not serve
     ├── UnsupportedMediaType  415  a request body we do not read
@@ -36,6 +37,10 @@ class BridgeError(Exception):
 class InvalidRequest(BridgeError):
     status = 400
     issue_code = "invalid"
+
+
+class TooCostly(InvalidRequest):
+    issue_code = "too-costly"
 
 
 class NotFound(BridgeError):

@@ -17,7 +17,7 @@ from bridge.mapping import tags
 from bridge.mapping.dicomjson import DicomJson, fhir_id, is_uid, items, text, uid, unsigned
 from bridge.mapping.imagingstudy import MappingOptions, SeriesRows, StudyRows, imaging_study
 from bridge.qido.paging import RowMerger
-from bridge.qido.source import QidoSource, qido_value
+from bridge.qido.source import QidoSource
 
 log = logging.getLogger(__name__)
 
@@ -40,19 +40,18 @@ async def fetch_study(source: QidoSource, study_uid: str, patient: str | None = 
 
     With ``patient`` (a PatientID) the read is scoped to that patient's part of the study: rows of other
     patients sharing the StudyInstanceUID are out of scope and left out. Without it they are a ``Conflict``.
+    Rows are asked for by UID alone and their PatientID is compared by the bridge, exactly: a PACS's own
+    PatientID filter may widen (wildcards, case) or miss (values its character set lost).
     """
-    scope = Scope(patient)
-    filters = scope.filters
     study_rows, series_rows = await gather_all(
-        source.search_studies({"StudyInstanceUID": study_uid, **filters}, tags.STUDY_FIELDS),
-        source.search_series(study_uid, tags.SERIES_FIELDS, filters=filters),
+        source.search_studies({"StudyInstanceUID": study_uid}, tags.STUDY_FIELDS),
+        source.search_series(study_uid, tags.SERIES_FIELDS),
     )
-    study = _the_study(study_rows, study_uid, scope)
-    scope = Scope(text(study, tags.PATIENT_ID), scoped=patient is not None)
+    study, scope = _the_study(study_rows, study_uid, patient)
     expected = unsigned(study, tags.NUMBER_OF_STUDY_RELATED_SERIES)
     if expected is not None and len(series_rows) < expected:
         # The first read may have stopped at a silent cap: read again, paging up to the PACS's count.
-        series_rows = await source.search_series(study_uid, tags.SERIES_FIELDS, expected=expected, filters=filters)
+        series_rows = await source.search_series(study_uid, tags.SERIES_FIELDS, expected=expected)
     listed = _checked_series(series_rows, study_uid, scope)
     instance_lists = await gather_all(
         *(_series_instances(source, study_uid, series_uid, row, scope) for series_uid, row in listed)
@@ -78,9 +77,7 @@ async def _series_instances(
     """Every instance of one series: QIDO first, WADO-RS metadata where QIDO lists fewer than the PACS counts
     (a hard cap) or leaves document titles out (sequences are not returned by every QIDO service)."""
     expected = unsigned(row, tags.NUMBER_OF_SERIES_RELATED_INSTANCES)
-    rows = await source.search_instances(
-        study_uid, series_uid, tags.INSTANCE_FIELDS, expected=expected, filters=scope.filters
-    )
+    rows = await source.search_instances(study_uid, series_uid, tags.INSTANCE_FIELDS, expected=expected)
     short = expected is not None and len(rows) < expected
     untitled = (text(row, tags.MODALITY) or "").upper() in TITLED_MODALITIES and any(not _titled(r) for r in rows)
     if short or untitled:
@@ -134,36 +131,40 @@ class Scope:
 
     patient: str | None
     #: A scoped read was asked for one patient: other patients' rows are left out, not a conflict.
-    scoped: bool = True
-
-    @property
-    def filters(self) -> dict[str, str]:
-        return {"PatientID": qido_value(self.patient)} if self.scoped and self.patient else {}
+    scoped: bool = False
+    #: The StudyInstanceUID is shared by several patients: a row that does not name its patient is refused.
+    strict: bool = False
 
     def admits(self, row: DicomJson, what: str) -> bool:
         """Whether a row belongs to the scope; a row of another patient is a ``Conflict`` when not scoped."""
         row_patient = text(row, tags.PATIENT_ID)
-        if row_patient is None or self.patient is None or row_patient == self.patient:
+        if row_patient is None:
+            if self.strict:
+                log.warning("%s does not name its patient, and its study UID is shared: left out", what)
+            return not self.strict
+        if self.patient is None or row_patient == self.patient:
             return True
         if self.scoped:
             return False
         raise Conflict(f"the PACS lists {what} under a different patient than its study; refusing to merge them")
 
 
-def _the_study(rows: list[DicomJson], study_uid: str, scope: Scope) -> DicomJson:
+def _the_study(rows: list[DicomJson], study_uid: str, patient: str | None) -> tuple[DicomJson, Scope]:
+    """The study row (of ``patient``, when a scoped read asks for one) and the scope its rows are read in."""
     matching = [row for row in rows if uid(row, tags.STUDY_INSTANCE_UID) == study_uid]
-    if scope.patient is not None:
-        matching = [row for row in matching if text(row, tags.PATIENT_ID) == scope.patient]
+    patients = {text(row, tags.PATIENT_ID) for row in matching}
+    if patient is not None:
+        matching = [row for row in matching if text(row, tags.PATIENT_ID) == patient]
     if not matching:
         raise NotFound(f"the PACS has no study with StudyInstanceUID {study_uid}")
-    patients = sorted({text(row, tags.PATIENT_ID) or "" for row in matching})
-    if len(patients) > 1:
+    if patient is None and len(patients) > 1:
         # One resource cannot have two subjects, and merging would show one patient's images as another's.
         raise Conflict(
             f"StudyInstanceUID {study_uid} is registered under {len(patients)} different patients in the PACS; "
             "search with patient=… to get each patient's part of it"
         )
-    return matching[0]
+    study = matching[0]
+    return study, Scope(text(study, tags.PATIENT_ID), scoped=patient is not None, strict=len(patients) > 1)
 
 
 def _checked_series(rows: list[DicomJson], study_uid: str, scope: Scope) -> list[tuple[str, DicomJson]]:

@@ -96,6 +96,10 @@ TRANSLATIONS = [
     ("patient=PAT-1&started=1997-04-24", [{"PatientID": "PAT-1"}], []),
     ("started=ge2010&started=lt2011", [{"StudyDate": "20091231-"}], []),
     ("started=ge0001-01-01", [{"StudyDate": "00010101-"}], []),  # the calendar's ends do not overflow
+    # Patient criteria always reach the PACS, whatever other ORs there are: its own match is a second check.
+    ("modality=CT,MR&patient=P1,P2", [{"PatientID": "P1"}, {"PatientID": "P2"}], []),  # modality: exact check
+    ("identifier=A1,A2&patient=P1,P2", [{"PatientID": "P1"}, {"PatientID": "P2"}], []),
+    ("subject:Patient=P1", [{"PatientID": "P1"}], []),
     ("started=9999-12-31", [{"StudyDate": "99991230-99991231"}], []),
 ]  # fmt: skip
 
@@ -135,6 +139,8 @@ REFUSALS = [
     ("_elements=identifier,foo", "foo are not ImagingStudy elements"),
     ("_summary=true&_elements=identifier", "cannot be combined"),
     ("_total=maybe", "_total takes"),
+    ("identifier=" + ",".join(f"A{n}" for n in range(101)), "at most 100 values"),
+    ("identifier=" + ",".join("X" * 60 + str(n) for n in range(70)), "exceed 4000 characters"),
 ]
 
 
@@ -180,3 +186,17 @@ def test_patient_reference_rule(template: str, reference: str, patient_id: str |
         assert result.unsatisfiable
     else:
         assert result.study_queries == ({"PatientID": patient_id},)
+
+
+def test_long_uid_lists_are_split_across_queries() -> None:
+    uids = [f"1.2.3.{n}" for n in range(90)]
+    study, _ = plan("_id=" + ",".join(uids))
+    assert isinstance(study, list)
+    assert [len(q["StudyInstanceUID"].split(",")) for q in study] == [50, 40]
+
+
+def test_a_fan_out_beyond_the_cap_is_too_costly() -> None:
+    with pytest.raises(InvalidRequest, match="more than 50 PACS queries"):
+        plan("patient=" + ",".join(f"P{n}" for n in range(60)))
+    study, _ = plan("patient=P1,P2&subject=P1,P2")  # the same PatientID filters twice: asked once each
+    assert study == [{"PatientID": "P1"}, {"PatientID": "P2"}]

@@ -242,3 +242,52 @@ def test_links_are_plain_get_urls() -> None:
     }  # fmt: skip
     assert dict(parse_qsl(urlsplit(links["previous"]).query))["_count"] == "2"
     assert "_offset" not in dict(parse_qsl(urlsplit(links["previous"]).query))
+
+
+async def search_in(source: MemoryQidoSource, query: str) -> dict[str, Any]:
+    client = await start_client(load_settings({"BRIDGE_QIDO_URL": "http://pacs/dicom-web"}), source)
+    try:
+        return await bundle(client, query)
+    finally:
+        await client.close()
+
+
+async def test_a_scoped_read_of_a_shared_uid_refuses_rows_that_do_not_name_their_patient() -> None:
+    shared = "2.25.100"
+    source = MemoryQidoSource(
+        studies=[{"0020000D": el("UI", shared), "00100020": el("LO", pid)} for pid in ("PA", "PB")],
+        series={shared: [{"0020000E": el("UI", f"{shared}.{n}"), "00080060": el("CS", "CT")} for n in (1, 2)]},
+        instances={(shared, f"{shared}.{n}"): [{"00080018": el("UI", f"{shared}.{n}.1"), "00080016": el("UI", CT)}]
+                   for n in (1, 2)},
+    )  # fmt: skip
+    body = await search_in(source, "patient=PA")
+    assert ids(body) == [shared]
+    assert "series" not in body["entry"][0]["resource"]  # no row says it is PA's: none is shown as PA's
+
+
+async def test_one_patient_id_from_two_issuers_is_two_patients() -> None:
+    source = MemoryQidoSource(studies=[
+        {"0020000D": el("UI", f"2.25.{n}"), "00100020": el("LO", "RDUP"), "00100021": el("LO", issuer)}
+        for n, issuer in ((1, "1.2.3.1"), (2, "1.2.3.2"))
+    ])  # fmt: skip
+    ambiguous = await search_in(source, "patient=RDUP&_elements=subject")
+    assert ids(ambiguous) == []
+    outcome = next(e for e in ambiguous["entry"] if e["search"]["mode"] == "outcome")["resource"]
+    assert "assigned by 2 issuers" in outcome["issue"][0]["diagnostics"]
+    pinned = await search_in(source, "patient:identifier=urn:oid:1.2.3.2|RDUP&_elements=subject")
+    assert ids(pinned) == ["2.25.2"]
+
+
+async def test_a_patient_id_the_bridge_had_to_clean_never_passes_for_the_cleaned_one() -> None:
+    source = MemoryQidoSource(studies=[
+        {"0020000D": el("UI", "2.25.1"), "00100020": el("LO", "RS 2")},
+        {"0020000D": el("UI", "2.25.2"), "00100020": el("LO", "RS\u00a02")},  # a no-break space
+    ])  # fmt: skip
+    assert ids(await search_in(source, "patient:identifier=RS 2&_elements=subject")) == ["2.25.1"]
+
+
+async def test_elements_with_series_keep_the_study_uid_identifier(client: TestClient) -> None:
+    body = await bundle(client, "_elements=series&_count=1")  # bundle() validates: ist-1 holds
+    resource = body["entry"][0]["resource"]
+    assert resource["identifier"][0]["system"] == "urn:dicom:uid"
+    assert resource["series"]

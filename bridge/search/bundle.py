@@ -33,6 +33,8 @@ def shape(resource: dict[str, Any], query: SearchQuery) -> dict[str, Any]:
         return _subsetted(shaped)
     if query.elements is not None:
         kept = set(MANDATORY) | set(query.elements)
+        if "series" in kept:
+            kept.add("identifier")  # ist-1: series only with the urn:dicom:uid identifier
         return _subsetted({key: value for key, value in resource.items() if key in kept})
     return resource
 

@@ -15,7 +15,7 @@ from typing import Any
 from bridge.aio import gather_all
 from bridge.errors import BridgeError, NotFound
 from bridge.mapping import tags
-from bridge.mapping.dicomjson import DicomJson, fhir_id, text, uid
+from bridge.mapping.dicomjson import DicomJson, fhir_id, raw_text, text, uid
 from bridge.mapping.imagingstudy import (
     MappingOptions,
     StudyRows,
@@ -27,14 +27,11 @@ from bridge.qido.paging import RowMerger
 from bridge.qido.source import QidoSource
 from bridge.search.match import instance_matches, series_matches, study_matches, target_range
 from bridge.search.parameters import BY_NAME, Level
-from bridge.search.plan import LevelQueries, plan_search
-from bridge.search.query import SearchQuery
+from bridge.search.plan import PATIENT_PARAMETERS, UID_CHUNK, LevelQueries, plan_search
+from bridge.search.query import Criterion, SearchQuery, Token
 from bridge.studies import fetch_study
 
 log = logging.getLogger(__name__)
-
-#: UIDs per QIDO query when study rows are fetched by a list of UIDs (keeps URLs short).
-UID_CHUNK = 50
 
 Key = tuple[str, str | None]  # (StudyInstanceUID, PatientID)
 
@@ -109,7 +106,33 @@ async def find_candidates(
             lower is None or _admitted(candidate.key, lower)
         ):
             candidates.append(candidate)
-    return _one_patient_each(candidates, scoped=query.patient_scoped)
+    warnings: list[str] = []
+    patient_criteria = [c for c in study_criteria if c.name in PATIENT_PARAMETERS]
+    if patient_criteria:
+        candidates, warnings = _unambiguous_patients(candidates, patient_criteria)
+    kept, more = _one_patient_each(candidates, scoped=query.patient_scoped)
+    return kept, warnings + more
+
+
+def _unambiguous_patients(candidates: list[Candidate], criteria: list[Criterion]) -> tuple[list[Candidate], list[str]]:
+    """Identity is decided on the PACS's raw PatientID and, unless the search names the identifier system, on
+    its being assigned by one issuer only: one PatientID from two hospitals is two patients."""
+    intact = [c for c in candidates if raw_text(c.row, tags.PATIENT_ID) == text(c.row, tags.PATIENT_ID)]
+    pinned = all(isinstance(v, Token) and v.system for c in criteria for v in c.values)
+    if pinned:
+        return intact, []
+    issuers: dict[str | None, set[str | None]] = {}
+    for candidate in intact:
+        issuers.setdefault(text(candidate.row, tags.PATIENT_ID), set()).add(
+            text(candidate.row, tags.ISSUER_OF_PATIENT_ID)
+        )
+    ambiguous = {patient for patient, found in issuers.items() if len(found) > 1}
+    warnings = [
+        f"PatientID {patient!r} is assigned by {len(issuers[patient])} issuers in the PACS; its studies were "
+        "left out: search with patient:identifier=<system>|<value>"
+        for patient in sorted(p for p in ambiguous if p is not None)
+    ]
+    return [c for c in intact if text(c.row, tags.PATIENT_ID) not in ambiguous], warnings
 
 
 async def _study_rows(source: QidoSource, queries: tuple[dict[str, str], ...]) -> list[DicomJson]:

@@ -97,7 +97,7 @@ BY_NAME = {parameter.name: parameter for parameter in SEARCH_PARAMETERS}
 #: Chains accepted: ``patient.identifier`` and ``subject.identifier`` mean ``:identifier``.
 CHAINS = {"patient.identifier": "patient", "subject.identifier": "subject"}
 
-#: Result parameters understood (the CapabilityStatement lists them too).
+#: Result parameters understood.
 RESULT_PARAMETERS = ("_count", "_offset", "_summary", "_elements", "_include", "_total")
 
 #: Parameters that concern the response format, handled by the web layer.

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from bridge import terminology
+from bridge.errors import TooCostly
 from bridge.qido.source import qido_value
 from bridge.search.parameters import BY_NAME, Level
 from bridge.search.query import Criterion, DateValue, Reference, SearchQuery, Token, TypedToken
@@ -34,6 +35,11 @@ STATUS_SYSTEM = "http://hl7.org/fhir/imagingstudy-status"
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 # Studies are stored under their local date; the bridge reads instants: a day's slack on each side of a range.
 _SLACK = dt.timedelta(days=1)
+#: The most QIDO queries one search may fan out to.
+MAX_QUERIES = 50
+#: UIDs in one QIDO UID-list filter.
+UID_CHUNK = 50
+PATIENT_PARAMETERS = frozenset({"patient", "subject"})
 #: Study-level keys that series and instance queries accept everywhere.
 LOWER_LEVEL_KEYS = frozenset({"PatientID", "StudyInstanceUID"})
 _INSTANT = dt.timedelta(microseconds=1)  # ranges are [low, high): the last instant inside is high - 1 µs
@@ -60,16 +66,20 @@ class Plan:
 
 def plan_search(query: SearchQuery) -> Plan:
     """The QIDO queries for a search (see the module docstring)."""
-    study: list[list[Filters] | None] = []
+    study: list[tuple[bool, list[Filters] | None]] = []
     lower: list[tuple[Criterion, list[Filters] | None]] = []
     for criterion in query.criteria:
         alternatives = alternatives_for(criterion)
         if alternatives == []:
             return Plan(None, (), unsatisfiable=True)
         if BY_NAME[criterion.name].level is Level.STUDY:
-            study.append(alternatives)
+            study.append((criterion.name in PATIENT_PARAMETERS, alternatives))
         else:
             lower.append((criterion, alternatives))
+    # Patient criteria first, and always asked of the PACS: its match on its own stored PatientID is a second,
+    # independent check of identity, whatever its JSON makes of the value (Orthanc drops what its character
+    # set cannot encode).
+    study.sort(key=lambda item: not item[0])
     study_queries = _combine(study)
     if study_queries and any(len(q) > 1 and "StudyDate" in q for q in study_queries):
         # Another filter narrows already: let the bridge alone decide the date, so studies stored with a
@@ -90,16 +100,19 @@ def plan_search(query: SearchQuery) -> Plan:
     return Plan(study_queries, tuple(level_queries))
 
 
-def _combine(criteria: Sequence[list[Filters] | None]) -> tuple[Filters, ...] | None:
-    """AND of criteria, each an OR of filter sets: one QIDO query, or a fan-out over the first OR of several."""
-    narrowing = [alternatives for alternatives in criteria if alternatives is not None]
+def _combine(criteria: Sequence[tuple[bool, list[Filters] | None]]) -> tuple[Filters, ...] | None:
+    """AND of criteria, each an OR of filter sets: one QIDO query, or a fan-out over ORs. A criterion that must
+    narrow (patient) always takes part; any other OR after the first is left to the exact check rather than
+    multiply the queries."""
+    narrowing = [(must, alternatives) for must, alternatives in criteria if alternatives is not None]
     if not narrowing:
         return None if not criteria else ({},)
     combos: list[Filters] = [{}]
-    for alternatives in narrowing:
-        if len(alternatives) == 1 or len(combos) == 1:
-            combos = [_merge(combo, alt) for combo in combos for alt in alternatives]
-        # Otherwise leave this criterion to the exact check rather than multiply the queries.
+    for must, alternatives in narrowing:
+        if must or len(alternatives) == 1 or len(combos) == 1:
+            combos = _unique([_merge(combo, alt) for combo in combos for alt in alternatives])
+        if len(combos) > MAX_QUERIES:
+            raise TooCostly(f"the search needs more than {MAX_QUERIES} PACS queries; use fewer OR values")
     return tuple(combos)
 
 
@@ -164,9 +177,9 @@ def _value_filters(name: str, value: object) -> list[Filters]:
 
 
 def _uid_list(key: str, uids: list[str]) -> list[Filters]:
-    """UID lists are comma-separated in QIDO: one query for any number of OR values."""
+    """UID lists are comma-separated in QIDO: one query per ``UID_CHUNK`` OR values (URLs have limits)."""
     valid = [uid for uid in dict.fromkeys(uids) if _UID.match(uid)]
-    return [{key: ",".join(valid)}] if valid else []
+    return [{key: ",".join(valid[i : i + UID_CHUNK])} for i in range(0, len(valid), UID_CHUNK)]
 
 
 def _date_filter(values: list[DateValue]) -> list[Filters] | None:

@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from bridge.errors import InvalidRequest
+from bridge.errors import InvalidRequest, TooCostly
 from bridge.search.parameters import (
     BY_NAME,
     CHAINS,
@@ -47,6 +47,10 @@ IMAGING_STUDY_ELEMENTS = frozenset(
     ]
 )
 SUMMARY_MODES = ("true", "false", "data", "count")
+#: Values one search may hold (OR and AND together): each may cost a PACS query.
+MAX_VALUES = 100
+#: Characters of criteria values: the next/previous links must stay GET URLs any server accepts.
+MAX_LENGTH = 4000
 
 _DICOM_UNSAFE = re.compile(r"[*?\\]")
 _FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
@@ -171,6 +175,8 @@ def parse_search(
                 raise InvalidRequest(f"unknown search parameter {key} (Prefer: handling=strict)")
             ignored.append(key)
             continue
+        if modifier == "Patient" and name in ("patient", "subject"):
+            modifier = ""  # the type modifier: only Patient subjects exist here
         if modifier and modifier not in parameter.modifiers:
             allowed = ", ".join(f":{m}" for m in sorted(parameter.modifiers)) or "none"
             raise InvalidRequest(f"modifier :{modifier} is not supported on {name} (supported: {allowed})")
@@ -178,6 +184,10 @@ def parse_search(
             raise InvalidRequest(f"{key} has an empty value")
         values = tuple(_parse_value(name, modifier or None, value, zone, patients) for value in _split(key, raw))
         criteria.append(Criterion(name, modifier or None, values, (key, raw)))
+        if len(values) > MAX_VALUES or sum(len(c.values) for c in criteria) > MAX_VALUES:
+            raise TooCostly(f"a search may hold at most {MAX_VALUES} values; {key} brings more")
+        if sum(len(c.applied[1]) for c in criteria) > MAX_LENGTH:
+            raise TooCostly(f"the search's values exceed {MAX_LENGTH} characters: too long to page by links")
     return _with_result_parameters(criteria, result, ignored, strict)
 
 
