@@ -12,8 +12,11 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from bridge.aio import gather_all
-from bridge.errors import BridgeError, NotFound
+from bridge.cache.service import StudyCache
+from bridge.errors import BridgeError, Conflict, NotFound
 from bridge.mapping import tags
 from bridge.mapping.dicomjson import DicomJson, fhir_id, raw_text, text, uid
 from bridge.mapping.imagingstudy import (
@@ -58,9 +61,10 @@ class SearchResult:
 
 
 async def run_search(
-    source: QidoSource, query: SearchQuery, options: MappingOptions, *, complete: bool
+    source: QidoSource, query: SearchQuery, options: MappingOptions, *, complete: bool, cache: StudyCache | None = None
 ) -> SearchResult:
-    """The page ``query`` asks for; ``complete`` reads every series and instance of the page's studies."""
+    """The page ``query`` asks for; ``complete`` reads every series and instance of the page's studies (through
+    ``cache`` when given)."""
     zone: dt.tzinfo = options.zone or dt.UTC
     candidates, warnings = await find_candidates(source, query, options, zone)
     candidates.sort(key=lambda c: _order(c, zone))
@@ -69,7 +73,7 @@ async def run_search(
     if not complete:
         result.resources = [c.summary for c in page]
         return result
-    reads = await gather_all(*(_complete(source, c, options) for c in page))
+    reads = await gather_all(*(_complete(source, c, options, cache) for c in page))
     for candidate, read in zip(page, reads, strict=True):
         if isinstance(read, BridgeError):
             result.warnings.append(f"study {candidate.summary['id']} could not be read: {read.diagnostics}")
@@ -207,9 +211,22 @@ def _one_patient_each(candidates: list[Candidate], *, scoped: bool) -> tuple[lis
     return kept, warnings
 
 
-async def _complete(source: QidoSource, candidate: Candidate, options: MappingOptions) -> dict[str, Any] | BridgeError:
+async def _complete(
+    source: QidoSource, candidate: Candidate, options: MappingOptions, cache: StudyCache | None
+) -> dict[str, Any] | BridgeError:
     """The complete resource of one candidate, scoped to its patient (another patient's part never mixes in)."""
     study_uid, patient = candidate.key
+    if cache is not None:
+        try:
+            cached: dict[str, Any] = orjson.loads((await cache.read(study_uid)).entry.body)
+        except Conflict:
+            pass  # the UID is shared by several patients: read this patient's part alone, below
+        except NotFound as exc:  # gone since the candidate query: say so rather than fail the page
+            return exc
+        else:
+            # Only if it is this patient's: a UID shared since it was cached must not show another's study.
+            if cached["subject"].get("identifier", {}).get("value") == patient:
+                return cached
     try:
         rows = await fetch_study(source, study_uid, patient=patient)
     except NotFound as exc:  # gone since the candidate query: say so rather than fail the page

@@ -73,7 +73,7 @@ async def search_imaging_study(request: web.Request) -> web.Response:
     )
     if query.ignored:
         log.info("search ignored unknown parameters: %s", ", ".join(query.ignored))
-    result = await run_search(app[SOURCE], query, app[MAPPING], complete=needs_series(query))
+    result = await run_search(app[SOURCE], query, app[MAPPING], complete=needs_series(query), cache=app[CACHE])
     endpoint = app[ENDPOINT] or None
     bundle = searchset(_base(request), query, result.total, result.resources, endpoint, result.warnings)
     return fhir_bytes_response(media, orjson.dumps(bundle))
