@@ -1,0 +1,302 @@
+"""The cache: freshness rules as a table (injected clock), the read-through cache, and its HTTP semantics."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp.test_utils import TestClient
+
+from bridge.cache.backends import MemoryBackend, study_key
+from bridge.cache.freshness import Action, Entry, Policy, change_signal, content_version, decide, usable_on_error
+from bridge.cache.refresh import Refresher, refresh_due, warm
+from bridge.cache.service import Outcome, StudyCache, make_entry
+from bridge.errors import UpstreamTimeout, UpstreamUnavailable
+from bridge.mapping.imagingstudy import MappingOptions
+from bridge.qido.memory import MemoryQidoSource
+from bridge.settings import load_settings
+from tests.conftest import start_client
+from tests.support.fhircheck import validate
+
+POLICY = Policy(ttl=100, stale_while_revalidate=50, stale_if_error=1000)
+STUDY, SERIES, CT = "2.25.7", "2.25.7.1", "1.2.840.10008.5.1.4.1.1.2"
+
+
+def entry(checked_at: float) -> Entry:
+    return Entry(b"{}", "v1", 0.0, checked_at, "")
+
+
+# (age of the entry in seconds or None for no entry, Cache-Control: no-cache, expected action)
+DECISIONS = [
+    (None, False, Action.FETCH),
+    (0, False, Action.SERVE),
+    (99.9, False, Action.SERVE),
+    (100, False, Action.SERVE_STALE),
+    (149.9, False, Action.SERVE_STALE),
+    (150, False, Action.FETCH),
+    (0, True, Action.FETCH),
+    (120, True, Action.FETCH),
+]
+
+
+@pytest.mark.parametrize(("age", "no_cache", "action"), DECISIONS)
+def test_decide(age: float | None, no_cache: bool, action: Action) -> None:
+    stored = None if age is None else entry(1000.0)
+    assert decide(stored, 1000.0 + (age or 0), POLICY, no_cache=no_cache) is action
+
+
+@pytest.mark.parametrize(("age", "usable"), [(0, True), (1099.9, True), (1100, False)])
+def test_stale_if_error_window(age: float, usable: bool) -> None:
+    assert usable_on_error(entry(0.0), age, POLICY) is usable
+    assert not usable_on_error(None, age, POLICY)
+
+
+def test_entries_pack_for_a_shared_store() -> None:
+    stored = Entry(b'{"resourceType":"ImagingStudy"}', "abc", 12.5, 99.25, "2/3/CT")
+    assert Entry.unpack(stored.pack()) == stored
+
+
+def test_version_is_the_content_not_the_meta() -> None:
+    resource = {"resourceType": "ImagingStudy", "id": "1", "status": "available"}
+    assert content_version(resource) == content_version({**resource, "meta": {"versionId": "x"}})
+    assert content_version(resource) != content_version({**resource, "status": "cancelled"})
+    assert change_signal(2, 5, ["MR", "CT", "CT"]) == "2/5/CT,MR"
+    assert change_signal(None, None, []) == "-/-/"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def el(vr: str, value: Any) -> dict[str, Any]:
+    return {"vr": vr, "Value": [value]}
+
+
+def pacs(instances: int = 1) -> MemoryQidoSource:
+    return MemoryQidoSource(
+        studies=[{"0020000D": el("UI", STUDY), "00100020": el("LO", "P1"), "00201206": el("IS", 1),
+                  "00201208": el("IS", instances), "00080061": el("CS", "CT")}],
+        series={STUDY: [{"0020000E": el("UI", SERIES), "00080060": el("CS", "CT")}]},
+        instances={(STUDY, SERIES): [{"00080018": el("UI", f"{SERIES}.{n}"), "00080016": el("UI", CT)}
+                                     for n in range(1, instances + 1)]},
+    )  # fmt: skip
+
+
+def add_instance(source: MemoryQidoSource) -> None:
+    rows = source.instances[(STUDY, SERIES)]
+    rows.append({"00080018": el("UI", f"{SERIES}.{len(rows) + 1}"), "00080016": el("UI", CT)})
+    source.studies[0]["00201208"] = el("IS", len(rows))
+
+
+def reads_of_study(source: MemoryQidoSource) -> int:
+    return source.calls.count(f"series {STUDY}")
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def source() -> MemoryQidoSource:
+    return pacs()
+
+
+@pytest.fixture
+async def cache(source: MemoryQidoSource, clock: Clock) -> AsyncIterator[StudyCache]:
+    cache = StudyCache(MemoryBackend(clock=clock), source, MappingOptions(), POLICY, clock)
+    yield cache
+    await cache.close()
+
+
+async def test_a_miss_then_hits_without_the_pacs(cache: StudyCache, source: MemoryQidoSource) -> None:
+    first = await cache.read(STUDY)
+    assert first.outcome is Outcome.MISS
+    second = await cache.read(STUDY)
+    assert second.outcome is Outcome.HIT
+    assert second.entry == first.entry
+    assert reads_of_study(source) == 1
+    resource = orjson.loads(second.entry.body)
+    validate(resource)
+    assert resource["meta"]["versionId"] == first.entry.version
+
+
+async def test_fifty_concurrent_cold_reads_cost_one_pacs_read(cache: StudyCache, source: MemoryQidoSource) -> None:
+    reads = await asyncio.gather(*(cache.read(STUDY) for _ in range(50)))
+    assert {r.entry.version for r in reads} == {reads[0].entry.version}
+    assert source.calls.count("studies") == 1
+    assert reads_of_study(source) == 1
+
+
+async def test_stale_is_served_while_one_background_read_refreshes(
+    cache: StudyCache, source: MemoryQidoSource, clock: Clock
+) -> None:
+    await cache.read(STUDY)
+    add_instance(source)
+    clock.now += 120  # past ttl, within stale-while-revalidate
+    stale = await cache.read(STUDY)
+    assert stale.outcome is Outcome.STALE
+    assert orjson.loads(stale.entry.body)["numberOfInstances"] == 1
+    await asyncio.sleep(0.05)  # the background read
+    fresh = await cache.read(STUDY)
+    assert fresh.outcome is Outcome.HIT
+    assert orjson.loads(fresh.entry.body)["numberOfInstances"] == 2
+
+
+async def test_no_cache_forces_a_pacs_read(cache: StudyCache, source: MemoryQidoSource) -> None:
+    await cache.read(STUDY)
+    assert (await cache.read(STUDY, no_cache=True)).outcome is Outcome.MISS
+    assert reads_of_study(source) == 2
+
+
+async def test_a_failing_pacs_is_covered_by_the_stored_copy_within_stale_if_error(
+    cache: StudyCache, source: MemoryQidoSource, clock: Clock
+) -> None:
+    await cache.read(STUDY)
+    source.fail_with = UpstreamUnavailable("PACS down")
+    clock.now += 500  # past ttl and stale-while-revalidate
+    assert (await cache.read(STUDY)).outcome is Outcome.STALE_IF_ERROR
+    assert (await cache.read(STUDY, no_cache=True)).outcome is Outcome.STALE_IF_ERROR
+    clock.now += 1000  # past stale-if-error: the error is the answer (the entry has expired too)
+    with pytest.raises(UpstreamUnavailable):
+        await cache.read(STUDY)
+
+
+async def test_version_and_last_updated_change_exactly_when_the_content_does(
+    cache: StudyCache, source: MemoryQidoSource, clock: Clock
+) -> None:
+    first = (await cache.read(STUDY)).entry
+    clock.now += 10
+    same = (await cache.read(STUDY, no_cache=True)).entry
+    assert (same.version, same.last_modified, same.body) == (first.version, first.last_modified, first.body)
+    assert same.checked_at == clock.now
+    add_instance(source)
+    clock.now += 10
+    changed = (await cache.read(STUDY, no_cache=True)).entry
+    assert changed.version != first.version
+    assert changed.last_modified == clock.now
+    meta = orjson.loads(changed.body)["meta"]
+    assert meta["versionId"] == changed.version
+    assert meta["lastUpdated"].endswith("Z")
+
+
+async def test_revalidation_costs_one_study_query_unless_the_signal_moved(
+    cache: StudyCache, source: MemoryQidoSource, clock: Clock
+) -> None:
+    stored = (await cache.read(STUDY)).entry
+    clock.now += 99
+    source.calls.clear()
+    assert not await cache.revalidate(STUDY, stored)
+    assert source.calls == ["studies"]
+    renewed = await cache.backend.get(study_key(STUDY))
+    assert renewed is not None
+    assert renewed.checked_at == clock.now
+    add_instance(source)
+    assert await cache.revalidate(STUDY, renewed)
+    assert reads_of_study(source) == 1
+
+
+async def test_scheduled_refresh_revalidates_what_is_due(
+    cache: StudyCache, source: MemoryQidoSource, clock: Clock
+) -> None:
+    await cache.read(STUDY)
+    assert str(await refresh_due(cache, horizon=10, clock=clock)) == "checked 0, changed 0, fetched 0, failed 0"
+    clock.now += 95
+    add_instance(source)
+    summary = await Refresher(cache, source, interval=10, clock=clock).run_once()
+    assert summary is not None
+    assert (summary.checked, summary.changed, summary.fetched) == (1, 1, 1)
+
+
+async def test_only_one_refresher_at_a_time(cache: StudyCache, source: MemoryQidoSource) -> None:
+    async with cache.backend.lock("refresh", ttl=60) as taken:
+        assert taken
+        assert await Refresher(cache, source, interval=10).run_once() is None
+
+
+async def test_warm_reads_matching_studies_and_reports_failures(cache: StudyCache, source: MemoryQidoSource) -> None:
+    seen: list[tuple[int, int]] = []
+    summary = await warm(cache, source, {"PatientID": "P1"}, lambda done, total: seen.append((done, total)))
+    assert (summary.fetched, summary.failed, seen) == (1, 0, [(1, 1)])
+    assert (await warm(cache, source, {"PatientID": "p1"})).fetched == 0  # exact, whatever the PACS's case rules
+
+
+async def test_warm_counts_failures(source: MemoryQidoSource, clock: Clock) -> None:
+    cold = StudyCache(MemoryBackend(clock=clock), source, MappingOptions(), POLICY, clock)
+    source.fail_with, source.fail_only = UpstreamTimeout("slow"), "series"
+    summary = await warm(cold, source, {})
+    assert (summary.fetched, summary.failed) == (0, 1)
+
+
+async def test_memory_backend_is_bounded_by_bytes_least_recently_used_first(clock: Clock) -> None:
+    backend = MemoryBackend(max_bytes=100, clock=clock)
+    for name in ("a", "b", "c"):
+        await backend.put(name, Entry(b"x" * 40, name, 0, 0), retention=60)
+    assert await backend.keys() == ["b", "c"]
+    await backend.get("b")
+    await backend.put("d", Entry(b"x" * 40, "d", 0, 0), retention=60)
+    assert await backend.keys() == ["b", "d"]
+    assert backend.size == 80
+    clock.now += 61
+    assert await backend.get("b") is None
+
+
+def test_make_entry_orders_meta_after_id() -> None:
+    made = make_entry({"resourceType": "ImagingStudy", "id": "1", "status": "available"}, "", None, 0.0)
+    assert list(orjson.loads(made.body)) == ["resourceType", "id", "meta", "status"]
+
+
+# --- over HTTP ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def client(source: MemoryQidoSource) -> AsyncIterator[TestClient]:
+    settings = load_settings({"BRIDGE_QIDO_URL": "http://pacs/dicom-web", "BRIDGE_CACHE_TTL": "0",
+                              "BRIDGE_CACHE_STALE_WHILE_REVALIDATE": "0"})  # fmt: skip
+    client = await start_client(settings, source)
+    yield client
+    await client.close()
+
+
+async def test_etag_last_modified_and_conditional_reads(source: MemoryQidoSource) -> None:
+    client = await start_client(load_settings({"BRIDGE_QIDO_URL": "http://pacs/dicom-web"}), source)
+    try:
+        first = await client.get(f"/fhir/ImagingStudy/{STUDY}")
+        assert first.status == 200
+        assert first.headers["X-Cache"] == "MISS"
+        etag, modified = first.headers["ETag"], first.headers["Last-Modified"]
+        assert (await first.json())["meta"]["versionId"] == etag.strip('"')
+        assert email.utils.parsedate_to_datetime(modified)
+        second = await client.get(f"/fhir/ImagingStudy/{STUDY}", headers={"If-None-Match": etag})
+        assert (second.status, second.headers["X-Cache"], await second.read()) == (304, "HIT", b"")
+        assert second.headers["ETag"] == etag
+        weak = await client.get(f"/fhir/ImagingStudy/{STUDY}", headers={"If-None-Match": f'"x", W/{etag}'})
+        assert weak.status == 304
+        since = await client.get(f"/fhir/ImagingStudy/{STUDY}", headers={"If-Modified-Since": modified})
+        assert since.status == 304
+        other = await client.get(f"/fhir/ImagingStudy/{STUDY}", headers={"If-None-Match": '"other"'})
+        assert other.status == 200
+        forced = await client.get(f"/fhir/ImagingStudy/{STUDY}", headers={"Cache-Control": "no-cache"})
+        assert forced.headers["X-Cache"] == "MISS"
+        assert reads_of_study(source) == 2
+    finally:
+        await client.close()
+
+
+async def test_a_stored_study_is_served_when_the_pacs_fails(client: TestClient, source: MemoryQidoSource) -> None:
+    assert (await client.get(f"/fhir/ImagingStudy/{STUDY}")).status == 200
+    source.fail_with = UpstreamUnavailable("PACS down")
+    response = await client.get(f"/fhir/ImagingStudy/{STUDY}")
+    assert response.status == 200
+    assert response.headers["X-Cache"] == "STALE-IF-ERROR"
+    validate(await response.json())
+    unknown = await client.get("/fhir/ImagingStudy/1.2.3.4.5.6")
+    assert unknown.status == 503  # nothing stored: the PACS's failure is the answer

@@ -1,0 +1,129 @@
+"""The shared cache with a real Redis (Debian's redis-server, started by the suite) and the real Orthanc."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Iterator, Sequence
+
+import orjson
+import pytest
+from redis.asyncio import Redis
+
+from bridge.cache.backends import RedisBackend
+from bridge.cache.freshness import Entry, Policy
+from bridge.cache.refresh import Refresher
+from bridge.cache.service import StudyCache
+from bridge.mapping.dicomjson import DicomJson
+from bridge.mapping.imagingstudy import MappingOptions
+from bridge.qido.http import HttpQidoSource
+from bridge.qido.memory import MemoryQidoSource
+from bridge.qido.source import Filters
+from tests.conftest import orthanc_settings, start_client
+from tests.support.dicomgen import InstanceSpec, encode, simple_study
+from tests.support.fhircheck import validate
+from tests.support.orthanc import OrthancServer
+from tests.support.redis_server import RedisServer
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server
+
+
+@pytest.fixture
+async def redis_url(redis_server: RedisServer) -> str:
+    """The shared Redis, emptied."""
+    client = Redis.from_url(redis_server.url)
+    await client.flushdb()
+    await client.aclose()
+    return redis_server.url
+
+
+def dead_pacs_url() -> str:
+    """A DICOMweb URL on a loopback port nothing listens on: a PACS that is down."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}/dicom-web"
+
+
+async def test_two_replicas_share_one_cache(orthanc: OrthancServer, redis_url: str) -> None:
+    spec = simple_study(series=2, instances=2, patient_id="PAT-REDIS")
+    orthanc.upload_many(encode(spec))
+    reader = await start_client(orthanc_settings(orthanc, cache_url=redis_url))
+    stranded = await start_client(orthanc_settings(orthanc, cache_url=redis_url, qido_url=dead_pacs_url()))
+    try:
+        first = await reader.get(f"/fhir/ImagingStudy/{spec.uid}")
+        assert (first.status, first.headers["X-Cache"]) == (200, "MISS")
+        served = await stranded.get(f"/fhir/ImagingStudy/{spec.uid}")
+        assert (served.status, served.headers["X-Cache"]) == (200, "HIT")
+        assert served.headers["ETag"] == first.headers["ETag"]
+        resource = await served.json()
+        validate(resource)
+        assert resource["numberOfInstances"] == 4
+        missing = await stranded.get("/fhir/ImagingStudy/1.2.3.4.5.6.7")
+        assert missing.status == 503  # not cached, and its PACS is down
+    finally:
+        await reader.close()
+        await stranded.close()
+
+
+async def test_the_change_signal_sees_an_instance_added_in_the_pacs(orthanc: OrthancServer, redis_url: str) -> None:
+    spec = simple_study(series=1, instances=2, patient_id="PAT-SIGNAL")
+    orthanc.upload_many(encode(spec))
+    source = HttpQidoSource(orthanc.dicomweb_url, username=orthanc.username, password=orthanc.password)
+    backend = RedisBackend(redis_url)
+    cache = StudyCache(backend, source, MappingOptions(), Policy())
+    try:
+        stored = (await cache.read(spec.uid)).entry
+        assert not await cache.revalidate(spec.uid, stored)  # nothing moved: one study query, no re-read
+        spec.series[0].instances.append(InstanceSpec(number=3))
+        orthanc.upload_many(encode(spec))  # the same two again, and the new one
+        assert await cache.revalidate(spec.uid, stored)
+        read = await cache.read(spec.uid)
+        assert orjson.loads(read.entry.body)["numberOfInstances"] == 3
+        assert read.entry.version != stored.version
+    finally:
+        await cache.close()
+        await backend.close()
+        await source.close()
+
+
+class SlowPacs(MemoryQidoSource):
+    """Study queries take a while, so two refreshers overlap."""
+
+    async def search_studies(self, filters: Filters, fields: Sequence[str]) -> list[DicomJson]:
+        await asyncio.sleep(0.2)
+        return await super().search_studies(filters, fields)
+
+
+async def test_one_replica_refreshes_at_a_time_and_a_crashed_holder_expires(redis_url: str) -> None:
+    backends = [RedisBackend(redis_url), RedisBackend(redis_url)]
+    source = SlowPacs()
+    caches = [StudyCache(b, source, MappingOptions(), Policy()) for b in backends]
+    refreshers = [Refresher(c, source, interval=30, prewarm_days=1) for c in caches]
+    try:
+        results = await asyncio.gather(*(r.run_once() for r in refreshers))
+        assert sorted(r is None for r in results) == [False, True]  # exactly one ran
+        # A refresher that died holding the lock: the lock expires by itself.
+        crashed = Redis.from_url(redis_url)
+        assert await crashed.lock("imaging-bridge:lock:refresh", timeout=0.3).acquire(blocking=False)
+        await crashed.aclose()  # and never releases it
+        assert await refreshers[0].run_once() is None
+        await asyncio.sleep(0.4)
+        assert await refreshers[0].run_once() is not None
+    finally:
+        for cache, backend in zip(caches, backends, strict=True):
+            await cache.close()
+            await backend.close()
+
+
+async def test_an_unreachable_redis_is_a_miss_not_an_error() -> None:
+    backend = RedisBackend("redis://127.0.0.1:1/0")
+    try:
+        assert await backend.get("study::1.2.3") is None
+        await backend.put("study::1.2.3", Entry(b"{}", "v", 0.0, 0.0), retention=10)  # logged, not raised
+    finally:
+        await backend.close()
