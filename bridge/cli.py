@@ -55,7 +55,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         host = args.host or settings.host
         port = args.port if args.port is not None else settings.port
         try:
-            web.run_app(create_app(settings), host=host, port=port, print=_announce(host, port))
+            # access_log=None: aiohttp's own access log goes through the logging module on every request; the
+            # bridge writes its own (BRIDGE_ACCESS_LOG), batched off the hot path.
+            web.run_app(create_app(settings), host=host, port=port, print=_announce(host, port), access_log=None)
         except BridgeError as exc:  # the PACS source could not be opened
             print(f"imaging-bridge: {exc.diagnostics}", file=sys.stderr)
             return 1

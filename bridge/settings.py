@@ -87,6 +87,8 @@ class Settings(BaseSettings):
     #: IANA zone assumed for study times without TimezoneOffsetFromUTC; unset gives date-only ``started``.
     timezone: str | None = None
     log_level: str = "INFO"
+    #: One JSON line per request on standard output.
+    access_log: bool = True
     #: Where synthesized studies are cached: unset keeps them in this process; redis://… shares them.
     cache_url: SecretStr | None = None
     cache_ttl: Annotated[float, Field(ge=0)] = 300.0

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import inspect
 import json
 import re
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -30,6 +28,7 @@ from bridge.mapping.dicomjson import DicomJson
 from bridge.qido import http
 from bridge.qido.http import HttpQidoSource, query_string
 from bridge.qido.paging import MAX_PAGES, MAX_REPEATS
+from tests.support.mock_pacs import MockedResponse, PacsMock
 
 BASE = "http://pacs.test/dicom-web"
 STUDIES = re.compile(r"^http://pacs\.test/dicom-web/studies(\?.*)?$")
@@ -38,31 +37,6 @@ INSTANCES = re.compile(r"^http://pacs\.test/dicom-web/studies/1\.2\.3/series/4\.
 MORE = '299 pacs "There are additional results"'
 
 MakeSource = Callable[..., HttpQidoSource]
-
-
-# --- aioresponses on aiohttp 3.14 ----------------------------------------------------------------------------------
-
-_NEEDS_STREAM_WRITER = "stream_writer" in inspect.signature(aiohttp.ClientResponse.__init__).parameters
-
-
-class MockedResponse(aiohttp.ClientResponse):
-    """aioresponses 0.7.9 builds responses without the ``stream_writer`` that aiohttp 3.14 requires.
-
-    pnuckowski/aioresponses#289; drop this once a fixed aioresponses is released.
-    """
-
-    def __init__(self, method: str, url: URL, **kwargs: Any) -> None:
-        if _NEEDS_STREAM_WRITER:
-            kwargs.setdefault("stream_writer", SimpleNamespace(output_size=0))
-        super().__init__(method, url, **kwargs)
-
-
-class PacsMock(aioresponses):
-    """aioresponses whose canned answers use ``MockedResponse``."""
-
-    def add(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("response_class", MockedResponse)
-        super().add(*args, **kwargs)
 
 
 # --- helpers -------------------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from bridge.errors import BridgeError
 from bridge.mapping import tags
 from bridge.mapping.dicomjson import text, uid
 from bridge.qido.source import Filters, QidoSource
+from bridge.telemetry import REFRESH_RUNS
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +134,9 @@ class Refresher:
             try:
                 summary = await self.run_once()
             except BridgeError as exc:
+                REFRESH_RUNS.labels("failed").inc()
                 log.warning("scheduled refresh failed: %s", exc.diagnostics)
                 continue
+            REFRESH_RUNS.labels("skipped" if summary is None else "done").inc()
             if summary is not None:
                 log.info("scheduled refresh: %s", summary)

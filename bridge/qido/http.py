@@ -22,6 +22,7 @@ from bridge.mapping import tags
 from bridge.mapping.dicomjson import DicomJson
 from bridge.qido.paging import MAX_PAGES, MAX_REPEATS, RowMerger, has_more
 from bridge.qido.source import NO_FILTERS, Filters
+from bridge.telemetry import PACS_REQUESTS, REQUEST_ID
 
 log = logging.getLogger(__name__)
 
@@ -160,9 +161,20 @@ class HttpQidoSource:
         url = self._base.with_path(self._base_path + path, encoded=False).with_query(None)
         url = URL(f"{url}?{query}", encoded=True) if query else url
         where = f"{'WADO-RS' if path.endswith('/metadata') else 'QIDO'} {path}"
+        try:
+            result = await self._request(url, where, missing_is_empty)
+        except UpstreamError as exc:
+            PACS_REQUESTS.labels(type(exc).__name__.removeprefix("Upstream").lower()).inc()
+            raise
+        PACS_REQUESTS.labels("ok").inc()
+        return result
+
+    async def _request(self, url: URL, where: str, missing_is_empty: bool) -> tuple[list[DicomJson], str | None]:
+        # The client's request id travels to the PACS, so one request can be followed across both logs.
+        headers = {"X-Request-ID": request_id} if (request_id := REQUEST_ID.get()) else None
         async with self._semaphore:
             try:
-                async with self._session.get(url, timeout=self._timeout) as response:
+                async with self._session.get(url, timeout=self._timeout, headers=headers) as response:
                     if response.status == 204 or (response.status == 404 and missing_is_empty):
                         return [], None
                     if response.status != 200:

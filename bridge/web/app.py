@@ -15,7 +15,7 @@ from bridge.mapping.endpoint import wado_endpoint
 from bridge.mapping.imagingstudy import MappingOptions
 from bridge.qido.source import QidoSource
 from bridge.settings import Settings
-from bridge.web import contexts
+from bridge.web import contexts, observe
 from bridge.web.handlers import (
     healthz,
     metadata,
@@ -64,7 +64,10 @@ def mapping_options(settings: Settings) -> MappingOptions:
 
 def create_app(settings: Settings, source: QidoSource | None = None) -> web.Application:
     """The application; with ``source`` given the caller owns it, else it is opened and closed with the app."""
-    app = web.Application(middlewares=[errors], client_max_size=MAX_BODY)
+    # observe is outermost: it sees the status the error middleware settled on.
+    app = web.Application(middlewares=[observe.observe(settings.access_log), errors], client_max_size=MAX_BODY)
+    app[observe.ACCESS_LOG] = observe.AccessLog()
+    app.cleanup_ctx.append(observe.access_log_context)
     app[SETTINGS] = settings
     app[ENDPOINT] = endpoint_of(settings)
     app[MAPPING] = mapping_options(settings)
@@ -84,4 +87,5 @@ def create_app(settings: Settings, source: QidoSource | None = None) -> web.Appl
     app[INTERACTIONS] = interactions
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", observe.metrics)
     return app

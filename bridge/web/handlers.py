@@ -15,6 +15,7 @@ from bridge.errors import NotFound, UnsupportedMediaType, UpstreamError
 from bridge.search.bundle import needs_series, searchset
 from bridge.search.execute import run_search
 from bridge.search.query import PatientRule, parse_search
+from bridge.telemetry import CACHE_READS
 from bridge.web.capability import capability_statement
 from bridge.web.keys import CACHE, ENDPOINT, INTERACTIONS, MAPPING, SETTINGS, SOURCE
 from bridge.web.negotiation import fhir_bytes_response, response_type
@@ -27,6 +28,7 @@ async def read_imaging_study(request: web.Request) -> web.StreamResponse:
     media = response_type(request)  # refuse an unserved format before asking the PACS anything
     no_cache = "no-cache" in request.headers.get("Cache-Control", "").lower()
     read = await request.app[CACHE].read(request.match_info["id"], no_cache=no_cache)
+    CACHE_READS.labels(read.outcome.value).inc()
     entry = read.entry
     headers = {
         "ETag": entry.etag,
