@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import gc
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -54,10 +55,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         host = args.host or settings.host
         port = args.port if args.port is not None else settings.port
+        app = create_app(settings)
+        app.on_startup.append(_freeze_heap)
         try:
             # access_log=None: aiohttp's own access log goes through the logging module on every request; the
             # bridge writes its own (BRIDGE_ACCESS_LOG), batched off the hot path.
-            web.run_app(create_app(settings), host=host, port=port, print=_announce(host, port), access_log=None)
+            web.run_app(app, host=host, port=port, print=_announce(host, port), access_log=None)
         except BridgeError as exc:  # the PACS source could not be opened
             print(f"imaging-bridge: {exc.diagnostics}", file=sys.stderr)
             return 1
@@ -67,6 +70,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error("refresh needs --since/--until, --patient or --due")
         return asyncio.run(_refresh(settings, args))
     return asyncio.run(_get(settings, args.study_uid))
+
+
+async def _freeze_heap(app: web.Application) -> None:
+    """Move everything loaded at start (pydicom's dictionaries, the PACS client, the terminology) out of the
+    garbage collector's reach: otherwise each full collection walks that whole heap, while serving."""
+    gc.collect()
+    gc.freeze()
 
 
 def _announce(host: str, port: int) -> Callable[..., None]:

@@ -3,22 +3,61 @@ client without either importing the other."""
 
 from __future__ import annotations
 
+import bisect
 import contextvars
+import itertools
+from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 #: The id of the request being served, for whatever it asks of the PACS.
 REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 
 REGISTRY = CollectorRegistry()
-REQUESTS = Counter(
-    "bridge_http_requests_total", "HTTP requests served, by route and status.", ["route", "method", "status"],
-    registry=REGISTRY,
-)  # fmt: skip
-LATENCY = Histogram(
-    "bridge_http_request_duration_seconds", "Time to answer a request, by route.", ["route"], registry=REGISTRY,
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
-)  # fmt: skip
+#: Upper bounds of the request latency histogram, in seconds.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class RequestStats(Collector):
+    """Requests by route and status, and latency by route, kept as plain numbers and exposed as Prometheus
+    metrics when scraped. Only the event loop writes them, so no locks; a request costs a dict lookup and two
+    additions instead of prometheus-client's locked, labelled updates, which cost a cached read measurably."""
+
+    def __init__(self) -> None:
+        self.requests: dict[tuple[str, str, int], int] = {}
+        #: route -> (bucket counts, sum of seconds)
+        self.latency: dict[str, tuple[list[int], list[float]]] = {}
+
+    def record(self, route: str, method: str, status: int, elapsed: float) -> None:
+        key = (route, method, status)
+        self.requests[key] = self.requests.get(key, 0) + 1
+        held = self.latency.get(route)
+        if held is None:
+            held = self.latency[route] = ([0] * (len(LATENCY_BUCKETS) + 1), [0.0])
+        held[0][bisect.bisect_left(LATENCY_BUCKETS, elapsed)] += 1
+        held[1][0] += elapsed
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "bridge_http_requests", "HTTP requests served, by route and status.", labels=["route", "method", "status"]
+        )
+        for (route, method, status), count in sorted(self.requests.items()):
+            requests.add_metric([route, method, str(status)], count)
+        yield requests
+        latency = HistogramMetricFamily(
+            "bridge_http_request_duration_seconds", "Time to answer a request, by route.", labels=["route"]
+        )
+        for route, (counts, total) in sorted(self.latency.items()):
+            cumulative = list(itertools.accumulate(counts))
+            bounds = [str(b) for b in LATENCY_BUCKETS] + ["+Inf"]
+            latency.add_metric([route], list(zip(bounds, cumulative, strict=True)), total[0])
+        yield latency
+
+
+REQUEST_STATS = RequestStats()
+REGISTRY.register(REQUEST_STATS)
 PACS_REQUESTS = Counter(
     "bridge_pacs_requests_total", "Requests made to the PACS, by outcome.", ["outcome"], registry=REGISTRY
 )

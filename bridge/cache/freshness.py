@@ -8,6 +8,8 @@ The clock is a parameter everywhere, so the rules are tested by a table, not by 
 
 from __future__ import annotations
 
+import email.utils
+import functools
 import hashlib
 import struct
 from dataclasses import dataclass, replace
@@ -52,6 +54,11 @@ class Entry:
     @property
     def etag(self) -> str:
         return f'"{self.version}"'
+
+    @functools.cached_property
+    def http_date(self) -> str:
+        """``last_modified`` as an HTTP date, formatted once per entry (it is read on every served request)."""
+        return email.utils.formatdate(self.last_modified, usegmt=True)
 
     def confirmed(self, now: float) -> Entry:
         """The same content, confirmed unchanged by the PACS at ``now``."""

@@ -75,8 +75,9 @@ class StudyCache:
 
     async def read(self, study_uid: str, *, no_cache: bool = False) -> Read:
         """The study as stored or freshly read; ``no_cache`` (``Cache-Control: no-cache``) forces a PACS read."""
-        check_study_id(study_uid)
         stored = await self.backend.get(study_key(study_uid))
+        if stored is None:
+            check_study_id(study_uid)  # a stored key was checked when it was stored
         now = self._clock()
         action = decide(stored, now, self.policy, no_cache=no_cache)
         if action is Action.SERVE and stored is not None:

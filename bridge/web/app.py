@@ -25,7 +25,6 @@ from bridge.web.handlers import (
     search_imaging_study,
 )
 from bridge.web.keys import ENDPOINT, INTERACTIONS, MAPPING, SETTINGS, SOURCE
-from bridge.web.middleware import errors
 
 #: A POST _search form is a few kilobytes; nothing else has a body.
 MAX_BODY = 64 * 1024
@@ -64,8 +63,7 @@ def mapping_options(settings: Settings) -> MappingOptions:
 
 def create_app(settings: Settings, source: QidoSource | None = None) -> web.Application:
     """The application; with ``source`` given the caller owns it, else it is opened and closed with the app."""
-    # observe is outermost: it sees the status the error middleware settled on.
-    app = web.Application(middlewares=[observe.observe(settings.access_log), errors], client_max_size=MAX_BODY)
+    app = web.Application(middlewares=[observe.observe(settings.access_log)], client_max_size=MAX_BODY)
     app[observe.ACCESS_LOG] = observe.AccessLog()
     app.cleanup_ctx.append(observe.access_log_context)
     app[SETTINGS] = settings

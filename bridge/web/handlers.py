@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import email.utils
 import logging
 
 import orjson
@@ -18,7 +17,7 @@ from bridge.search.query import PatientRule, parse_search
 from bridge.telemetry import CACHE_READS
 from bridge.web.capability import capability_statement
 from bridge.web.keys import CACHE, ENDPOINT, INTERACTIONS, MAPPING, SETTINGS, SOURCE
-from bridge.web.negotiation import fhir_bytes_response, response_type
+from bridge.web.negotiation import CONTENT_TYPES, fhir_bytes_response, response_type
 
 log = logging.getLogger(__name__)
 
@@ -28,31 +27,34 @@ async def read_imaging_study(request: web.Request) -> web.StreamResponse:
     media = response_type(request)  # refuse an unserved format before asking the PACS anything
     no_cache = "no-cache" in request.headers.get("Cache-Control", "").lower()
     read = await request.app[CACHE].read(request.match_info["id"], no_cache=no_cache)
-    CACHE_READS.labels(read.outcome.value).inc()
+    _CACHE_READS[read.outcome].inc()
     entry = read.entry
     headers = {
         "ETag": entry.etag,
-        "Last-Modified": email.utils.formatdate(entry.last_modified, usegmt=True),
+        "Last-Modified": entry.http_date,
         # Patient data: no shared cache may keep it; the client revalidates with If-None-Match.
         "Cache-Control": "private, no-cache",
         "X-Cache": _X_CACHE[read.outcome],
     }
     if _not_modified(request, entry):
         return web.Response(status=304, headers=headers)
-    response = fhir_bytes_response(media, entry.body)
-    response.headers.update(headers)
-    return response
+    headers["Content-Type"] = CONTENT_TYPES[media]
+    return web.Response(body=entry.body, headers=headers)
 
 
 _X_CACHE = {Outcome.HIT: "HIT", Outcome.MISS: "MISS", Outcome.STALE: "STALE", Outcome.STALE_IF_ERROR: "STALE-IF-ERROR"}
+_CACHE_READS = {outcome: CACHE_READS.labels(outcome.value) for outcome in Outcome}
 
 
 def _not_modified(request: web.Request, entry: Entry) -> bool:
     """RFC 9110 13.1: If-None-Match decides when present (weak comparison), else If-Modified-Since."""
-    if_none_match = request.headers.get("If-None-Match")
+    headers = request.headers
+    if_none_match = headers.get("If-None-Match")
     if if_none_match is not None:
         tags = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
         return "*" in tags or entry.etag in tags
+    if "If-Modified-Since" not in headers:  # the common case: skip parsing a date that is not there
+        return False
     since = request.if_modified_since
     return since is not None and int(entry.last_modified) <= since.timestamp()
 

@@ -42,9 +42,11 @@ def _outcome_response(request: web.Request, status: int, code: str, diagnostics:
     return fhir_bytes_response(media, body, status)
 
 
-@web.middleware
-async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Render ``BridgeError`` (and, under /fhir, the framework's HTTP errors) as OperationOutcomes."""
+async def guarded(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Run the handler; render ``BridgeError`` (and, under /fhir, the framework's HTTP errors) as OperationOutcomes.
+
+    Called by the one registered middleware (``bridge.web.observe``) rather than registered itself: each
+    middleware layer costs a measurable share of a cached read."""
     try:
         return await handler(request)
     except BridgeError as exc:

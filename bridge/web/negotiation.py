@@ -22,7 +22,8 @@ _FORMAT_ALIASES = {
 
 def response_type(request: web.Request) -> str:
     """The media type to answer with, or ``NotAcceptable`` naming what was asked."""
-    requested = request.query.get("_format")
+    # request.query parses the URL: only when _format can be in it (the hot path of cached reads).
+    requested = request.query.get("_format") if "_format" in request.raw_path else None
     if requested is not None:
         # An unencoded "+" (as the FHIR spec writes application/fhir+json) arrives as a space.
         media = requested.split(";")[0].strip().lower().replace(" ", "+")
@@ -56,6 +57,10 @@ def _accepted(accept: str) -> set[str]:
         if media and not refused:
             accepted.add(media)
     return accepted
+
+
+#: Full Content-Type header values, formatted once.
+CONTENT_TYPES = {FHIR_JSON: f"{FHIR_JSON}; charset=utf-8", PLAIN_JSON: f"{PLAIN_JSON}; charset=utf-8"}
 
 
 def fhir_bytes_response(media_type: str, body: bytes, status: int = 200) -> web.Response:

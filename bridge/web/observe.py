@@ -10,10 +10,11 @@ the response, written in the log line, and sent to the PACS with every query mad
 from __future__ import annotations
 
 import asyncio
+import itertools
+import os
 import re
 import sys
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import IO
@@ -24,7 +25,8 @@ from aiohttp.typedefs import Middleware
 from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from bridge.telemetry import LATENCY, REGISTRY, REQUEST_ID, REQUESTS
+from bridge.telemetry import REGISTRY, REQUEST_ID, REQUEST_STATS
+from bridge.web.middleware import guarded
 
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -68,18 +70,30 @@ class AccessLog:
 ACCESS_LOG = web.AppKey("access_log", AccessLog)
 
 
+class RequestIds:
+    """Ids unique in this process and across processes: a random prefix and a counter (no uuid per request)."""
+
+    def __init__(self) -> None:
+        self._prefix = os.urandom(6).hex()
+        self._count = itertools.count(1)
+
+    def __call__(self) -> str:
+        return f"{self._prefix}-{next(self._count):x}"
+
+
 def observe(log_requests: bool) -> Middleware:
-    """The middleware: request id, metrics and (when ``log_requests``) the access log line."""
+    """The one middleware: request id, metrics, errors rendered (``guarded``) and, if asked, the access log."""
+    new_id = RequestIds()
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         offered = request.headers.get("X-Request-ID")
-        request_id = offered if offered and _SANE_ID.match(offered) else uuid.uuid4().hex
+        request_id = offered if offered and _SANE_ID.match(offered) else new_id()
         token = REQUEST_ID.set(request_id)
         started = time.perf_counter()
         status = 500
         try:
-            response = await handler(request)
+            response = await guarded(request, handler)
             status = response.status
             response.headers["X-Request-ID"] = request_id
             return response
@@ -90,13 +104,11 @@ def observe(log_requests: bool) -> Middleware:
             REQUEST_ID.reset(token)
             elapsed = time.perf_counter() - started
             info = request.match_info.route.resource
-            route = info.canonical if info is not None else "unmatched"
-            REQUESTS.labels(route, request.method, str(status)).inc()
-            LATENCY.labels(route).observe(elapsed)
+            REQUEST_STATS.record(info.canonical if info is not None else "unmatched", request.method, status, elapsed)
             if log_requests:
                 request.app[ACCESS_LOG].record({
                     "time": round(time.time(), 3), "id": request_id, "method": request.method,
-                    "path": request.path, "status": status, "ms": round(elapsed * 1000, 2),
+                    "path": request.raw_path, "status": status, "ms": round(elapsed * 1000, 2),
                 })  # fmt: skip
 
     return middleware
