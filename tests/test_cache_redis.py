@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import orjson
 import pytest
@@ -127,3 +131,28 @@ async def test_an_unreachable_redis_is_a_miss_not_an_error() -> None:
         await backend.put("study::1.2.3", Entry(b"{}", "v", 0.0, 0.0), retention=10)  # logged, not raised
     finally:
         await backend.close()
+
+
+def test_the_refresh_command_warms_the_shared_cache(orthanc: OrthancServer, redis_url: str, tmp_path: Path) -> None:
+    spec = simple_study(series=1, instances=2, patient_id="PAT-CLI-REFRESH")
+    orthanc.upload_many(encode(spec))
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")},
+        "BRIDGE_QIDO_URL": orthanc.dicomweb_url, "BRIDGE_PACS_USERNAME": orthanc.username,
+        "BRIDGE_PACS_PASSWORD": orthanc.password, "BRIDGE_CACHE_URL": redis_url,
+    }  # fmt: skip
+
+    def refresh(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "bridge", "refresh", *args], env={**env, **extra},
+                              cwd=tmp_path, capture_output=True, text=True, timeout=60)  # fmt: skip
+
+    warmed = refresh("--patient", "PAT-CLI-REFRESH")
+    assert warmed.returncode == 0, warmed.stderr
+    assert "checked 0, changed 0, fetched 1, failed 0" in warmed.stderr
+    assert "1/1" in warmed.stderr  # the progress bar
+    due = refresh("--due")
+    assert due.returncode == 0, due.stderr
+    assert "fetched 0, failed 0" in due.stderr
+    down = refresh("--patient", "PAT-CLI-REFRESH", BRIDGE_QIDO_URL=dead_pacs_url())
+    assert down.returncode == 1
+    assert "cannot connect to the PACS" in down.stderr
