@@ -29,9 +29,11 @@ class BridgeError(Exception):
     #: The FHIR ``IssueType`` code (http://hl7.org/fhir/issue-type) of the OperationOutcome.
     issue_code: str = "exception"
 
-    def __init__(self, diagnostics: str) -> None:
+    def __init__(self, diagnostics: str, *, retry_after: int | None = None) -> None:
         super().__init__(diagnostics)
         self.diagnostics = diagnostics
+        #: Seconds after which a retry may succeed (sent as Retry-After), when known.
+        self.retry_after = retry_after
 
 
 class InvalidRequest(BridgeError):

@@ -70,6 +70,13 @@ class Settings(BaseSettings):
     port: Annotated[int, Field(ge=0, le=65535)] = 8080
     qido_timeout: Annotated[float, Field(gt=0, le=3600)] = 30.0
     qido_concurrency: Annotated[int, Field(ge=1, le=256)] = 8
+    #: Retries of one PACS request after a connection failure or a 502/503 (jittered backoff, within the deadline).
+    qido_retries: Annotated[int, Field(ge=0, le=10)] = 2
+    #: Consecutive PACS failures that open the circuit breaker, and the seconds it stays open.
+    breaker_threshold: Annotated[int, Field(ge=1, le=1000)] = 5
+    breaker_cooldown: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    #: Seconds a whole client request may take, every PACS request and retry included.
+    request_deadline: Annotated[float, Field(gt=0, le=3600)] = 60.0
     #: Rows asked per QIDO request (``limit``); 0 sends no limit and pages only when the PACS says there is more.
     qido_page_size: Annotated[int, Field(ge=0, le=100_000)] = 0
     #: The largest PACS answer accepted, in bytes; a larger one is a 502, not exhausted memory.

@@ -8,7 +8,7 @@ import contextvars
 import itertools
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -66,3 +66,4 @@ CACHE_READS = Counter(
     registry=REGISTRY,
 )  # fmt: skip
 REFRESH_RUNS = Counter("bridge_refresh_runs_total", "Scheduled refresh runs, by result.", ["result"], registry=REGISTRY)
+BREAKER_OPEN = Gauge("bridge_pacs_breaker_open", "1 while the PACS circuit breaker is open.", registry=REGISTRY)

@@ -117,7 +117,7 @@ async def make_source() -> AsyncIterator[MakeSource]:
 
 @pytest.fixture
 async def source(make_source: MakeSource) -> HttpQidoSource:
-    return make_source(timeout=5)
+    return make_source(timeout=5, retries=0)  # one attempt: these tests are about mapping answers, not retrying
 
 
 # --- query_string --------------------------------------------------------------------------------------------------

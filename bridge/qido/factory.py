@@ -7,6 +7,7 @@ from urllib.parse import unquote, urlsplit
 
 from bridge.qido.folder import FolderQidoSource, pydicom_samples
 from bridge.qido.http import HttpQidoSource
+from bridge.qido.resilience import CircuitBreaker
 from bridge.qido.source import QidoSource
 from bridge.settings import Settings
 
@@ -25,6 +26,8 @@ async def open_source(settings: Settings) -> QidoSource:
         concurrency=settings.qido_concurrency,
         page_size=settings.qido_page_size,
         max_bytes=settings.qido_max_bytes,
+        retries=settings.qido_retries,
+        breaker=CircuitBreaker(settings.breaker_threshold, settings.breaker_cooldown),
         username=settings.pacs_username,
         password=settings.pacs_password.get_secret_value() if settings.pacs_password else None,
         token=settings.pacs_token.get_secret_value() if settings.pacs_token else None,

@@ -21,12 +21,15 @@ from bridge.errors import UpstreamBadResponse, UpstreamError, UpstreamTimeout, U
 from bridge.mapping import tags
 from bridge.mapping.dicomjson import DicomJson
 from bridge.qido.paging import MAX_PAGES, MAX_REPEATS, RowMerger, has_more
+from bridge.qido.resilience import CircuitBreaker, backoff, remaining
 from bridge.qido.source import NO_FILTERS, Filters
-from bridge.telemetry import PACS_REQUESTS, REQUEST_ID
+from bridge.telemetry import BREAKER_OPEN, PACS_REQUESTS, REQUEST_ID
 
 log = logging.getLogger(__name__)
 
 ACCEPT = "application/dicom+json, application/json;q=0.9"
+#: Seconds an attempt needs at least: no retry is started with less left before the deadline.
+MIN_ATTEMPT = 0.5
 
 
 def query_string(filters: Filters, fields: Sequence[str], limit: int | None = None, offset: int = 0) -> str:
@@ -57,6 +60,8 @@ class HttpQidoSource:
         concurrency: int = 8,
         page_size: int = 0,
         max_bytes: int = 256 * 1024 * 1024,
+        retries: int = 2,
+        breaker: CircuitBreaker | None = None,
         username: str | None = None,
         password: str | None = None,
         token: str | None = None,
@@ -72,6 +77,9 @@ class HttpQidoSource:
         self._timeout_seconds = timeout
         self._page_size = page_size or None
         self._max_bytes = max_bytes
+        self._retries = retries
+        self._retry_base, self._retry_cap = 0.1, 2.0
+        self.breaker = breaker or CircuitBreaker()
         self._semaphore = asyncio.Semaphore(concurrency)
         headers = {"Accept": ACCEPT}
         if token:
@@ -158,23 +166,68 @@ class HttpQidoSource:
         raise UpstreamBadResponse(f"PACS kept paging past {MAX_PAGES} pages for QIDO {path}")
 
     async def _page(self, path: str, query: str, *, missing_is_empty: bool) -> tuple[list[DicomJson], str | None]:
+        """One PACS request, behind the circuit breaker, retried (connection failures, 502, 503) with jittered
+        backoff while the client request's deadline leaves room."""
         url = self._base.with_path(self._base_path + path, encoded=False).with_query(None)
         url = URL(f"{url}?{query}", encoded=True) if query else url
         where = f"{'WADO-RS' if path.endswith('/metadata') else 'QIDO'} {path}"
-        try:
-            result = await self._request(url, where, missing_is_empty)
-        except UpstreamError as exc:
-            PACS_REQUESTS.labels(type(exc).__name__.removeprefix("Upstream").lower()).inc()
-            raise
-        PACS_REQUESTS.labels("ok").inc()
-        return result
+        attempt = 0
+        while True:
+            if not self.breaker.allow():
+                BREAKER_OPEN.set(1)
+                wait = self.breaker.retry_after()
+                raise UpstreamUnavailable(
+                    f"the PACS has failed {self.breaker.threshold} times in a row; it is given {wait} s before the "
+                    "bridge asks it again (circuit breaker open)",
+                    retry_after=wait,
+                )
+            try:
+                result = await self._request(url, where, missing_is_empty)
+            except asyncio.CancelledError:
+                self.breaker.abandoned()
+                raise
+            except UpstreamError as exc:
+                PACS_REQUESTS.labels(type(exc).__name__.removeprefix("Upstream").lower()).inc()
+                if isinstance(exc, UpstreamBadResponse):
+                    self.breaker.succeeded()  # it answered: alive, if unhelpful
+                    raise
+                self.breaker.failed()
+                attempt += 1
+                delay = backoff(attempt, self._retry_base, self._retry_cap)
+                left = remaining()
+                if (
+                    not isinstance(exc, UpstreamUnavailable)
+                    or attempt > self._retries
+                    or (left is not None and left < delay + MIN_ATTEMPT)
+                ):
+                    raise
+                await asyncio.sleep(delay)
+                continue
+            self.breaker.succeeded()
+            BREAKER_OPEN.set(0)
+            PACS_REQUESTS.labels("ok").inc()
+            return result
 
     async def _request(self, url: URL, where: str, missing_is_empty: bool) -> tuple[list[DicomJson], str | None]:
+        left = remaining()
+        if left is not None and left <= 0:
+            raise UpstreamTimeout(f"the request's deadline passed before {where} (BRIDGE_REQUEST_DEADLINE)")
+        try:
+            # The deadline bounds the wait for a PACS slot as well as the request itself.
+            async with asyncio.timeout(left):
+                return await self._send(url, where, missing_is_empty, left)
+        except TimeoutError:
+            raise UpstreamTimeout(f"the request's deadline passed during {where} (BRIDGE_REQUEST_DEADLINE)") from None
+
+    async def _send(
+        self, url: URL, where: str, missing_is_empty: bool, left: float | None
+    ) -> tuple[list[DicomJson], str | None]:
         # The client's request id travels to the PACS, so one request can be followed across both logs.
         headers = {"X-Request-ID": request_id} if (request_id := REQUEST_ID.get()) else None
+        timeout = self._timeout if left is None or left >= self._timeout_seconds else aiohttp.ClientTimeout(left)
         async with self._semaphore:
             try:
-                async with self._session.get(url, timeout=self._timeout, headers=headers) as response:
+                async with self._session.get(url, timeout=timeout, headers=headers) as response:
                     if response.status == 204 or (response.status == 404 and missing_is_empty):
                         return [], None
                     if response.status != 200:

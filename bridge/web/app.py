@@ -63,7 +63,8 @@ def mapping_options(settings: Settings) -> MappingOptions:
 
 def create_app(settings: Settings, source: QidoSource | None = None) -> web.Application:
     """The application; with ``source`` given the caller owns it, else it is opened and closed with the app."""
-    app = web.Application(middlewares=[observe.observe(settings.access_log)], client_max_size=MAX_BODY)
+    middleware = observe.observe(settings.access_log, settings.request_deadline)
+    app = web.Application(middlewares=[middleware], client_max_size=MAX_BODY)
     app[observe.ACCESS_LOG] = observe.AccessLog()
     app.cleanup_ctx.append(observe.access_log_context)
     app[SETTINGS] = settings

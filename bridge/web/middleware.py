@@ -52,7 +52,10 @@ async def guarded(request: web.Request, handler: Handler) -> web.StreamResponse:
     except BridgeError as exc:
         if isinstance(exc, UpstreamError):
             log.warning("%s %s -> %s: %s", request.method, request.path, exc.status, exc.diagnostics)
-        return _outcome_response(request, exc.status, exc.issue_code, exc.diagnostics)
+        response = _outcome_response(request, exc.status, exc.issue_code, exc.diagnostics)
+        if exc.retry_after is not None:
+            response.headers["Retry-After"] = str(exc.retry_after)
+        return response
     except web.HTTPException as exc:
         if not request.path.startswith("/fhir") or exc.status < 400:
             raise

@@ -25,6 +25,7 @@ from aiohttp.typedefs import Middleware
 from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from bridge.qido.resilience import DEADLINE
 from bridge.telemetry import REGISTRY, REQUEST_ID, REQUEST_STATS
 from bridge.web.middleware import guarded
 
@@ -81,7 +82,7 @@ class RequestIds:
         return f"{self._prefix}-{next(self._count):x}"
 
 
-def observe(log_requests: bool) -> Middleware:
+def observe(log_requests: bool, deadline: float = 60.0) -> Middleware:
     """The one middleware: request id, metrics, errors rendered (``guarded``) and, if asked, the access log."""
     new_id = RequestIds()
 
@@ -91,6 +92,8 @@ def observe(log_requests: bool) -> Middleware:
         request_id = offered if offered and _SANE_ID.match(offered) else new_id()
         token = REQUEST_ID.set(request_id)
         started = time.perf_counter()
+        # Everything asked of the PACS for this request shares one deadline (BRIDGE_REQUEST_DEADLINE).
+        deadline_token = DEADLINE.set(time.monotonic() + deadline)
         status = 500
         try:
             response = await guarded(request, handler)
@@ -102,6 +105,7 @@ def observe(log_requests: bool) -> Middleware:
             raise
         finally:
             REQUEST_ID.reset(token)
+            DEADLINE.reset(deadline_token)
             elapsed = time.perf_counter() - started
             info = request.match_info.route.resource
             REQUEST_STATS.record(info.canonical if info is not None else "unmatched", request.method, status, elapsed)
