@@ -10,6 +10,7 @@ The rules come from ``docs/mapping.md``. Two principles decide the hard cases:
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ SUBSETTED = {
 FALLBACK_MODALITY = "OT"
 
 _OID = re.compile(r"^[0-2](\.(0|[1-9][0-9]*))+$")
+_STRICT_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:\S+$")
 # A FHIR code: no leading/trailing whitespace, no runs of whitespace.
 _CODE = re.compile(r"^[^\s]+( [^\s]+)*$")
@@ -308,13 +310,23 @@ def _instance(row: DicomJson) -> dict[str, Any]:
     if instance_uid is None or sop_class is None:  # the caller drops such rows; guard the invariant anyway
         raise ValueError("an instance row lacks a valid SOPInstanceUID or SOPClassUID")
     coding: dict[str, str] = {"system": RFC3986, "code": f"urn:oid:{sop_class}"}
-    if (name := UID(sop_class).name) != sop_class:
+    if name := sop_class_name(sop_class):
         coding["display"] = name
     instance: dict[str, Any] = {"uid": instance_uid, "sopClass": coding}
     _set_if(instance, "number", unsigned(row, tags.INSTANCE_NUMBER))
     if title := _title(row):
         instance["title"] = title
     return instance
+
+
+@functools.lru_cache(maxsize=1024)
+def sop_class_name(sop_class: str) -> str | None:
+    """The name DICOM gives a SOP Class UID, or None. Only a well-formed UID is looked up: pydicom warns about
+    a malformed one (once per instance of a 10,000-instance study), and none of those has a name anyway."""
+    if not _STRICT_UID.match(sop_class):
+        return None
+    name = UID(sop_class).name
+    return name if name != sop_class else None
 
 
 def _title(row: DicomJson) -> str | None:
