@@ -60,7 +60,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             # access_log=None: aiohttp's own access log goes through the logging module on every request; the
             # bridge writes its own (BRIDGE_ACCESS_LOG), batched off the hot path.
-            web.run_app(app, host=host, port=port, print=_announce(host, port), access_log=None)
+            # On SIGTERM: stop accepting, let in-flight requests finish (up to the bound), then close the PACS
+            # session, the cache and the refresher through their cleanup contexts.
+            web.run_app(
+                app, host=host, port=port, print=_announce(host, port), access_log=None,
+                shutdown_timeout=settings.shutdown_timeout,
+            )  # fmt: skip
         except BridgeError as exc:  # the PACS source could not be opened
             print(f"imaging-bridge: {exc.diagnostics}", file=sys.stderr)
             return 1

@@ -75,6 +75,8 @@ class Settings(BaseSettings):
     #: Consecutive PACS failures that open the circuit breaker, and the seconds it stays open.
     breaker_threshold: Annotated[int, Field(ge=1, le=1000)] = 5
     breaker_cooldown: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    #: Seconds in-flight requests get to finish after SIGTERM, before the PACS session and cache are closed.
+    shutdown_timeout: Annotated[float, Field(ge=0, le=600)] = 15.0
     #: Seconds a whole client request may take, every PACS request and retry included.
     request_deadline: Annotated[float, Field(gt=0, le=3600)] = 60.0
     #: Rows asked per QIDO request (``limit``); 0 sends no limit and pages only when the PACS says there is more.
