@@ -5,7 +5,9 @@ status and FHIR issue code the class declares (``bridge.web.middleware``), so ha
 
     BridgeError
     ├── InvalidRequest        400  the client's request is malformed
-    │   └── TooCostly         400  well-formed, but more than the bridge will ask of the PACS
+    │   ├── TooCostly         400  well-formed, but more than the bridge will ask of the PACS
+    │   ├── UriTooLong        414  a URL longer than the bridge reads
+    │   └── HeadersTooLarge   431  a header, or all of them, larger than the bridge reads
     ├── NotFound              404  no such resource
     ├── NotAcceptable         406  a response format we do not serve
     ├── UnsupportedMediaType  415  a request body we do not read
@@ -43,6 +45,16 @@ class InvalidRequest(BridgeError):
 
 class TooCostly(InvalidRequest):
     issue_code = "too-costly"
+
+
+class UriTooLong(InvalidRequest):
+    status = 414
+    issue_code = "too-long"
+
+
+class HeadersTooLarge(InvalidRequest):
+    status = 431
+    issue_code = "too-long"
 
 
 class NotFound(BridgeError):

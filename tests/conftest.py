@@ -11,6 +11,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from bridge.qido.source import QidoSource
 from bridge.settings import Settings, load_settings
 from bridge.web.app import create_app
+from bridge.web.middleware import SERVER_LIMITS
 from tests.support import catalog
 from tests.support.dicomgen import StudySpec, encode
 from tests.support.orthanc import OrthancServer
@@ -45,7 +46,9 @@ def orthanc_settings(orthanc: OrthancServer, **overrides: str) -> Settings:
 
 
 async def start_client(settings: Settings, source: QidoSource | None = None) -> TestClient:
-    client = TestClient(TestServer(create_app(settings, source)))
+    server = TestServer(create_app(settings, source))
+    await server.start_server(**SERVER_LIMITS)  # the same parser limits as `imaging-bridge serve`
+    client = TestClient(server)
     await client.start_server()
     return client
 

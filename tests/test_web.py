@@ -262,3 +262,19 @@ async def test_series_qido_cannot_list_come_from_study_metadata(client: TestClie
         ("1.2.3.4.2", "MR"),
     ]
     assert resource["numberOfInstances"] == 2
+
+
+@pytest.mark.parametrize(
+    ("path", "headers", "status"),
+    [
+        ("/fhir/ImagingStudy?patient=" + "P" * 20_000, {}, 414),
+        ("/fhir/" + "x" * 20_000, {}, 414),
+        ("/fhir/metadata", {"X-Junk": "j" * 20_000}, 431),
+        ("/fhir/metadata", {f"X-Junk-{n}": "j" * 4_000 for n in range(10)}, 431),
+    ],
+)
+async def test_oversized_requests_are_operation_outcomes(
+    client: TestClient, path: str, headers: dict[str, str], status: int
+) -> None:
+    body = await outcome(await client.get(path, headers=headers), status)
+    assert body["issue"][0]["code"] == "too-long"

@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from bridge.errors import BridgeError, NotAcceptable, UpstreamError
+from bridge.errors import BridgeError, HeadersTooLarge, NotAcceptable, UpstreamError, UriTooLong
 from bridge.web.negotiation import FHIR_JSON, fhir_bytes_response, response_type
 
 log = logging.getLogger(__name__)
@@ -42,12 +42,36 @@ def _outcome_response(request: web.Request, status: int, code: str, diagnostics:
     return fhir_bytes_response(media, body, status)
 
 
+#: What the bridge reads of a request; aiohttp's own parser limits (``SERVER_LIMITS``) are set higher, so that a
+#: request between the two is answered here, as an OperationOutcome, and not by the framework in plain text.
+MAX_URL = 8 * 1024
+MAX_HEADER = 8 * 1024
+MAX_HEADERS = 32 * 1024
+#: aiohttp parser limits, passed to the server by `imaging-bridge serve` and the tests.
+MAX_LINE_SIZE = MAX_FIELD_SIZE = 64 * 1024
+SERVER_LIMITS: dict[str, int] = {"max_line_size": MAX_LINE_SIZE, "max_field_size": MAX_FIELD_SIZE}
+
+
+def check_size(request: web.Request) -> None:
+    """``UriTooLong`` / ``HeadersTooLarge`` for requests beyond what the bridge reads."""
+    if len(request.raw_path) > MAX_URL:
+        raise UriTooLong(f"the URL is {len(request.raw_path)} characters long; at most {MAX_URL} are read")
+    total = 0
+    for name, value in request.raw_headers:
+        if len(value) > MAX_HEADER:
+            raise HeadersTooLarge(f"a header is {len(value)} bytes long; at most {MAX_HEADER} are read")
+        total += len(name) + len(value)
+    if total > MAX_HEADERS:
+        raise HeadersTooLarge(f"the headers take {total} bytes; at most {MAX_HEADERS} are read")
+
+
 async def guarded(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Run the handler; render ``BridgeError`` (and, under /fhir, the framework's HTTP errors) as OperationOutcomes.
 
     Called by the one registered middleware (``bridge.web.observe``) rather than registered itself: each
     middleware layer costs a measurable share of a cached read."""
     try:
+        check_size(request)
         return await handler(request)
     except BridgeError as exc:
         if isinstance(exc, UpstreamError):
