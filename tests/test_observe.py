@@ -69,3 +69,15 @@ async def test_the_access_log_writes_json_lines_in_batches() -> None:
     await log.flush()
     lines: list[dict[str, Any]] = [orjson.loads(line) for line in stream.getvalue().splitlines()]
     assert [line["id"] for line in lines] == ["r0", "r1", "r2"]
+
+
+async def test_clients_cannot_grow_the_metric_labels() -> None:
+    client = await start_client(load_settings({"BRIDGE_QIDO_URL": "http://pacs/dicom-web"}), pacs())
+    try:
+        for n in range(5):
+            await client.request(f"FOO{n}", "/fhir/metadata")
+        text = await (await client.get("/metrics")).text()
+    finally:
+        await client.close()
+    assert "FOO" not in text
+    assert 'method="OTHER"' in text
