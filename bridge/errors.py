@@ -16,6 +16,7 @@ status and FHIR issue code the class declares (``bridge.web.middleware``), so ha
         ├── UpstreamBadResponse   502  an HTTP error status or a body that is not DICOM JSON
         ├── UpstreamUnavailable   503  connection refused, reset or dropped
         └── UpstreamTimeout       504  no answer within BRIDGE_QIDO_TIMEOUT
+            └── DeadlineExceeded  504  the client request's own deadline passed (not the PACS's fault)
 
 Messages are written for the person who must act on them and never carry credentials or the PACS URL's
 userinfo. ``ConfigError`` stands apart: it stops the service at start and never reaches a client.
@@ -94,6 +95,10 @@ class UpstreamUnavailable(UpstreamError):
 class UpstreamTimeout(UpstreamError):
     status = 504
     issue_code = "timeout"
+
+
+class DeadlineExceeded(UpstreamTimeout):
+    """The client request's deadline (BRIDGE_REQUEST_DEADLINE) passed; the PACS may be fine."""
 
 
 class ConfigError(Exception):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,9 +16,10 @@ from bridge.cache.backends import MemoryBackend, study_key
 from bridge.cache.freshness import Action, Entry, Policy, change_signal, content_version, decide, usable_on_error
 from bridge.cache.refresh import Refresher, refresh_due, warm
 from bridge.cache.service import Outcome, StudyCache, make_entry
-from bridge.errors import UpstreamTimeout, UpstreamUnavailable
+from bridge.errors import DeadlineExceeded, UpstreamTimeout, UpstreamUnavailable
 from bridge.mapping.imagingstudy import MappingOptions
 from bridge.qido.memory import MemoryQidoSource
+from bridge.qido.resilience import DEADLINE
 from bridge.settings import load_settings
 from tests.conftest import start_client
 from tests.support.fhircheck import validate
@@ -273,20 +275,22 @@ async def test_etag_last_modified_and_conditional_reads(source: MemoryQidoSource
         assert first.status == 200
         assert first.headers["X-Cache"] == "MISS"
         etag, modified = first.headers["ETag"], first.headers["Last-Modified"]
-        assert (await first.json())["meta"]["versionId"] == etag.strip('"')
+        version = (await first.json())["meta"]["versionId"]
+        assert etag == f'W/"{version}"'  # weak: another replica may serialize the same content differently
         assert email.utils.parsedate_to_datetime(modified)
         second = await client.get(f"/fhir/ImagingStudy/{STUDY}", headers={"If-None-Match": etag})
         assert (second.status, second.headers["X-Cache"], await second.read()) == (304, "HIT", b"")
         assert second.headers["ETag"] == etag
-        weak = await client.get(f"/fhir/ImagingStudy/{STUDY}", headers={"If-None-Match": f'"x", W/{etag}'})
-        assert weak.status == 304
+        for echoed in (f'"x", {etag}', f'"{version}"'):  # weak comparison: either form of the tag
+            assert (await client.get(f"/fhir/ImagingStudy/{STUDY}", headers={"If-None-Match": echoed})).status == 304
         since = await client.get(f"/fhir/ImagingStudy/{STUDY}", headers={"If-Modified-Since": modified})
         assert since.status == 304
         other = await client.get(f"/fhir/ImagingStudy/{STUDY}", headers={"If-None-Match": '"other"'})
         assert other.status == 200
-        forced = await client.get(f"/fhir/ImagingStudy/{STUDY}", headers={"Cache-Control": "no-cache"})
-        assert forced.headers["X-Cache"] == "MISS"
-        assert reads_of_study(source) == 2
+        for forcing in ({"Cache-Control": "no-cache"}, {"Cache-Control": "max-age=0"}, {"Pragma": "no-cache"}):
+            forced = await client.get(f"/fhir/ImagingStudy/{STUDY}", headers=forcing)
+            assert forced.headers["X-Cache"] == "MISS"
+        assert reads_of_study(source) == 4
     finally:
         await client.close()
 
@@ -300,3 +304,47 @@ async def test_a_stored_study_is_served_when_the_pacs_fails(client: TestClient, 
     validate(await response.json())
     unknown = await client.get("/fhir/ImagingStudy/1.2.3.4.5.6")
     assert unknown.status == 503  # nothing stored: the PACS's failure is the answer
+
+
+# --- review findings ------------------------------------------------------------------------------------------
+
+
+async def test_revalidation_never_puts_back_an_older_copy(
+    cache: StudyCache, source: MemoryQidoSource, clock: Clock
+) -> None:
+    older = (await cache.read(STUDY)).entry
+    newer = Entry(b'{"newer": true}', "v2", clock.now, clock.now, older.signal)
+    await cache.backend.put(study_key(STUDY), newer, 60)  # stored by a read while the refresh was querying
+    assert not await cache.revalidate(STUDY, older)  # the PACS's signal still matches the older copy
+    assert await cache.backend.get(study_key(STUDY)) == newer
+
+
+async def test_a_waiter_keeps_its_own_deadline(source: MemoryQidoSource, clock: Clock) -> None:
+    class Slow(MemoryQidoSource):
+        async def search_studies(self, filters: Any, fields: Any) -> Any:
+            await asyncio.sleep(1)
+            return await super().search_studies(filters, fields)
+
+    slow = Slow(source.studies, source.series, source.instances)
+    cache = StudyCache(MemoryBackend(clock=clock), slow, MappingOptions(), POLICY, clock)
+    first = asyncio.ensure_future(cache.read(STUDY))  # no deadline: a refresher, say
+    await asyncio.sleep(0.01)
+    token = DEADLINE.set(time.monotonic() + 0.1)
+    try:
+        started = time.monotonic()
+        with pytest.raises(DeadlineExceeded):
+            await cache.read(STUDY)
+        assert time.monotonic() - started < 0.5
+    finally:
+        DEADLINE.reset(token)
+    await cache.close()  # cancels the read still in flight
+    assert first.cancelled() or first.done()
+
+
+async def test_many_stale_reads_start_one_refresh(cache: StudyCache, source: MemoryQidoSource, clock: Clock) -> None:
+    await cache.read(STUDY)
+    clock.now += 120
+    reads = await asyncio.gather(*(cache.read(STUDY) for _ in range(20)))
+    assert {r.outcome for r in reads} == {Outcome.STALE}
+    await asyncio.sleep(0.05)
+    assert reads_of_study(source) == 2

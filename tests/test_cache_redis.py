@@ -156,3 +156,14 @@ def test_the_refresh_command_warms_the_shared_cache(orthanc: OrthancServer, redi
     down = refresh("--patient", "PAT-CLI-REFRESH", BRIDGE_QIDO_URL=dead_pacs_url())
     assert down.returncode == 1
     assert "cannot connect to the PACS" in down.stderr
+
+
+async def test_an_unreadable_entry_is_a_miss(redis_url: str) -> None:
+    raw = Redis.from_url(redis_url)
+    await raw.set("imaging-bridge:study::1.2.3", b"\x00\x00\x00\x09not json!body")
+    await raw.aclose()
+    backend = RedisBackend(redis_url)
+    try:
+        assert await backend.get("study::1.2.3") is None
+    finally:
+        await backend.close()

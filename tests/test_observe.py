@@ -81,3 +81,14 @@ async def test_clients_cannot_grow_the_metric_labels() -> None:
         await client.close()
     assert "PROPFIND" not in text
     assert 'method="OTHER"' in text
+
+
+async def test_a_broken_stdout_loses_lines_not_the_service() -> None:
+    class Broken(io.BytesIO):
+        def write(self, data: Any) -> int:
+            raise BrokenPipeError
+
+    log = AccessLog(Broken())
+    log.record({"id": "r1"})
+    await log.flush()  # no exception
+    assert log.dropped == 1

@@ -153,3 +153,14 @@ async def test_an_open_breaker_is_a_503_with_retry_after_over_http() -> None:
             assert "circuit breaker open" in (await second.json())["issue"][0]["diagnostics"]
     finally:
         await client.close()
+
+
+async def test_the_clients_own_deadline_does_not_trip_the_breaker(source: HttpQidoSource) -> None:
+    token = DEADLINE.set(time.monotonic() - 1)
+    try:
+        for _ in range(5):
+            with pytest.raises(UpstreamTimeout):
+                await source.search_studies({}, ())
+    finally:
+        DEADLINE.reset(token)
+    assert source.breaker.state is State.CLOSED

@@ -119,17 +119,18 @@ class RedisBackend:
     def __init__(self, url: str, prefix: str = "imaging-bridge:") -> None:
         from redis.asyncio import Redis
 
-        self._redis = Redis.from_url(url)
+        # Short timeouts: a stalled Redis must cost a read little, and it is then a miss (the PACS answers).
+        self._redis = Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
         self._prefix = prefix
         self.description = "redis"
 
     async def get(self, key: str) -> Entry | None:
         try:
             packed = await self._redis.get(self._prefix + key)
-        except Exception as exc:  # any Redis failure: a miss, not an error for the client
+            return Entry.unpack(packed) if isinstance(packed, bytes) and packed else None
+        except Exception as exc:  # Redis down, or an entry it cannot read (another version's): a miss
             log.warning("cache read failed (%s): reading from the PACS", type(exc).__name__)
             return None
-        return Entry.unpack(packed) if isinstance(packed, bytes) and packed else None
 
     async def put(self, key: str, entry: Entry, retention: float) -> None:
         try:
@@ -139,8 +140,11 @@ class RedisBackend:
 
     async def keys(self) -> list[str]:
         found = []
-        async for key in self._redis.scan_iter(match=f"{self._prefix}study:*", count=1000):
-            found.append(key.decode().removeprefix(self._prefix))
+        try:
+            async for key in self._redis.scan_iter(match=f"{self._prefix}study:*", count=1000):
+                found.append(key.decode().removeprefix(self._prefix))
+        except Exception as exc:
+            log.warning("cache listing failed (%s)", type(exc).__name__)
         return found
 
     @asynccontextmanager
@@ -149,7 +153,11 @@ class RedisBackend:
 
         # The lock expires by itself: a refresher that crashed holding it does not block the others for long.
         lock = self._redis.lock(self._prefix + "lock:" + name, timeout=ttl, blocking=False)
-        taken = await lock.acquire()
+        try:
+            taken = await lock.acquire()
+        except Exception as exc:  # no Redis, no lock: nobody refreshes rather than everybody
+            log.warning("refresh lock unavailable (%s)", type(exc).__name__)
+            taken = False
         try:
             yield bool(taken)
         finally:

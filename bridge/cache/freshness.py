@@ -53,7 +53,8 @@ class Entry:
 
     @property
     def etag(self) -> str:
-        return f'"{self.version}"'
+        # Weak: the same content (version) may be serialized with another meta.lastUpdated by another replica.
+        return f'W/"{self.version}"'
 
     @functools.cached_property
     def http_date(self) -> str:

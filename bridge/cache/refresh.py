@@ -133,9 +133,9 @@ class Refresher:
             await asyncio.sleep(self._interval)
             try:
                 summary = await self.run_once()
-            except BridgeError as exc:
+            except Exception as exc:  # one bad run (PACS, Redis, a bug) must not end the schedule
                 REFRESH_RUNS.labels("failed").inc()
-                log.warning("scheduled refresh failed: %s", exc.diagnostics)
+                log.warning("scheduled refresh failed: %s", getattr(exc, "diagnostics", repr(exc)))
                 continue
             REFRESH_RUNS.labels("skipped" if summary is None else "done").inc()
             if summary is not None:

@@ -31,10 +31,11 @@ from bridge.cache.freshness import (
     decide,
     usable_on_error,
 )
-from bridge.errors import UpstreamError
+from bridge.errors import DeadlineExceeded, UpstreamError
 from bridge.mapping import tags
 from bridge.mapping.dicomjson import DicomJson, texts, uid, unsigned
 from bridge.mapping.imagingstudy import MappingOptions, imaging_study
+from bridge.qido.resilience import remaining
 from bridge.qido.source import QidoSource
 from bridge.studies import check_study_id, fetch_study
 
@@ -71,7 +72,6 @@ class StudyCache:
         self._options = options
         self._clock = clock
         self._inflight: dict[str, asyncio.Future[Entry]] = {}
-        self._background: set[asyncio.Task[Any]] = set()
 
     async def read(self, study_uid: str, *, no_cache: bool = False) -> Read:
         """The study as stored or freshly read; ``no_cache`` (``Cache-Control: no-cache``) forces a PACS read."""
@@ -83,7 +83,7 @@ class StudyCache:
         if action is Action.SERVE and stored is not None:
             return Read(stored, Outcome.HIT)
         if action is Action.SERVE_STALE and stored is not None:
-            self._in_background(self.fetch(study_uid, stored))
+            self._load_once(study_uid, stored)  # one refresh per study, however many stale reads
             return Read(stored, Outcome.STALE)
         try:
             return Read(await self.fetch(study_uid, stored), Outcome.MISS)
@@ -95,29 +95,51 @@ class StudyCache:
 
     async def fetch(self, study_uid: str, previous: Entry | None) -> Entry:
         """Read the study from the PACS and store it; concurrent calls for one study share one read."""
-        pending = self._inflight.get(study_uid)
-        if pending is None:
-            pending = asyncio.ensure_future(self._load(study_uid, previous))
-            self._inflight[study_uid] = pending
-            pending.add_done_callback(lambda _: self._inflight.pop(study_uid, None))
-        # shield: a client that gives up must not cancel the read the others are waiting for.
-        return await asyncio.shield(pending)
+        pending = self._load_once(study_uid, previous)
+        # shield: a client that gives up must not cancel the read the others are waiting for; and each waiter
+        # keeps its own deadline, whoever started the read.
+        try:
+            async with asyncio.timeout(remaining()):
+                return await asyncio.shield(pending)
+        except TimeoutError:
+            raise DeadlineExceeded(f"the request's deadline passed while study {study_uid} was read") from None
 
     async def revalidate(self, study_uid: str, stored: Entry) -> bool:
         """One cheap study-level query; re-read the study only if its change signal moved. True if it changed."""
         rows = await self._source.search_studies({"StudyInstanceUID": study_uid}, tags.STUDY_FIELDS)
         matching = [row for row in rows if uid(row, tags.STUDY_INSTANCE_UID) == study_uid]
         if len(matching) == 1 and signal_of(matching[0]) == stored.signal:
+            # Confirm only the entry the signal was compared with: a read that stored newer content meanwhile
+            # (or is storing it now) must not be overwritten by the older copy.
+            current = await self.backend.get(study_key(study_uid))
+            if study_uid in self._inflight or current is None or current != stored:
+                return False
             await self.backend.put(study_key(study_uid), stored.confirmed(self._clock()), self.policy.retention)
             return False
         await self.fetch(study_uid, stored)
         return True
 
     async def close(self) -> None:
-        """Cancel background refreshes (their results would be stored in a closing backend)."""
-        for task in list(self._background):
+        """Cancel the reads in flight (their results would go to a closing backend)."""
+        pending = list(self._inflight.values())
+        for task in pending:
             task.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
+        await asyncio.gather(*pending, return_exceptions=True)
+
+    def _load_once(self, study_uid: str, previous: Entry | None) -> asyncio.Future[Entry]:
+        """The one read of a study in flight, started now if there is none (registered before any await)."""
+        pending = self._inflight.get(study_uid)
+        if pending is None:
+            pending = asyncio.ensure_future(self._load(study_uid, previous))
+            self._inflight[study_uid] = pending
+            pending.add_done_callback(lambda done: self._finished(study_uid, done))
+        return pending
+
+    def _finished(self, study_uid: str, done: asyncio.Future[Entry]) -> None:
+        self._inflight.pop(study_uid, None)
+        if not done.cancelled() and (exc := done.exception()) is not None:
+            # Waiters see it too; this line is for a refresh nobody waited for.
+            log.warning("read of study %s failed: %s", study_uid, getattr(exc, "diagnostics", repr(exc)))
 
     async def _load(self, study_uid: str, previous: Entry | None) -> Entry:
         rows = await fetch_study(self._source, study_uid)
@@ -127,16 +149,6 @@ class StudyCache:
         entry = make_entry(mapped.resource, signal_of(rows.study), previous, self._clock())
         await self.backend.put(study_key(study_uid), entry, self.policy.retention)
         return entry
-
-    def _in_background(self, work: Any) -> None:
-        task = asyncio.ensure_future(work)
-        self._background.add(task)
-        task.add_done_callback(self._background_done)
-
-    def _background_done(self, task: asyncio.Task[Any]) -> None:
-        self._background.discard(task)
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            log.warning("background refresh failed: %s", getattr(exc, "diagnostics", repr(exc)))
 
 
 def make_entry(resource: dict[str, Any], signal: str, previous: Entry | None, now: float) -> Entry:

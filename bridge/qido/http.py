@@ -17,11 +17,17 @@ import aiohttp
 import orjson
 from yarl import URL
 
-from bridge.errors import UpstreamBadResponse, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from bridge.errors import (
+    DeadlineExceeded,
+    UpstreamBadResponse,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from bridge.mapping import tags
 from bridge.mapping.dicomjson import DicomJson
 from bridge.qido.paging import MAX_PAGES, MAX_REPEATS, RowMerger, has_more
-from bridge.qido.resilience import CircuitBreaker, backoff, remaining
+from bridge.qido.resilience import CircuitBreaker, State, backoff, remaining
 from bridge.qido.source import NO_FILTERS, Filters
 from bridge.telemetry import BREAKER_OPEN, PACS_REQUESTS, REQUEST_ID
 
@@ -80,6 +86,7 @@ class HttpQidoSource:
         self._retries = retries
         self._retry_base, self._retry_cap = 0.1, 2.0
         self.breaker = breaker or CircuitBreaker()
+        BREAKER_OPEN.set_function(lambda: float(self.breaker.state is State.OPEN))
         self._semaphore = asyncio.Semaphore(concurrency)
         headers = {"Accept": ACCEPT}
         if token:
@@ -179,7 +186,6 @@ class HttpQidoSource:
         attempt = 0
         while True:
             if not self.breaker.allow():
-                BREAKER_OPEN.set(1)
                 wait = self.breaker.retry_after()
                 raise UpstreamUnavailable(
                     f"the PACS has failed {self.breaker.threshold} times in a row; it is given {wait} s before the "
@@ -188,8 +194,8 @@ class HttpQidoSource:
                 )
             try:
                 result = await self._request(url, where, missing_is_empty)
-            except asyncio.CancelledError:
-                self.breaker.abandoned()
+            except DeadlineExceeded:
+                self.breaker.abandoned()  # our own deadline: it says nothing about the PACS
                 raise
             except UpstreamError as exc:
                 PACS_REQUESTS.labels(type(exc).__name__.removeprefix("Upstream").lower()).inc()
@@ -208,21 +214,23 @@ class HttpQidoSource:
                     raise
                 await asyncio.sleep(delay)
                 continue
+            except BaseException:
+                self.breaker.abandoned()  # cancelled, or a bug: neither may hold the half-open probe
+                raise
             self.breaker.succeeded()
-            BREAKER_OPEN.set(0)
             PACS_REQUESTS.labels("ok").inc()
             return result
 
     async def _request(self, url: URL, where: str, missing_is_empty: bool) -> tuple[list[DicomJson], str | None]:
         left = remaining()
         if left is not None and left <= 0:
-            raise UpstreamTimeout(f"the request's deadline passed before {where} (BRIDGE_REQUEST_DEADLINE)")
+            raise DeadlineExceeded(f"the request's deadline passed before {where} (BRIDGE_REQUEST_DEADLINE)")
         try:
             # The deadline bounds the wait for a PACS slot as well as the request itself.
             async with asyncio.timeout(left):
                 return await self._send(url, where, missing_is_empty, left)
         except TimeoutError:
-            raise UpstreamTimeout(f"the request's deadline passed during {where} (BRIDGE_REQUEST_DEADLINE)") from None
+            raise DeadlineExceeded(f"the request's deadline passed during {where} (BRIDGE_REQUEST_DEADLINE)") from None
 
     async def _send(
         self, url: URL, where: str, missing_is_empty: bool, left: float | None

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 async def read_imaging_study(request: web.Request) -> web.StreamResponse:
     """GET [base]/ImagingStudy/{id}: from the cache, with ETag, Last-Modified and conditional reads."""
     media = response_type(request)  # refuse an unserved format before asking the PACS anything
-    no_cache = "no-cache" in request.headers.get("Cache-Control", "").lower()
+    no_cache = _revalidate(request)
     read = await request.app[CACHE].read(request.match_info["id"], no_cache=no_cache)
     _CACHE_READS[read.outcome].inc()
     entry = read.entry
@@ -46,13 +46,24 @@ _X_CACHE = {Outcome.HIT: "HIT", Outcome.MISS: "MISS", Outcome.STALE: "STALE", Ou
 _CACHE_READS = {outcome: CACHE_READS.labels(outcome.value) for outcome in Outcome}
 
 
+def _revalidate(request: web.Request) -> bool:
+    """Whether the client asks for a fresh read: ``Cache-Control: no-cache`` or ``max-age=0``, ``Pragma: no-cache``."""
+    headers = request.headers
+    control = headers.get("Cache-Control")
+    if control is not None:
+        directives = {part.strip().lower().replace(" ", "") for part in control.split(",")}
+        if directives & {"no-cache", "max-age=0"}:
+            return True
+    return "no-cache" in headers.get("Pragma", "").lower()
+
+
 def _not_modified(request: web.Request, entry: Entry) -> bool:
     """RFC 9110 13.1: If-None-Match decides when present (weak comparison), else If-Modified-Since."""
     headers = request.headers
     if_none_match = headers.get("If-None-Match")
     if if_none_match is not None:
         tags = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
-        return "*" in tags or entry.etag in tags
+        return "*" in tags or f'"{entry.version}"' in tags  # weak comparison: the opaque tags alone
     if "If-Modified-Since" not in headers:  # the common case: skip parsing a date that is not there
         return False
     since = request.if_modified_since

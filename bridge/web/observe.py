@@ -41,9 +41,16 @@ class AccessLog:
         self._stream = stream
         self._interval = interval
         self._lines: list[bytes] = []
+        self.dropped = 0
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="access-log")
 
+    #: Lines held at most while standard output is slow; beyond, lines are dropped (and counted), not memory.
+    MAX_LINES = 100_000
+
     def record(self, line: dict[str, object]) -> None:
+        if len(self._lines) >= self.MAX_LINES:
+            self.dropped += 1
+            return
         self._lines.append(orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE))
 
     async def run(self) -> None:
@@ -64,8 +71,11 @@ class AccessLog:
 
     def _write(self, data: bytes) -> None:
         stream = self._stream or sys.stdout.buffer
-        stream.write(data)
-        stream.flush()
+        try:
+            stream.write(data)
+            stream.flush()
+        except (OSError, ValueError):  # a closed or broken stdout: the log is lost, the service goes on
+            self.dropped += data.count(b"\n")
 
 
 ACCESS_LOG = web.AppKey("access_log", AccessLog)
