@@ -14,10 +14,11 @@ import orjson
 from aiohttp import web
 
 from bridge import __version__
-from bridge.cache.refresh import refresh_due, warm
+from bridge.cache.refresh import LOCK, Summary, refresh_due, warm
 from bridge.cache.service import StudyCache
 from bridge.errors import BridgeError, ConfigError
 from bridge.qido.factory import open_source
+from bridge.qido.source import QidoSource
 from bridge.settings import Settings, load_settings
 from bridge.studies import read_study
 from bridge.web.app import create_app, mapping_options
@@ -128,15 +129,12 @@ async def _refresh(settings: Settings, args: argparse.Namespace) -> int:
     if backend.description == "memory":
         print("imaging-bridge: no BRIDGE_CACHE_URL: studies are read and checked, but kept by no one", file=sys.stderr)
     try:
-        if args.due:
-            summary = await refresh_due(cache, horizon=settings.cache_ttl)
-        else:
-            filters = {}
-            if args.since or args.until:
-                filters["StudyDate"] = f"{_da(args.since)}-{_da(args.until)}"
-            if args.patient:
-                filters["PatientID"] = args.patient
-            summary = await warm(cache, source, filters, _progress_bar)
+        async with backend.lock(LOCK, ttl=3600) as taken:  # the scheduled refreshers' lock: one at a time
+            if not taken:
+                print("imaging-bridge: the refresh lock is held by another refresh, or the cache cannot be reached",
+                      file=sys.stderr)  # fmt: skip
+                return 1
+            summary = await _run_refresh(cache, source, settings, args)
     except BridgeError as exc:
         print(f"\nimaging-bridge: {exc.diagnostics}", file=sys.stderr)
         return 1
@@ -146,6 +144,17 @@ async def _refresh(settings: Settings, args: argparse.Namespace) -> int:
         await source.close()
     print(f"\n{summary}", file=sys.stderr)
     return 1 if summary.failed else 0
+
+
+async def _run_refresh(cache: StudyCache, source: QidoSource, settings: Settings, args: argparse.Namespace) -> Summary:
+    if args.due:
+        return await refresh_due(cache, horizon=settings.cache_ttl)
+    filters = {}
+    if args.since or args.until:
+        filters["StudyDate"] = f"{_da(args.since)}-{_da(args.until)}"
+    if args.patient:
+        filters["PatientID"] = args.patient
+    return await warm(cache, source, filters, _progress_bar)
 
 
 def _da(day: dt.date | None) -> str:

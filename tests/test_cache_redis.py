@@ -156,6 +156,9 @@ def test_the_refresh_command_warms_the_shared_cache(orthanc: OrthancServer, redi
     down = refresh("--patient", "PAT-CLI-REFRESH", BRIDGE_QIDO_URL=dead_pacs_url())
     assert down.returncode == 1
     assert "cannot connect to the PACS" in down.stderr
+    no_cache = refresh("--patient", "PAT-CLI-REFRESH", BRIDGE_CACHE_URL="redis://127.0.0.1:1/0")
+    assert no_cache.returncode == 1  # nothing could be kept: not a success
+    assert "cache cannot be reached" in no_cache.stderr
 
 
 async def test_an_unreadable_entry_is_a_miss(redis_url: str) -> None:
