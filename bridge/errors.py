@@ -85,6 +85,8 @@ class UpstreamError(BridgeError):
 class UpstreamBadResponse(UpstreamError):
     status = 502
     issue_code = "exception"
+    #: The PACS answered with a 5xx of its own (it is failing), rather than with something unusable.
+    server_error = False
 
 
 class UpstreamUnavailable(UpstreamError):

@@ -164,3 +164,25 @@ async def test_the_clients_own_deadline_does_not_trip_the_breaker(source: HttpQi
     finally:
         DEADLINE.reset(token)
     assert source.breaker.state is State.CLOSED
+
+
+async def test_a_pacs_answering_5xx_counts_towards_the_breaker(source: HttpQidoSource) -> None:
+    with PacsMock() as pacs:
+        pacs.get(STUDIES, status=500, repeat=True)
+        for _ in range(3):
+            with pytest.raises(UpstreamBadResponse):
+                await source.search_studies({}, ())
+        (calls,) = pacs.requests.values()
+        assert len(calls) == 3  # not retried
+    assert source.breaker.state is State.OPEN
+
+
+async def test_the_pacs_retry_after_is_honoured_or_passed_on(source: HttpQidoSource) -> None:
+    with PacsMock() as pacs:
+        pacs.get(STUDIES, status=429, headers={"Retry-After": "0"})
+        pacs.get(STUDIES, payload=[])
+        assert await source.search_studies({}, ()) == []  # waited for, then answered
+        pacs.get(STUDIES, status=503, headers={"Retry-After": "120"})
+        with pytest.raises(UpstreamUnavailable) as refused:
+            await source.search_studies({}, ())  # too long to wait inside a request: the client is told
+        assert refused.value.retry_after == 120

@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 ACCEPT = "application/dicom+json, application/json;q=0.9"
 #: Seconds an attempt needs at least: no retry is started with less left before the deadline.
 MIN_ATTEMPT = 0.5
+#: The longest wait before a retry: a PACS asking for more gets its Retry-After passed to the client instead.
+MAX_WAIT = 5.0
 
 
 def query_string(filters: Filters, fields: Sequence[str], limit: int | None = None, offset: int = 0) -> str:
@@ -199,16 +201,18 @@ class HttpQidoSource:
                 raise
             except UpstreamError as exc:
                 PACS_REQUESTS.labels(type(exc).__name__.removeprefix("Upstream").lower()).inc()
-                if isinstance(exc, UpstreamBadResponse):
+                if isinstance(exc, UpstreamBadResponse) and not exc.server_error:
                     self.breaker.succeeded()  # it answered: alive, if unhelpful
                     raise
                 self.breaker.failed()
                 attempt += 1
-                delay = backoff(attempt, self._retry_base, self._retry_cap)
+                # The PACS's own Retry-After, when it gave one, is waited for (or passed on to the client).
+                delay = max(backoff(attempt, self._retry_base, self._retry_cap), exc.retry_after or 0)
                 left = remaining()
                 if (
                     not isinstance(exc, UpstreamUnavailable)
                     or attempt > self._retries
+                    or delay > MAX_WAIT
                     or (left is not None and left < delay + MIN_ATTEMPT)
                 ):
                     raise
@@ -244,7 +248,7 @@ class HttpQidoSource:
                     if response.status == 204 or (response.status == 404 and missing_is_empty):
                         return [], None
                     if response.status != 200:
-                        raise _status_error(response.status, where)
+                        raise _status_error(response.status, where, _retry_after(response.headers.get("Retry-After")))
                     body = await self._read(response, where)
                     warning = ", ".join(response.headers.getall("Warning", [])) or None
             except UpstreamError:
@@ -280,16 +284,23 @@ class HttpQidoSource:
         return b"".join(chunks)
 
 
-def _status_error(status: int, where: str) -> UpstreamError:
+def _retry_after(value: str | None) -> int | None:
+    """A Retry-After in seconds (the HTTP-date form is rare from a PACS, and ignored)."""
+    return int(value) if value and value.strip().isdigit() else None
+
+
+def _status_error(status: int, where: str, retry_after: int | None = None) -> UpstreamError:
     if status in (502, 503, 429):
-        return UpstreamUnavailable(f"PACS is unavailable (HTTP {status}) for {where}")
+        return UpstreamUnavailable(f"PACS is unavailable (HTTP {status}) for {where}", retry_after=retry_after)
     if status == 504:
         return UpstreamTimeout(f"PACS timed out (HTTP {status}) for {where}")
     if status in (401, 403):
         return UpstreamBadResponse(f"PACS refused the bridge's credentials (HTTP {status}) for {where}")
     if status == 413:
         return UpstreamBadResponse(f"PACS found {where} too broad (HTTP 413)")
-    return UpstreamBadResponse(f"PACS answered HTTP {status} to {where}")
+    failing = UpstreamBadResponse(f"PACS answered HTTP {status} to {where}")
+    failing.server_error = status >= 500  # a PACS answering 5xx is failing, not merely unhelpful
+    return failing
 
 
 def _parse(body: bytes, where: str) -> list[DicomJson]:
