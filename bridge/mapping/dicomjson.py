@@ -27,6 +27,10 @@ _ODD_SPACE = re.compile(r"[^\S \t\r\n]")
 
 def clean(value: str) -> str | None:
     """A DICOM string as FHIR can carry it: control characters removed, odd spaces plain, padding stripped."""
+    if value.isprintable():
+        # Nearly every value: no control characters and no space but the plain one, so no regex is needed
+        # (a profile of a 10,000-instance read had these substitutions at a tenth of the mapping's time).
+        return value.strip(" ") or None
     cleaned = _ODD_SPACE.sub(" ", _CONTROL.sub("", value)).strip()
     return cleaned or None
 
