@@ -291,3 +291,12 @@ async def test_elements_with_series_keep_the_study_uid_identifier(client: TestCl
     resource = body["entry"][0]["resource"]
     assert resource["identifier"][0]["system"] == "urn:dicom:uid"
     assert resource["series"]
+
+
+async def test_a_form_that_is_not_utf8_is_a_400(client: TestClient) -> None:
+    response = await client.post(
+        "/fhir/ImagingStudy/_search", data=b"\xff\xfe garbage",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )  # fmt: skip
+    assert response.status == 400
+    assert "not a UTF-8 form" in (await response.json())["issue"][0]["diagnostics"]

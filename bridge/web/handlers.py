@@ -10,7 +10,7 @@ from aiohttp import web
 
 from bridge.cache.freshness import Entry
 from bridge.cache.service import Outcome
-from bridge.errors import NotFound, UnsupportedMediaType, UpstreamError
+from bridge.errors import InvalidRequest, NotFound, UnsupportedMediaType, UpstreamError
 from bridge.search.bundle import needs_series, searchset
 from bridge.search.execute import run_search
 from bridge.search.query import PatientRule, parse_search
@@ -80,7 +80,10 @@ async def search_imaging_study(request: web.Request) -> web.Response:
             raise UnsupportedMediaType(
                 f"POST _search takes application/x-www-form-urlencoded, not {request.content_type or 'no body type'}"
             )
-        form = await request.post()
+        try:
+            form = await request.post()
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise InvalidRequest(f"the POST _search body is not a UTF-8 form ({type(exc).__name__})") from None
         params += [(key, value) for key, value in form.items() if isinstance(value, str)]
     settings = app[SETTINGS]
     query = parse_search(

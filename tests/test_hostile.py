@@ -1,0 +1,73 @@
+"""Hundreds of randomized hostile requests through the HTTP layer (seeded, so a failure can be replayed).
+
+Every answer must be well-formed: never a 500, every error under /fhir an OperationOutcome, every body that
+claims to be FHIR valid R5.
+"""
+
+from __future__ import annotations
+
+import random
+from urllib.parse import quote
+
+import pytest
+
+from bridge.settings import load_settings
+from tests.conftest import start_client
+from tests.support.fhircheck import validate
+from tests.test_search_web import pacs
+
+PIECES = ["patient", "subject", "identifier", "started", "modality", "series", "instance", "dicom-class",
+          "body-site", "based-on", "status", "endpoint", "_id", "_count", "_offset", "_summary", "_elements",
+          "_include", "_format", "_total", "_sort", "patient.identifier", "junk", ""]  # fmt: skip
+MODIFIERS = ["", ":missing", ":identifier", ":of-type", ":exact", ":not", ":Patient", ":", "::"]
+VALUES = ["P1", "2.25.3", "urn:oid:2.25.3", "*", "?", "\\", "a,b", ",", "|", "a|b|c", "ge2024", "ap2024",
+          "2024-13-45", "eq2024-03-05T10:00:00+99:00", "true", "maybe", "-1", "999999999999", "0", "ä/ 01",
+          "\u0000", "%00", "%2A", "x" * 300, "Patient/", "Group/1", "urn:dicom:uid|urn:oid:1.2", "<script>",
+          "'; DROP TABLE", "json", "xml", "count", "identifier,foo", "ImagingStudy:endpoint", "*"]  # fmt: skip
+PATHS = ["/fhir/ImagingStudy", "/fhir/ImagingStudy/_search", "/fhir/ImagingStudy/2.25.3", "/fhir/ImagingStudy/x",
+         "/fhir/ImagingStudy/1..2", "/fhir/Endpoint/x", "/fhir/metadata", "/fhir/", "/fhir/Patient/1",
+         "/fhir/ImagingStudy/%2e%2e/%2e%2e", "/fhir//ImagingStudy", "/healthz", "/readyz", "/metrics"]  # fmt: skip
+HEADERS = [("Accept", "application/fhir+xml"), ("Accept", "*/*;q=0"), ("Accept", "garbage/;;"),
+           ("If-None-Match", '"x"'), ("If-None-Match", "*"), ("If-Modified-Since", "yesterday"),
+           ("Cache-Control", "no-cache, max-age=x"), ("Prefer", "handling=strict"), ("X-Request-ID", "../%7f<>"),
+           ("Content-Type", "application/json"), ("Pragma", "no-cache")]  # fmt: skip
+
+
+def hostile_request(rng: random.Random) -> tuple[str, str, dict[str, str], bytes | None]:
+    method = rng.choice(["GET", "GET", "GET", "POST", "DELETE", "PUT", "HEAD", "OPTIONS"])
+    params = "&".join(
+        f"{rng.choice(PIECES)}{rng.choice(MODIFIERS)}={quote(rng.choice(VALUES), safe=rng.choice(['', '*,|:']))}"
+        for _ in range(rng.randint(0, 6))
+    )
+    path = rng.choice(PATHS) + (f"?{params}" if params else "")
+    headers = dict(rng.sample(HEADERS, rng.randint(0, 3)))
+    body = None
+    if method == "POST":
+        body = rng.choice([params.encode(), b"\xff\xfe garbage", b"patient=P1", b"x" * 70_000])
+        headers.setdefault("Content-Type", rng.choice(["application/x-www-form-urlencoded", "text/plain"]))
+    return method, path, headers, body
+
+
+@pytest.mark.parametrize("seed", range(5))
+async def test_hostile_requests_get_well_formed_answers(seed: int) -> None:
+    rng = random.Random(seed)
+    client = await start_client(load_settings({"BRIDGE_QIDO_URL": "http://pacs/dicom-web",
+                                               "BRIDGE_ACCESS_LOG": "false"}), pacs(5))  # fmt: skip
+    try:
+        for _ in range(100):
+            method, path, headers, body = hostile_request(rng)
+            response = await client.request(method, path, headers=headers, data=body)
+            text = await response.read()
+            where = f"{method} {path[:120]} {headers} -> {response.status}"
+            assert response.status < 500, where
+            # The client normalizes some paths (/fhir/x/%2e%2e/%2e%2e is /): judge by what was asked for.
+            if not response.url.path.startswith("/fhir") or method == "HEAD" or response.status == 304:
+                continue
+            assert response.content_type in ("application/fhir+json", "application/json"), where
+            resource = await response.json()
+            validate(resource)
+            if response.status >= 400:
+                assert resource["resourceType"] == "OperationOutcome", where
+            assert text
+    finally:
+        await client.close()
