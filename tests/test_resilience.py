@@ -45,12 +45,22 @@ BREAKER = [
 @pytest.mark.parametrize(("events", "state", "allowed"), BREAKER)
 def test_breaker(events: list[str], state: State, allowed: bool) -> None:
     clock = Clock()
-    breaker = CircuitBreaker(threshold=3, cooldown=30, clock=clock)
+    breaker = CircuitBreaker(threshold=3, cooldown=30, clock=clock, max_probes=1)
     for event in events:
         {"fail": breaker.failed, "ok": breaker.succeeded, "abandon": breaker.abandoned,
          "allow": breaker.allow, "wait": lambda: setattr(clock, "now", clock.now + 30)}[event]()  # fmt: skip
     assert breaker.allow() is allowed
     assert breaker.state is state
+
+
+def test_half_open_lets_a_few_probes_through_at_once() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker(threshold=1, cooldown=30, clock=clock, max_probes=2)
+    breaker.failed()
+    clock.now += 30
+    assert [breaker.allow() for _ in range(3)] == [True, True, False]  # a study read asks two queries at once
+    breaker.succeeded()
+    assert breaker.allow()
 
 
 def test_retry_after_counts_down() -> None:

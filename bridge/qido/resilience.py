@@ -4,7 +4,8 @@
   the request's deadline leaves room for the wait and another attempt.
 - **A circuit breaker**: after ``threshold`` consecutive failures the PACS is not asked for ``cooldown``
   seconds, and every request is answered 503 at once with ``Retry-After`` rather than queueing on a dead PACS;
-  then one request probes, and its outcome closes or re-opens the breaker.
+  then a few requests probe (one study read asks several queries at once), and the first outcome closes or
+  re-opens the breaker.
 - **A deadline** per client request (``DEADLINE``, monotonic seconds), set by the web layer: each PACS request's
   timeout is the smaller of ``BRIDGE_QIDO_TIMEOUT`` and what is left.
 """
@@ -47,20 +48,22 @@ class CircuitBreaker:
     threshold: int = 5
     cooldown: float = 30.0
     clock: Clock = time.monotonic
+    #: Requests let through at once while half-open: a study read asks the study and series queries together.
+    max_probes: int = 4
     failures: int = 0
     opened_at: float = 0.0
-    probing: bool = False
+    probing: int = 0
     state: State = field(default=State.CLOSED)
 
     def allow(self) -> bool:
-        """Whether a request may go to the PACS now (in half-open state: one probe at a time)."""
+        """Whether a request may go to the PACS now (half-open: up to ``max_probes`` at a time)."""
         if self.state is State.OPEN and self.clock() - self.opened_at >= self.cooldown:
             self.state = State.HALF_OPEN
-            self.probing = False
+            self.probing = 0
         if self.state is State.CLOSED:
             return True
-        if self.state is State.HALF_OPEN and not self.probing:
-            self.probing = True
+        if self.state is State.HALF_OPEN and self.probing < self.max_probes:
+            self.probing += 1
             return True
         return False
 
@@ -72,16 +75,17 @@ class CircuitBreaker:
 
     def succeeded(self) -> None:
         self.failures = 0
-        self.probing = False
+        self.probing = 0
         self.state = State.CLOSED
 
     def abandoned(self) -> None:
-        """The request was cancelled (its client left): it proved nothing, and must not hold the probe."""
-        self.probing = False
+        """The request was cancelled (its client left): it proved nothing, and must not hold a probe."""
+        if self.state is State.HALF_OPEN:
+            self.probing = max(0, self.probing - 1)
 
     def failed(self) -> None:
         self.failures += 1
-        self.probing = False
+        self.probing = 0
         if self.state is State.HALF_OPEN or self.failures >= self.threshold:
             self.state = State.OPEN
             self.opened_at = self.clock()
