@@ -101,7 +101,7 @@ async def _get(settings: Settings, study_uid: str) -> int:
         print(f"imaging-bridge: {exc.diagnostics}", file=sys.stderr)
         return 1
     try:
-        resource = await read_study(source, study_uid, mapping_options(settings))
+        resource = (await read_study(source, study_uid, mapping_options(settings))).resource
     except BridgeError as exc:
         print(f"imaging-bridge: {exc.diagnostics} (HTTP {exc.status})", file=sys.stderr)
         return 1

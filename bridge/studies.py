@@ -62,13 +62,24 @@ async def fetch_study(source: QidoSource, study_uid: str, patient: str | None = 
     return StudyRows(study, series)
 
 
-async def read_study(source: QidoSource, study_uid: str, options: MappingOptions) -> dict[str, Any]:
-    """The ImagingStudy for one StudyInstanceUID (``NotFound``, ``Conflict`` or an ``UpstreamError`` else)."""
-    rows = await fetch_study(source, check_study_id(study_uid))
+@dataclass(frozen=True)
+class StudyRead:
+    """A study read from the PACS: its study row (for the cache's change signal) and the ImagingStudy."""
+
+    study: DicomJson
+    resource: dict[str, Any]
+
+
+async def read_study(
+    source: QidoSource, study_uid: str, options: MappingOptions, patient: str | None = None
+) -> StudyRead:
+    """The ImagingStudy for one StudyInstanceUID, scoped to ``patient`` as ``fetch_study`` explains, with the
+    mapper's notes logged (``NotFound``, ``Conflict`` or an ``UpstreamError`` else)."""
+    rows = await fetch_study(source, check_study_id(study_uid), patient=patient)
     mapped = imaging_study(rows, options)
     for note in mapped.notes:
         log.warning("%s", note)
-    return mapped.resource
+    return StudyRead(rows.study, mapped.resource)
 
 
 async def _series_instances(

@@ -37,8 +37,8 @@ class CacheBackend(Protocol):
 
     async def get(self, key: str) -> Entry | None: ...
 
-    async def put(self, key: str, entry: Entry, retention: float) -> None:
-        """Store ``entry``; it may be dropped after ``retention`` seconds."""
+    async def put(self, key: str, entry: Entry, retention: float) -> bool:
+        """Store ``entry`` (it may be dropped after ``retention`` seconds); False if it could not be stored."""
         ...
 
     async def keys(self) -> list[str]:
@@ -79,15 +79,16 @@ class MemoryBackend:
         self._entries.move_to_end(key)
         return entry
 
-    async def put(self, key: str, entry: Entry, retention: float) -> None:
+    async def put(self, key: str, entry: Entry, retention: float) -> bool:
         if key in self._entries:
             self._drop(key)
         if len(entry.body) > self._max_bytes:
-            return  # larger than the whole cache: not worth evicting everything else for
+            return False  # larger than the whole cache: not worth evicting everything else for
         self._entries[key] = (entry, self._clock() + retention)
         self._bytes += len(entry.body)
         while self._bytes > self._max_bytes:
             self._drop(next(iter(self._entries)))
+        return True
 
     async def keys(self) -> list[str]:
         return list(self._entries)
@@ -132,11 +133,13 @@ class RedisBackend:
             log.warning("cache read failed (%s): reading from the PACS", type(exc).__name__)
             return None
 
-    async def put(self, key: str, entry: Entry, retention: float) -> None:
+    async def put(self, key: str, entry: Entry, retention: float) -> bool:
         try:
             await self._redis.set(self._prefix + key, entry.pack(), px=max(1, int(retention * 1000)))
         except Exception as exc:
             log.warning("cache write failed (%s)", type(exc).__name__)
+            return False
+        return True
 
     async def keys(self) -> list[str]:
         found = []

@@ -93,7 +93,7 @@ async def _each(cache: StudyCache, uids: list[str], progress: Progress | None) -
                     if await cache.revalidate(study_uid, stored):
                         summary.changed += 1
                         summary.fetched += 1
-                if await cache.backend.get(study_key(study_uid)) is None:
+                if study_uid in cache.unstored:
                     # Read, but not kept (the cache's store failed, or the study is larger than the cache).
                     summary.failed += 1
                     log.warning("study %s was read but could not be stored in the cache", study_uid)

@@ -34,10 +34,10 @@ from bridge.cache.freshness import (
 from bridge.errors import DeadlineExceeded, UpstreamError
 from bridge.mapping import tags
 from bridge.mapping.dicomjson import DicomJson, texts, uid, unsigned
-from bridge.mapping.imagingstudy import MappingOptions, imaging_study
+from bridge.mapping.imagingstudy import MappingOptions
 from bridge.qido.resilience import remaining
 from bridge.qido.source import QidoSource
-from bridge.studies import check_study_id, fetch_study
+from bridge.studies import check_study_id, read_study
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,8 @@ class StudyCache:
         self._options = options
         self._clock = clock
         self._inflight: dict[str, asyncio.Future[Entry]] = {}
+        #: Studies read but not kept by the backend at their last read (the refresh counts them as failed).
+        self.unstored: set[str] = set()
 
     async def read(self, study_uid: str, *, no_cache: bool = False) -> Read:
         """The study as stored or freshly read; ``no_cache`` (``Cache-Control: no-cache``) forces a PACS read."""
@@ -142,12 +144,12 @@ class StudyCache:
             log.warning("read of study %s failed: %s", study_uid, getattr(exc, "diagnostics", repr(exc)))
 
     async def _load(self, study_uid: str, previous: Entry | None) -> Entry:
-        rows = await fetch_study(self._source, study_uid)
-        mapped = imaging_study(rows, self._options)
-        for note in mapped.notes:
-            log.warning("%s", note)
-        entry = make_entry(mapped.resource, signal_of(rows.study), previous, self._clock())
-        await self.backend.put(study_key(study_uid), entry, self.policy.retention)
+        read = await read_study(self._source, study_uid, self._options)
+        entry = make_entry(read.resource, signal_of(read.study), previous, self._clock())
+        if await self.backend.put(study_key(study_uid), entry, self.policy.retention):
+            self.unstored.discard(study_uid)
+        else:
+            self.unstored.add(study_uid)
         return entry
 
 

@@ -32,7 +32,7 @@ from bridge.search.match import instance_matches, series_matches, study_matches,
 from bridge.search.parameters import BY_NAME, Level
 from bridge.search.plan import PATIENT_PARAMETERS, UID_CHUNK, LevelQueries, plan_search
 from bridge.search.query import Criterion, SearchQuery, Token
-from bridge.studies import fetch_study
+from bridge.studies import read_study
 
 log = logging.getLogger(__name__)
 
@@ -228,13 +228,9 @@ async def _complete(
             if cached["subject"].get("identifier", {}).get("value") == patient:
                 return cached
     try:
-        rows = await fetch_study(source, study_uid, patient=patient)
+        return (await read_study(source, study_uid, options, patient=patient)).resource
     except NotFound as exc:  # gone since the candidate query: say so rather than fail the page
         return exc
-    mapped = imaging_study(rows, options)
-    for note in mapped.notes:
-        log.warning("%s", note)
-    return mapped.resource
 
 
 def _order(candidate: Candidate, zone: dt.tzinfo) -> tuple[int, float, str]:
