@@ -71,12 +71,12 @@ class MemoryQidoSource:
     ) -> list[DicomJson]:
         self._called(f"series {study_uid}")
         studies = [study_uid] if study_uid else list(self.series)
-        return [
+        located = [
             {tags.STUDY_INSTANCE_UID: {"vr": "UI", "Value": [study]}, **row}
             for study in studies
             for row in self.series.get(study, [])
-            if qido_match({tags.STUDY_INSTANCE_UID: {"vr": "UI", "Value": [study]}, **row}, filters)
         ]
+        return [row for row in located if qido_match(row, filters)]
 
     async def search_instances(
         self,

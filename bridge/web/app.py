@@ -66,7 +66,8 @@ def create_app(settings: Settings, source: QidoSource | None = None) -> web.Appl
     middleware = observe.observe(settings.access_log, settings.request_deadline)
     app = web.Application(middlewares=[middleware], client_max_size=MAX_BODY)
     app[observe.ACCESS_LOG] = observe.AccessLog()
-    app.cleanup_ctx.append(observe.access_log_context)
+    if settings.access_log:
+        app.cleanup_ctx.append(observe.access_log_context)
     app[SETTINGS] = settings
     app[ENDPOINT] = endpoint_of(settings)
     app[MAPPING] = mapping_options(settings)

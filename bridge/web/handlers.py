@@ -17,7 +17,7 @@ from bridge.search.query import PatientRule, parse_search
 from bridge.telemetry import CACHE_READS
 from bridge.web.capability import capability_statement
 from bridge.web.keys import CACHE, ENDPOINT, INTERACTIONS, MAPPING, SETTINGS, SOURCE
-from bridge.web.negotiation import CONTENT_TYPES, fhir_bytes_response, response_type
+from bridge.web.negotiation import fhir_bytes_response, response_type
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +38,10 @@ async def read_imaging_study(request: web.Request) -> web.StreamResponse:
     }
     if _not_modified(request, entry):
         return web.Response(status=304, headers=headers)
-    headers["Content-Type"] = CONTENT_TYPES[media]
-    return web.Response(body=entry.body, headers=headers)
+    return fhir_bytes_response(media, entry.body, headers=headers)
 
 
-_X_CACHE = {Outcome.HIT: "HIT", Outcome.MISS: "MISS", Outcome.STALE: "STALE", Outcome.STALE_IF_ERROR: "STALE-IF-ERROR"}
+_X_CACHE = {outcome: outcome.value.upper() for outcome in Outcome}
 _CACHE_READS = {outcome: CACHE_READS.labels(outcome.value) for outcome in Outcome}
 
 
