@@ -23,7 +23,7 @@ from bridge.settings import Settings, load_settings
 from bridge.studies import read_study
 from bridge.web.app import create_app, mapping_options
 from bridge.web.contexts import cache_policy, open_backend
-from bridge.web.middleware import MAX_FIELD_SIZE, MAX_LINE_SIZE
+from bridge.web.outcomes import MAX_FIELD_SIZE, MAX_LINE_SIZE
 
 log = logging.getLogger("bridge")
 

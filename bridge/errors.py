@@ -1,7 +1,7 @@
 """The bridge's one exception tree.
 
 Every failure a client can see is one of these; the web layer turns each into an OperationOutcome with the
-status and FHIR issue code the class declares (``bridge.web.middleware``), so handlers never build error JSON.
+status and FHIR issue code the class declares (``bridge.web.outcomes``), so handlers never build error JSON.
 
     BridgeError
     ├── InvalidRequest        400  the client's request is malformed

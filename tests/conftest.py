@@ -11,7 +11,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from bridge.qido.source import QidoSource
 from bridge.settings import Settings, load_settings
 from bridge.web.app import create_app
-from bridge.web.middleware import SERVER_LIMITS
+from bridge.web.outcomes import SERVER_LIMITS
 from tests.support import catalog
 from tests.support.dicomgen import StudySpec, encode
 from tests.support.orthanc import OrthancServer

@@ -64,11 +64,14 @@ async def test_the_access_log_writes_json_lines_in_batches() -> None:
     stream = io.BytesIO()
     log = AccessLog(stream)
     for n in range(3):
-        log.record({"id": f"r{n}", "status": 200})
+        log.record(1764255600.25, f"r{n}", "GET", f'/fhir/ImagingStudy/"{n}', 200, 0.0123456)
     assert stream.getvalue() == b""  # nothing written on the request's path
     await log.flush()
     lines: list[dict[str, Any]] = [orjson.loads(line) for line in stream.getvalue().splitlines()]
     assert [line["id"] for line in lines] == ["r0", "r1", "r2"]
+    assert lines[0] == {
+        "time": 1764255600.25, "id": "r0", "method": "GET", "path": '/fhir/ImagingStudy/"0', "status": 200, "ms": 12.35
+    }  # fmt: skip
 
 
 async def test_clients_cannot_grow_the_metric_labels() -> None:
@@ -89,6 +92,6 @@ async def test_a_broken_stdout_loses_lines_not_the_service() -> None:
             raise BrokenPipeError
 
     log = AccessLog(Broken())
-    log.record({"id": "r1"})
+    log.record(1764255600.25, "r1", "GET", "/healthz", 200, 0.001)
     await log.flush()  # no exception
     assert log.dropped == 1

@@ -15,14 +15,14 @@ import asyncio
 import datetime as dt
 import logging
 import time
-from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
 from bridge.cache.backends import CacheBackend, Clock, study_key
 from bridge.cache.freshness import (
+    SERVE,
     Action,
     Entry,
     Policy,
@@ -38,6 +38,7 @@ from bridge.mapping.imagingstudy import MappingOptions
 from bridge.qido.resilience import remaining
 from bridge.qido.source import QidoSource
 from bridge.studies import check_study_id, read_study
+from bridge.telemetry import STATS
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +49,18 @@ class Outcome(Enum):
     STALE = "stale"  # served stale while a background read refreshes it
     STALE_IF_ERROR = "stale-if-error"  # served stale because the PACS failed
 
+    def __init__(self, label: str) -> None:
+        #: The metrics label and the ``X-Cache`` response header: attributes, which a cached read reads without
+        #: the Python calls that an Enum's ``value`` or hashing a member would cost.
+        self.header = label.upper()
+        self.label = label
 
-@dataclass(frozen=True)
-class Read:
+
+#: A cached read's outcome, bound once (see ``freshness.SERVE``).
+HIT = Outcome.HIT
+
+
+class Read(NamedTuple):
     entry: Entry
     outcome: Outcome
 
@@ -82,16 +92,21 @@ class StudyCache:
             check_study_id(study_uid)  # a stored key was checked when it was stored
         now = self._clock()
         action = decide(stored, now, self.policy, no_cache=no_cache)
-        if action is Action.SERVE and stored is not None:
-            return Read(stored, Outcome.HIT)
+        if action is SERVE and stored is not None:
+            STATS.cache_reads[HIT.label] += 1
+            return Read(stored, HIT)
         if action is Action.SERVE_STALE and stored is not None:
             self._load_once(study_uid, stored)  # one refresh per study, however many stale reads
+            STATS.cache_reads[Outcome.STALE.label] += 1
             return Read(stored, Outcome.STALE)
         try:
-            return Read(await self.fetch(study_uid, stored), Outcome.MISS)
+            entry = await self.fetch(study_uid, stored)
+            STATS.cache_reads[Outcome.MISS.label] += 1
+            return Read(entry, Outcome.MISS)
         except UpstreamError as exc:
             if usable_on_error(stored, now, self.policy) and stored is not None:
                 log.warning("PACS failed (%s); serving the stored study %s", exc.diagnostics, study_uid)
+                STATS.cache_reads[Outcome.STALE_IF_ERROR.label] += 1
                 return Read(stored, Outcome.STALE_IF_ERROR)
             raise
 

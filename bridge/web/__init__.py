@@ -1,1 +1,1 @@
-"""The HTTP layer: aiohttp.web handlers, the error middleware and the application factory."""
+"""The HTTP layer: aiohttp.web handlers, the per-request envelope and the application factory."""

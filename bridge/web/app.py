@@ -38,10 +38,11 @@ class FhirRoute(NamedTuple):
     interaction: str
 
 
+# The read first: aiohttp tries the routes under one path prefix in the order they were added.
 FHIR_ROUTES = (
+    FhirRoute("GET", "/fhir/ImagingStudy/{id}", read_imaging_study, "ImagingStudy", "read"),
     FhirRoute("GET", "/fhir/ImagingStudy", search_imaging_study, "ImagingStudy", "search-type"),
     FhirRoute("POST", "/fhir/ImagingStudy/_search", search_imaging_study, "ImagingStudy", "search-type"),
-    FhirRoute("GET", "/fhir/ImagingStudy/{id}", read_imaging_study, "ImagingStudy", "read"),
     FhirRoute("GET", "/fhir/Endpoint/{id}", read_endpoint, "Endpoint", "read"),
 )
 
@@ -63,9 +64,8 @@ def mapping_options(settings: Settings) -> MappingOptions:
 
 def create_app(settings: Settings, source: QidoSource | None = None) -> web.Application:
     """The application; with ``source`` given the caller owns it, else it is opened and closed with the app."""
-    middleware = observe.observe(settings.access_log, settings.request_deadline)
-    app = web.Application(middlewares=[middleware], client_max_size=MAX_BODY)
-    app[observe.ACCESS_LOG] = observe.AccessLog()
+    app = web.Application(client_max_size=MAX_BODY)
+    app[observe.ACCESS_LOG] = access_log = observe.AccessLog()
     if settings.access_log:
         app.cleanup_ctx.append(observe.access_log_context)
     app[SETTINGS] = settings
@@ -77,15 +77,40 @@ def create_app(settings: Settings, source: QidoSource | None = None) -> web.Appl
         app[SOURCE] = source
     app.cleanup_ctx.append(contexts.study_cache)
     app.cleanup_ctx.append(contexts.refresher)
+
+    envelope = observe.Envelope(access_log if settings.access_log else None, settings.request_deadline)
+    routes = [
+        ("GET", "/fhir/metadata", metadata),
+        *((route.method, route.path, route.handler) for route in FHIR_ROUTES),
+        ("GET", "/healthz", healthz),
+        ("GET", "/readyz", readyz),
+        ("GET", "/metrics", observe.metrics),
+    ]
+    for method, path, handler in routes:
+        app.router.add_route(method, path, envelope(handler, path))
+        if method == "GET":
+            app.router.add_route("HEAD", path, envelope(handler, path))
+    # Last, so it matches only what nothing else does: answered through the envelope too (counted, logged, and
+    # an OperationOutcome under /fhir).
+    app.router.add_route("*", "/{path:.*}", envelope(unmatched, "unmatched"))
+
     interactions: dict[str, list[str]] = {}
-    app.router.add_get("/fhir/metadata", metadata)
     for route in FHIR_ROUTES:
-        app.router.add_route(route.method, route.path, route.handler)
         codes = interactions.setdefault(route.resource_type, [])
         if route.interaction not in codes:
             codes.append(route.interaction)
     app[INTERACTIONS] = interactions
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", observe.metrics)
     return app
+
+
+async def unmatched(request: web.Request) -> web.StreamResponse:
+    """No route serves this request: 405 if one serves its path with another method, else 404."""
+    catch_all = request.match_info.route.resource
+    allowed: set[str] = set()
+    for resource in request.app.router.resources():
+        if resource is not catch_all:
+            _, methods = await resource.resolve(request)
+            allowed |= methods
+    if allowed:
+        raise web.HTTPMethodNotAllowed(request.method, allowed)
+    raise web.HTTPNotFound()

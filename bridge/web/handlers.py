@@ -1,4 +1,4 @@
-"""The request handlers. They raise ``BridgeError``s; ``bridge.web.middleware`` renders them."""
+"""The request handlers. They raise ``BridgeError``s; ``bridge.web.outcomes`` renders them."""
 
 from __future__ import annotations
 
@@ -6,18 +6,17 @@ import datetime as dt
 import logging
 
 import orjson
-from aiohttp import web
+from aiohttp import hdrs, web
+from multidict import CIMultiDict
 
 from bridge.cache.freshness import Entry
-from bridge.cache.service import Outcome
 from bridge.errors import InvalidRequest, NotFound, UnsupportedMediaType, UpstreamError
 from bridge.search.bundle import needs_series, searchset
 from bridge.search.execute import run_search
 from bridge.search.query import PatientRule, parse_search
-from bridge.telemetry import CACHE_READS
 from bridge.web.capability import capability_statement
 from bridge.web.keys import CACHE, ENDPOINT, INTERACTIONS, MAPPING, SETTINGS, SOURCE
-from bridge.web.negotiation import fhir_bytes_response, response_type
+from bridge.web.negotiation import CONTENT_TYPES, fhir_bytes_response, response_type
 
 log = logging.getLogger(__name__)
 
@@ -25,45 +24,54 @@ log = logging.getLogger(__name__)
 async def read_imaging_study(request: web.Request) -> web.StreamResponse:
     """GET [base]/ImagingStudy/{id}: from the cache, with ETag, Last-Modified and conditional reads."""
     media = response_type(request)  # refuse an unserved format before asking the PACS anything
-    no_cache = _revalidate(request)
-    read = await request.app[CACHE].read(request.match_info["id"], no_cache=no_cache)
-    _CACHE_READS[read.outcome].inc()
-    entry = read.entry
-    headers = {
-        "ETag": entry.etag,
-        "Last-Modified": entry.http_date,
-        # Patient data: no shared cache may keep it; the client revalidates with If-None-Match.
-        "Cache-Control": "private, no-cache",
-        "X-Cache": _X_CACHE[read.outcome],
-    }
+    entry, outcome = await request.app[CACHE].read(request.match_info["id"], no_cache=_revalidate(request))
     if _not_modified(request, entry):
-        return web.Response(status=304, headers=headers)
-    return fhir_bytes_response(media, entry.body, headers=headers)
+        return web.Response(status=304, headers=_read_headers(entry, None, outcome.header))
+    return web.Response(body=entry.body, headers=_read_headers(entry, media, outcome.header))
 
 
-_X_CACHE = {outcome: outcome.value.upper() for outcome in Outcome}
-_CACHE_READS = {outcome: CACHE_READS.labels(outcome.value) for outcome in Outcome}
+def _read_headers(entry: Entry, media: str | None, x_cache: str) -> CIMultiDict[str]:
+    """The headers of a read (``media`` None for a 304). The same for every read of an entry with the same media
+    type and cache outcome: built once (a few per study), as building them costs a cached read measurably."""
+    key = (entry.version, entry.last_modified, media, x_cache)
+    headers = _HEADERS.get(key)
+    if headers is None:
+        if len(_HEADERS) >= 4096:
+            _HEADERS.clear()
+        headers = _HEADERS[key] = CIMultiDict({
+            "ETag": entry.etag,
+            "Last-Modified": entry.http_date,
+            # Patient data: no shared cache may keep it; the client revalidates with If-None-Match.
+            "Cache-Control": "private, no-cache",
+            "X-Cache": x_cache,
+        })  # fmt: skip
+        if media is not None:
+            headers["Content-Type"] = CONTENT_TYPES[media]
+    return headers  # aiohttp copies it into the response
+
+
+_HEADERS: dict[tuple[str, float, str | None, str], CIMultiDict[str]] = {}
 
 
 def _revalidate(request: web.Request) -> bool:
     """Whether the client asks for a fresh read: ``Cache-Control: no-cache`` or ``max-age=0``, ``Pragma: no-cache``."""
     headers = request.headers
-    control = headers.get("Cache-Control")
+    control = headers.get(hdrs.CACHE_CONTROL)
     if control is not None:
         directives = {part.strip().lower().replace(" ", "") for part in control.split(",")}
         if directives & {"no-cache", "max-age=0"}:
             return True
-    return "no-cache" in headers.get("Pragma", "").lower()
+    return "no-cache" in headers.get(hdrs.PRAGMA, "").lower()
 
 
 def _not_modified(request: web.Request, entry: Entry) -> bool:
     """RFC 9110 13.1: If-None-Match decides when present (weak comparison), else If-Modified-Since."""
     headers = request.headers
-    if_none_match = headers.get("If-None-Match")
+    if_none_match = headers.get(hdrs.IF_NONE_MATCH)
     if if_none_match is not None:
         tags = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
         return "*" in tags or f'"{entry.version}"' in tags  # weak comparison: the opaque tags alone
-    if "If-Modified-Since" not in headers:  # the common case: skip parsing a date that is not there
+    if hdrs.IF_MODIFIED_SINCE not in headers:  # the common case: skip parsing a date that is not there
         return False
     since = request.if_modified_since
     return since is not None and int(entry.last_modified) <= since.timestamp()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from aiohttp import web
+import functools
+
+from aiohttp import hdrs, web
 
 from bridge.errors import NotAcceptable
 
@@ -30,7 +32,18 @@ def response_type(request: web.Request) -> str:
         if media not in _FORMAT_ALIASES:
             raise NotAcceptable(f"_format={requested} is not served; this server speaks FHIR JSON (_format=json)")
         return _FORMAT_ALIASES[media]
-    accept = request.headers.get("Accept", "")
+    accept = request.headers.get(hdrs.ACCEPT)
+    if accept is None:
+        return FHIR_JSON
+    answer = _answer_to(accept)
+    if answer is None:
+        raise NotAcceptable(f"cannot answer Accept: {accept}; this server speaks {FHIR_JSON}")
+    return answer
+
+
+@functools.lru_cache(maxsize=256)  # a client sends the same Accept on every request: parsed once
+def _answer_to(accept: str) -> str | None:
+    """The media type to answer an Accept header with; None if nothing it accepts is served."""
     if not accept.strip():
         return FHIR_JSON
     offered = _accepted(accept)
@@ -41,7 +54,7 @@ def response_type(request: web.Request) -> str:
         return PLAIN_JSON
     if offered & {"*/*", "application/*"}:
         return FHIR_JSON
-    raise NotAcceptable(f"cannot answer Accept: {accept}; this server speaks {FHIR_JSON}")
+    return None
 
 
 def _accepted(accept: str) -> set[str]:
@@ -66,7 +79,9 @@ CONTENT_TYPES = {FHIR_JSON: f"{FHIR_JSON}; charset=utf-8", PLAIN_JSON: f"{PLAIN_
 def fhir_bytes_response(
     media_type: str, body: bytes, status: int = 200, headers: dict[str, str] | None = None
 ) -> web.Response:
-    """A serialized FHIR body labelled as negotiated (the header values are formatted once, at import)."""
-    return web.Response(
-        body=body, status=status, headers={**(headers or {}), "Content-Type": CONTENT_TYPES[media_type]}
-    )
+    """A serialized FHIR body labelled as negotiated (the header values are formatted once, at import).
+    ``headers`` become the response's: the Content-Type is added to them, not to a copy."""
+    if headers is None:
+        headers = {}
+    headers["Content-Type"] = CONTENT_TYPES[media_type]
+    return web.Response(body=body, status=status, headers=headers)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -13,8 +12,6 @@ from bridge.errors import BridgeError, HeadersTooLarge, NotAcceptable, UpstreamE
 from bridge.web.negotiation import FHIR_JSON, fhir_bytes_response, response_type
 
 log = logging.getLogger(__name__)
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # Framework HTTP errors (unknown route, wrong method, oversized request) -> FHIR issue type.
 _HTTP_ISSUE_CODES = {
@@ -65,24 +62,19 @@ def check_size(request: web.Request) -> None:
         raise HeadersTooLarge(f"the headers take {total} bytes; at most {MAX_HEADERS} are read")
 
 
-async def guarded(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Run the handler; render ``BridgeError`` (and, under /fhir, the framework's HTTP errors) as OperationOutcomes.
-
-    Called by the one registered middleware (``bridge.web.observe``) rather than registered itself: each
-    middleware layer costs a measurable share of a cached read."""
-    try:
-        check_size(request)
-        return await handler(request)
-    except BridgeError as exc:
+def error_response(request: web.Request, exc: Exception) -> web.StreamResponse:
+    """The response for an error a handler raised: ``BridgeError`` as its OperationOutcome; under ``/fhir``, the
+    framework's HTTP errors and our own bugs too. What is not ours to render is raised again."""
+    if isinstance(exc, BridgeError):
         if isinstance(exc, UpstreamError):
             log.warning("%s %s -> %s: %s", request.method, request.path, exc.status, exc.diagnostics)
         response = _outcome_response(request, exc.status, exc.issue_code, exc.diagnostics)
         if exc.retry_after is not None:
             response.headers["Retry-After"] = str(exc.retry_after)
         return response
-    except web.HTTPException as exc:
+    if isinstance(exc, web.HTTPException):
         if not request.path.startswith("/fhir") or exc.status < 400:
-            raise
+            raise exc
         if exc.status == 404:
             message = f"no such FHIR endpoint: {request.method} {request.path}"
         elif exc.status == 405:
@@ -93,9 +85,8 @@ async def guarded(request: web.Request, handler: Handler) -> web.StreamResponse:
         if exc.status == 405 and "Allow" in exc.headers:
             response.headers["Allow"] = exc.headers["Allow"]
         return response
-    except Exception:
-        # A bug of ours: log it with the trace, tell the client no more than that.
-        log.exception("unhandled error in %s %s", request.method, request.path)
-        if not request.path.startswith("/fhir"):
-            raise
-        return _outcome_response(request, 500, "exception", "internal error in the bridge; see its log")
+    # A bug of ours: log it with the trace, tell the client no more than that.
+    log.error("unhandled error in %s %s", request.method, request.path, exc_info=exc)
+    if not request.path.startswith("/fhir"):
+        raise exc
+    return _outcome_response(request, 500, "exception", "internal error in the bridge; see its log")
