@@ -190,6 +190,16 @@ async def test_version_and_last_updated_change_exactly_when_the_content_does(
     assert meta["lastUpdated"].endswith("Z")
 
 
+async def test_last_updated_survives_the_entry_expiring_and_being_read_again(
+    cache: StudyCache, source: MemoryQidoSource, clock: Clock
+) -> None:
+    first = (await cache.read(STUDY)).entry
+    clock.now += cache.policy.retention + 1  # the entry is gone; its content's first-seen time is not
+    again = (await cache.read(STUDY)).entry
+    assert again.checked_at == clock.now
+    assert (again.version, again.last_modified, again.body) == (first.version, first.last_modified, first.body)
+
+
 async def test_revalidation_costs_one_study_query_unless_the_signal_moved(
     cache: StudyCache, source: MemoryQidoSource, clock: Clock
 ) -> None:
@@ -252,7 +262,7 @@ async def test_memory_backend_is_bounded_by_bytes_least_recently_used_first(cloc
 
 
 def test_make_entry_orders_meta_after_id() -> None:
-    made = make_entry({"resourceType": "ImagingStudy", "id": "1", "status": "available"}, "", None, 0.0)
+    made = make_entry({"resourceType": "ImagingStudy", "id": "1", "status": "available"}, "v1", "", 0.0, 0.0)
     assert list(orjson.loads(made.body)) == ["resourceType", "id", "meta", "status"]
 
 

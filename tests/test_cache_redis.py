@@ -170,3 +170,59 @@ async def test_an_unreadable_entry_is_a_miss(redis_url: str) -> None:
         assert await backend.get("study::1.2.3") is None
     finally:
         await backend.close()
+
+
+async def test_replicas_agree_on_last_updated_even_reading_cold_at_once_and_after_eviction(redis_url: str) -> None:
+    from tests.test_cache import STUDY, Clock, pacs
+
+    source, clocks = pacs(), [Clock(), Clock()]
+    clocks[1].now += 7  # the second replica's clock differs: the shared first-seen record decides
+    backends = [RedisBackend(redis_url), RedisBackend(redis_url)]
+    caches = [
+        StudyCache(b, source, MappingOptions(), Policy(), clock) for b, clock in zip(backends, clocks, strict=True)
+    ]
+    try:
+        reads = await asyncio.gather(*(cache.read(STUDY, no_cache=True) for cache in caches))
+        first, second = (read.entry for read in reads)
+        assert (first.version, first.last_modified, first.body) == (second.version, second.last_modified, second.body)
+        # The entry is evicted (Redis's maxmemory, or it expired); the content, read again later, is not new.
+        raw = Redis.from_url(redis_url)
+        await raw.delete("imaging-bridge:study::" + STUDY)
+        await raw.aclose()
+        clocks[0].now += 3600
+        again = (await caches[0].read(STUDY)).entry
+        assert (again.last_modified, again.body) == (first.last_modified, first.body)
+        assert again.checked_at == clocks[0].now
+    finally:
+        for cache, backend in zip(caches, backends, strict=True):
+            await cache.close()
+            await backend.close()
+
+
+@pytest.mark.parametrize("signal_size", [10, 2000])  # a header within the first range read, and one beyond it
+async def test_the_refresh_reads_an_entrys_header_not_its_body(redis_url: str, signal_size: int) -> None:
+    backend = RedisBackend(redis_url)
+    try:
+        entry = Entry(b"x" * 3_000_000, "v1", 100.0, 12345.5, "s" * signal_size)
+        assert await backend.put("study::1.2.3", entry, retention=60)
+        assert await backend.checked_at("study::1.2.3") == 12345.5
+        assert await backend.checked_at("study::1.2.4") is None
+        assert await backend.get("study::1.2.3") == entry
+    finally:
+        await backend.close()
+
+
+async def test_the_refresh_lock_is_renewed_while_its_holder_lives(redis_url: str) -> None:
+    holder, contender = RedisBackend(redis_url), RedisBackend(redis_url)
+    try:
+        async with holder.lock("refresh", ttl=0.3) as taken:
+            assert taken
+            for _ in range(4):  # three times the lock's expiry, and still held
+                await asyncio.sleep(0.25)
+                async with contender.lock("refresh", ttl=0.3) as also:
+                    assert not also
+        async with contender.lock("refresh", ttl=0.3) as after:
+            assert after  # released at the end
+    finally:
+        await holder.close()
+        await contender.close()

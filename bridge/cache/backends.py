@@ -13,9 +13,12 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from bridge.cache.freshness import Entry
+
+if TYPE_CHECKING:
+    from redis.asyncio.lock import Lock as AsyncRedisLock
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +29,10 @@ def study_key(study_uid: str, partition: str = "") -> str:
     """The key of a study's entry. ``partition`` is room for an authorization scope: entries of different
     partitions never mix."""
     return f"study:{partition}:{study_uid}"
+
+
+#: How long a version's first-seen time is kept after it was last asked for.
+SEEN_RETENTION = 90 * 86_400.0
 
 
 def study_uid_of(key: str) -> str:
@@ -43,6 +50,16 @@ class CacheBackend(Protocol):
 
     async def keys(self) -> list[str]:
         """Every study key held (for the scheduled refresh)."""
+        ...
+
+    async def checked_at(self, key: str) -> float | None:
+        """When the PACS last confirmed the entry (``Entry.checked_at``), read without its body; None if absent."""
+        ...
+
+    async def first_seen(self, key: str, version: str, now: float) -> float:
+        """When this version of the entry was first seen: ``now``, unless a time is already on record (kept
+        for ``SEEN_RETENTION`` after it was last asked, longer than the entry itself, so that an evicted or
+        expired study read again with the same content keeps its ``meta.lastUpdated``)."""
         ...
 
     def lock(self, name: str, ttl: float) -> AbstractAsyncContextManager[bool]:
@@ -63,6 +80,11 @@ class MemoryBackend:
         self._max_bytes = max_bytes
         self._clock = clock
         self._locks: dict[str, asyncio.Lock] = {}
+        #: (key, version) -> first seen; small records, bounded by count, least recently asked dropped first.
+        self._seen: OrderedDict[tuple[str, str], float] = OrderedDict()
+
+    #: Versions whose first-seen time is kept in memory.
+    MAX_SEEN = 100_000
 
     @property
     def size(self) -> int:
@@ -93,6 +115,17 @@ class MemoryBackend:
     async def keys(self) -> list[str]:
         return list(self._entries)
 
+    async def checked_at(self, key: str) -> float | None:
+        held = self._entries.get(key)
+        return held[0].checked_at if held is not None else None
+
+    async def first_seen(self, key: str, version: str, now: float) -> float:
+        seen = self._seen.setdefault((key, version), now)
+        self._seen.move_to_end((key, version))
+        if len(self._seen) > self.MAX_SEEN:
+            self._seen.popitem(last=False)
+        return seen
+
     @asynccontextmanager
     async def _lock(self, name: str) -> AsyncIterator[bool]:
         lock = self._locks.setdefault(name, asyncio.Lock())
@@ -112,6 +145,21 @@ class MemoryBackend:
     def _drop(self, key: str) -> None:
         entry, _ = self._entries.pop(key)
         self._bytes -= len(entry.body)
+
+
+async def _keep_renewing(lock: AsyncRedisLock, ttl: float, name: str) -> None:
+    """Reset the lock's expiry to ``ttl`` three times per ``ttl`` until cancelled, or until it is found lost."""
+    from redis.exceptions import LockError
+
+    while True:
+        await asyncio.sleep(ttl / 3)
+        try:
+            await lock.reacquire()
+        except LockError:
+            log.warning("refresh lock %s was lost (it expired while Redis could not be reached)", name)
+            return
+        except Exception as exc:  # Redis briefly away: try again at the next beat, the lock may still hold
+            log.warning("refresh lock %s not renewed (%s)", name, type(exc).__name__)
 
 
 class RedisBackend:
@@ -141,6 +189,31 @@ class RedisBackend:
             return False
         return True
 
+    async def checked_at(self, key: str) -> float | None:
+        try:
+            # The entry's header is at its start: a range read, not the whole body (megabytes for a large study).
+            head = await self._redis.getrange(self._prefix + key, 0, Entry.HEAD_READ - 1)
+            if isinstance(head, bytes) and len(head) >= 4 and Entry.head_size(head) > len(head):
+                head = await self._redis.getrange(self._prefix + key, 0, Entry.head_size(head) - 1)
+            return Entry.unpack_head(head).checked_at if isinstance(head, bytes) and head else None
+        except Exception as exc:  # as for ``get``: an entry that cannot be read is not there
+            log.warning("cache read failed (%s)", type(exc).__name__)
+            return None
+
+    async def first_seen(self, key: str, version: str, now: float) -> float:
+        name = f"{self._prefix}seen:{key}:{version}"
+        try:
+            # One transaction: whoever sets it first (another replica, perhaps), everyone reads the same time.
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.set(name, repr(now), nx=True)
+                pipe.pexpire(name, int(SEEN_RETENTION * 1000))
+                pipe.get(name)
+                *_, seen = await pipe.execute()
+            return float(seen)
+        except Exception as exc:  # no Redis: the time is this replica's own
+            log.warning("cache first-seen record failed (%s)", type(exc).__name__)
+            return now
+
     async def keys(self) -> list[str]:
         found = []
         try:
@@ -155,20 +228,27 @@ class RedisBackend:
         from redis.exceptions import LockError
 
         # The lock expires by itself: a refresher that crashed holding it does not block the others for long.
+        # While its holder lives, it is renewed, however long the refresh takes.
         lock = self._redis.lock(self._prefix + "lock:" + name, timeout=ttl, blocking=False)
         try:
             taken = await lock.acquire()
         except Exception as exc:  # no Redis, no lock: nobody refreshes rather than everybody
             log.warning("refresh lock unavailable (%s)", type(exc).__name__)
             taken = False
+        renewal = asyncio.create_task(_keep_renewing(lock, ttl, name)) if taken else None
         try:
             yield bool(taken)
         finally:
+            if renewal is not None:
+                renewal.cancel()
+                await asyncio.gather(renewal, return_exceptions=True)
             if taken:
                 try:
                     await lock.release()
                 except LockError:
                     log.warning("refresh lock %s expired before the refresh ended", name)
+                except Exception as exc:  # Redis gone meanwhile: the lock expires by itself
+                    log.warning("refresh lock %s not released (%s)", name, type(exc).__name__)
 
     def lock(self, name: str, ttl: float) -> AbstractAsyncContextManager[bool]:
         return self._lock(name, ttl)

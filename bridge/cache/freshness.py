@@ -58,7 +58,8 @@ class Entry:
 
     @functools.cached_property
     def etag(self) -> str:
-        # Weak: the same content (version) may be serialized with another meta.lastUpdated by another replica.
+        # Weak: the same content (version) is served with one meta.lastUpdated by every replica while the
+        # backend's first-seen record answers, but a replica that cannot reach it uses its own time.
         return f'W/"{self.version}"'
 
     @functools.cached_property
@@ -77,9 +78,23 @@ class Entry:
 
     @classmethod
     def unpack(cls, packed: bytes) -> Entry:
+        head = cls.unpack_head(packed)
+        return replace(head, body=packed[cls.head_size(packed) :])
+
+    #: Bytes to read from a packed entry's start to get its header, nearly always.
+    HEAD_READ = 512
+
+    @staticmethod
+    def head_size(packed: bytes) -> int:
+        """The length of a packed entry's header, length prefix included (from its first four bytes)."""
         (size,) = struct.unpack(">I", packed[:4])
-        header = orjson.loads(packed[4 : 4 + size])
-        return cls(packed[4 + size :], header["v"], header["m"], header["c"], header["s"])
+        return 4 + int(size)
+
+    @classmethod
+    def unpack_head(cls, packed: bytes) -> Entry:
+        """The entry without its body, from (at least) the first ``head_size`` bytes of a packed entry."""
+        header = orjson.loads(packed[4 : cls.head_size(packed)])
+        return cls(b"", header["v"], header["m"], header["c"], header["s"])
 
 
 def decide(entry: Entry | None, now: float, policy: Policy, *, no_cache: bool = False) -> Action:
@@ -99,9 +114,10 @@ def usable_on_error(entry: Entry | None, now: float, policy: Policy) -> bool:
     return entry is not None and now - entry.checked_at < policy.ttl + policy.stale_if_error
 
 
-def due_for_refresh(entry: Entry, now: float, policy: Policy, horizon: float) -> bool:
-    """Whether the scheduled refresh should re-validate an entry: it expires within ``horizon`` seconds."""
-    return now - entry.checked_at >= policy.ttl - horizon
+def due_for_refresh(checked_at: float, now: float, policy: Policy, horizon: float) -> bool:
+    """Whether the scheduled refresh should re-validate an entry last confirmed at ``checked_at``: it expires
+    within ``horizon`` seconds."""
+    return now - checked_at >= policy.ttl - horizon
 
 
 def content_version(resource: dict[str, Any]) -> str:

@@ -53,8 +53,8 @@ async def refresh_due(cache: StudyCache, horizon: float, clock: Clock = time.tim
     now = clock()
     due = []
     for key in await cache.backend.keys():
-        entry = await cache.backend.get(key)
-        if entry is not None and due_for_refresh(entry, now, cache.policy, horizon):
+        checked_at = await cache.backend.checked_at(key)  # the entry's header: its body stays where it is
+        if checked_at is not None and due_for_refresh(checked_at, now, cache.policy, horizon):
             due.append(study_uid_of(key))
     return await _each(cache, due, None)
 

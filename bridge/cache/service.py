@@ -6,7 +6,8 @@ and a PACS failure falls back to a stored entry within the stale-if-error window
 study share one PACS fetch (single flight), so fifty cold reads cost the PACS what one costs.
 
 ``meta.versionId`` is a hash of the content and ``meta.lastUpdated`` the time that content was first seen, so
-both change exactly when the study does, on every replica sharing the backend.
+both change exactly when the study does. The first-seen time is a record of the backend, shared by the replicas
+and kept longer than the entry: a study evicted, expired or read by two replicas at once keeps its time.
 """
 
 from __future__ import annotations
@@ -160,7 +161,13 @@ class StudyCache:
 
     async def _load(self, study_uid: str, previous: Entry | None) -> Entry:
         read = await read_study(self._source, study_uid, self._options)
-        entry = make_entry(read.resource, signal_of(read.study), previous, self._clock())
+        now = self._clock()
+        version = content_version(read.resource)
+        if previous is not None and previous.version == version:
+            first_seen = previous.last_modified
+        else:
+            first_seen = await self.backend.first_seen(study_key(study_uid), version, now)
+        entry = make_entry(read.resource, version, signal_of(read.study), first_seen, now)
         if await self.backend.put(study_key(study_uid), entry, self.policy.retention):
             self.unstored.discard(study_uid)
         else:
@@ -168,10 +175,9 @@ class StudyCache:
         return entry
 
 
-def make_entry(resource: dict[str, Any], signal: str, previous: Entry | None, now: float) -> Entry:
-    """The entry for a freshly mapped resource: same version and lastUpdated as before if the content is."""
-    version = content_version(resource)
-    last_modified = previous.last_modified if previous is not None and previous.version == version else now
+def make_entry(resource: dict[str, Any], version: str, signal: str, last_modified: float, now: float) -> Entry:
+    """The entry for a freshly mapped resource of ``version`` (``content_version``), first seen at
+    ``last_modified`` (its ``meta.lastUpdated``) and confirmed by the PACS ``now``."""
     meta = {**resource.get("meta", {}), "versionId": version, "lastUpdated": instant(last_modified)}
     ordered = {"resourceType": resource["resourceType"], "id": resource["id"], "meta": meta}
     ordered.update((key, value) for key, value in resource.items() if key not in ordered)
