@@ -51,12 +51,15 @@ def first(ds: DicomJson, tag: str) -> Any:
 
 def text(ds: DicomJson, tag: str) -> str | None:
     """The first value as a string with DICOM padding removed; None if absent or blank."""
-    value = first(ds, tag)
+    # ``first`` written out: this runs about ten times per instance, and the calls were a tenth of a large read.
+    element = ds.get(tag)
+    found = element.get("Value") if isinstance(element, dict) else None
+    value = found[0] if isinstance(found, list) and found else None
+    if isinstance(value, str):
+        return clean(value)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        value = str(value)
-    if not isinstance(value, str):
-        return None
-    return clean(value)
+        return clean(str(value))
+    return None
 
 
 def raw_text(ds: DicomJson, tag: str) -> str | None:

@@ -156,14 +156,14 @@ class HttpQidoSource:
         merged = RowMerger(key_tags)
         # Only what was asked for is kept: PACSes add their own defaults to every row (Orthanc: about fourteen
         # attributes per instance), and a 10,000-instance study's rows are most of a read's memory.
-        wanted = {*fields, *key_tags} if fields else None
+        wanted = tuple(dict.fromkeys([*fields, *key_tags])) if fields else None
         offset = 0
         repeats = 0
         for _ in range(MAX_PAGES):
             query = query_string(filters, fields, self._page_size, offset=offset)
             page, warning = await self._page(path, query, missing_is_empty=missing_is_empty)
             if wanted is not None:
-                page = [{tag: element for tag, element in row.items() if tag in wanted} for row in page]
+                page = [{tag: row[tag] for tag in wanted if tag in row} for row in page]
             offset += len(page)
             before = len(merged)
             merged.add(page)

@@ -33,21 +33,27 @@ def has_more(*, page_rows: int, limit: int | None, warning: str | None, total_ro
 
 class RowMerger:
     """Rows merged by their key as they arrive: first seen wins, and attributes that only a later duplicate
-    carries (or carries with a value) are kept."""
+    carries (or carries with a value) are kept. A row is kept as given, and copied only when a duplicate adds
+    to it: the rows given are never changed."""
 
     def __init__(self, key_tags: Sequence[str]) -> None:
         self._key_tags = tuple(key_tags)
         self._rows: dict[tuple[str | None, ...], DicomJson] = {}
+        self._copied: set[tuple[str | None, ...]] = set()
 
     def add(self, rows: Iterable[DicomJson]) -> None:
+        text, values, key_tags = dicomjson.text, dicomjson.values, self._key_tags
         for row in rows:
-            key = tuple(dicomjson.text(row, tag) for tag in self._key_tags)
+            key = tuple([text(row, tag) for tag in key_tags])
             kept = self._rows.get(key)
             if kept is None:
-                self._rows[key] = dict(row)
+                self._rows[key] = row
                 continue
             for tag, element in row.items():
-                if not dicomjson.values(kept, tag) and (tag not in kept or dicomjson.values(row, tag)):
+                if not values(kept, tag) and (tag not in kept or values(row, tag)):
+                    if key not in self._copied:
+                        kept = self._rows[key] = dict(kept)
+                        self._copied.add(key)
                     kept[tag] = element
 
     def __len__(self) -> int:
