@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 import orjson
 from aiohttp import web
 
-from bridge import __version__
+from bridge import __version__, logs
 from bridge.cache.refresh import LOCK, Summary, refresh_due, warm
 from bridge.cache.service import StudyCache
 from bridge.errors import BridgeError, ConfigError
@@ -51,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"imaging-bridge: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure(settings.log_level, settings.log_format)
     if settings.log_level != "DEBUG":
         logging.getLogger("dicomweb_client").setLevel(logging.WARNING)  # logs every query at INFO
     if args.command == "serve":

@@ -11,7 +11,7 @@ import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import unquote, urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -96,6 +96,8 @@ class Settings(BaseSettings):
     #: IANA zone assumed for study times without TimezoneOffsetFromUTC; unset gives date-only ``started``.
     timezone: str | None = None
     log_level: str = "INFO"
+    #: The bridge's own log lines on standard error: ``text``, or ``json`` (one object per line).
+    log_format: Literal["text", "json"] = "text"
     #: One JSON line per request on standard output.
     access_log: bool = True
     #: Where synthesized studies are cached: unset keeps them in this process; redis://… shares them.

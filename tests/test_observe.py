@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import io
+import logging
 import re
+import sys
 from typing import Any
 
 import orjson
+import pytest
 
+from bridge.errors import ConfigError
 from bridge.qido.http import HttpQidoSource
 from bridge.settings import load_settings
 from bridge.telemetry import REQUEST_ID
@@ -95,3 +99,34 @@ async def test_a_broken_stdout_loses_lines_not_the_service() -> None:
     log.record(1764255600.25, "r1", "GET", "/healthz", 200, 0.001)
     await log.flush()  # no exception
     assert log.dropped == 1
+
+
+def test_the_bridges_own_log_lines_name_their_request_as_text_or_json() -> None:
+    from bridge.logs import TEXT_FORMAT, JsonFormatter, RequestIdFilter
+
+    def formatted(formatter: logging.Formatter, exc_info: Any = None) -> str:
+        record = logging.LogRecord(
+            "bridge.studies", logging.WARNING, __file__, 1, "series %s: %s", ("1.2", "x"), exc_info
+        )
+        RequestIdFilter().filter(record)
+        return formatter.format(record)
+
+    token = REQUEST_ID.set("req-7")
+    try:
+        assert formatted(logging.Formatter(TEXT_FORMAT)).endswith("WARNING bridge.studies [req-7]: series 1.2: x")
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            line = orjson.loads(formatted(JsonFormatter(), sys.exc_info()))
+    finally:
+        REQUEST_ID.reset(token)
+    assert (line["id"], line["level"], line["message"]) == ("req-7", "WARNING", "series 1.2: x")
+    assert "ValueError: boom" in line["exception"]
+    outside = orjson.loads(formatted(JsonFormatter()))
+    assert outside["id"] == "-"
+
+
+def test_log_format_is_a_setting() -> None:
+    assert load_settings({"BRIDGE_LOG_FORMAT": "json"}).log_format == "json"
+    with pytest.raises(ConfigError, match="BRIDGE_LOG_FORMAT"):
+        load_settings({"BRIDGE_LOG_FORMAT": "xml"})
