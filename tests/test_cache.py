@@ -200,6 +200,29 @@ async def test_last_updated_survives_the_entry_expiring_and_being_read_again(
     assert (again.version, again.last_modified, again.body) == (first.version, first.last_modified, first.body)
 
 
+async def test_content_changing_back_to_an_earlier_version_gets_a_new_last_updated(
+    cache: StudyCache, source: MemoryQidoSource, clock: Clock
+) -> None:
+    first = (await cache.read(STUDY)).entry
+    add_instance(source)
+    clock.now += 100
+    changed = (await cache.read(STUDY, no_cache=True)).entry
+    source.instances[(STUDY, SERIES)].pop()  # the instance is gone again: the content is the first one's
+    source.studies[0]["00201208"] = el("IS", len(source.instances[(STUDY, SERIES)]))
+    clock.now += 100
+    back = (await cache.read(STUDY, no_cache=True)).entry
+    assert back.version == first.version
+    assert back.last_modified == clock.now > changed.last_modified  # not the first time, which would go back
+
+
+async def test_an_expired_entry_is_not_due_for_refresh_but_gone(clock: Clock) -> None:
+    backend = MemoryBackend(clock=clock)
+    await backend.put("study::1.2.3", Entry(b"{}", "v", 0.0, clock.now), retention=10)
+    assert await backend.checked_at("study::1.2.3") == clock.now
+    clock.now += 11
+    assert await backend.checked_at("study::1.2.3") is None
+
+
 async def test_revalidation_costs_one_study_query_unless_the_signal_moved(
     cache: StudyCache, source: MemoryQidoSource, clock: Clock
 ) -> None:

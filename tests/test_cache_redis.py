@@ -226,3 +226,14 @@ async def test_the_refresh_lock_is_renewed_while_its_holder_lives(redis_url: str
     finally:
         await holder.close()
         await contender.close()
+
+
+async def test_the_shared_version_record_gives_content_that_changes_back_a_new_time(redis_url: str) -> None:
+    backend = RedisBackend(redis_url)
+    try:
+        assert await backend.version_since("study::1.2.3", "v1", 100.0) == 100.0
+        assert await backend.version_since("study::1.2.3", "v1", 150.0) == 100.0  # the same content: its time
+        assert await backend.version_since("study::1.2.3", "v2", 200.0) == 200.0
+        assert await backend.version_since("study::1.2.3", "v1", 300.0) == 300.0  # back to v1: a new time
+    finally:
+        await backend.close()

@@ -35,6 +35,7 @@ async def test_metrics_count_requests_routes_and_cache_outcomes() -> None:
     )
     assert 'route="unmatched",status="404"' in text
     assert re.search(r'bridge_cache_reads_total\{outcome="hit"\} \d', text)
+    assert re.search(r'bridge_cache_reads_total\{outcome="stale-if-error"\} \d', text)  # even if none yet
     assert "bridge_http_request_duration_seconds_bucket" in text
 
 

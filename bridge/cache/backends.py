@@ -31,8 +31,22 @@ def study_key(study_uid: str, partition: str = "") -> str:
     return f"study:{partition}:{study_uid}"
 
 
-#: How long a version's first-seen time is kept after it was last asked for.
+#: How long a study's version record is kept after it was last asked for.
 SEEN_RETENTION = 90 * 86_400.0
+
+#: Atomically: the record's time if it names this version (and it is kept longer), else a new record from now.
+_VERSION_SINCE = """
+local held = redis.call('GET', KEYS[1])
+if held then
+  local space = string.find(held, ' ', 1, true)
+  if space and string.sub(held, 1, space - 1) == ARGV[1] then
+    redis.call('PEXPIRE', KEYS[1], ARGV[3])
+    return string.sub(held, space + 1)
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. ARGV[2], 'PX', ARGV[3])
+return ARGV[2]
+"""
 
 
 def study_uid_of(key: str) -> str:
@@ -56,10 +70,12 @@ class CacheBackend(Protocol):
         """When the PACS last confirmed the entry (``Entry.checked_at``), read without its body; None if absent."""
         ...
 
-    async def first_seen(self, key: str, version: str, now: float) -> float:
-        """When this version of the entry was first seen: ``now``, unless a time is already on record (kept
-        for ``SEEN_RETENTION`` after it was last asked, longer than the entry itself, so that an evicted or
-        expired study read again with the same content keeps its ``meta.lastUpdated``)."""
+    async def version_since(self, key: str, version: str, now: float) -> float:
+        """Since when the entry's content has been ``version``: the time on record if the record names this
+        version, else ``now``, which the record then holds (a content that changes back to an earlier version
+        gets a new time). The record is the study's, apart from its entry, and kept for ``SEEN_RETENTION``
+        after it was last asked: an evicted or expired study read again with the same content, or a study
+        read by two replicas at once, keeps its ``meta.lastUpdated``."""
         ...
 
     def lock(self, name: str, ttl: float) -> AbstractAsyncContextManager[bool]:
@@ -80,11 +96,11 @@ class MemoryBackend:
         self._max_bytes = max_bytes
         self._clock = clock
         self._locks: dict[str, asyncio.Lock] = {}
-        #: (key, version) -> first seen; small records, bounded by count, least recently asked dropped first.
-        self._seen: OrderedDict[tuple[str, str], float] = OrderedDict()
+        #: key -> (version, since); small records, bounded by count, least recently asked dropped first.
+        self._versions: OrderedDict[str, tuple[str, float]] = OrderedDict()
 
-    #: Versions whose first-seen time is kept in memory.
-    MAX_SEEN = 100_000
+    #: Studies whose version record is kept in memory.
+    MAX_VERSIONS = 100_000
 
     @property
     def size(self) -> int:
@@ -117,14 +133,18 @@ class MemoryBackend:
 
     async def checked_at(self, key: str) -> float | None:
         held = self._entries.get(key)
-        return held[0].checked_at if held is not None else None
+        if held is None or self._clock() >= held[1]:
+            return None  # an expired entry is not held, as for ``get``
+        return held[0].checked_at
 
-    async def first_seen(self, key: str, version: str, now: float) -> float:
-        seen = self._seen.setdefault((key, version), now)
-        self._seen.move_to_end((key, version))
-        if len(self._seen) > self.MAX_SEEN:
-            self._seen.popitem(last=False)
-        return seen
+    async def version_since(self, key: str, version: str, now: float) -> float:
+        held = self._versions.get(key)
+        since = held[1] if held is not None and held[0] == version else now
+        self._versions[key] = (version, since)
+        self._versions.move_to_end(key)
+        if len(self._versions) > self.MAX_VERSIONS:
+            self._versions.popitem(last=False)
+        return since
 
     @asynccontextmanager
     async def _lock(self, name: str) -> AsyncIterator[bool]:
@@ -171,6 +191,7 @@ class RedisBackend:
         # Short timeouts: a stalled Redis must cost a read little, and it is then a miss (the PACS answers).
         self._redis = Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
         self._prefix = prefix
+        self._version_since = self._redis.register_script(_VERSION_SINCE)
         self.description = "redis"
 
     async def get(self, key: str) -> Entry | None:
@@ -193,25 +214,24 @@ class RedisBackend:
         try:
             # The entry's header is at its start: a range read, not the whole body (megabytes for a large study).
             head = await self._redis.getrange(self._prefix + key, 0, Entry.HEAD_READ - 1)
-            if isinstance(head, bytes) and len(head) >= 4 and Entry.head_size(head) > len(head):
-                head = await self._redis.getrange(self._prefix + key, 0, Entry.head_size(head) - 1)
-            return Entry.unpack_head(head).checked_at if isinstance(head, bytes) and head else None
+            if not isinstance(head, bytes) or not head:
+                return None
+            if len(head) < 4 or Entry.head_size(head) > len(head):  # a header longer than the range: read it all
+                entry = await self.get(key)
+                return entry.checked_at if entry is not None else None
+            return Entry.unpack_head(head).checked_at
         except Exception as exc:  # as for ``get``: an entry that cannot be read is not there
             log.warning("cache read failed (%s)", type(exc).__name__)
             return None
 
-    async def first_seen(self, key: str, version: str, now: float) -> float:
-        name = f"{self._prefix}seen:{key}:{version}"
+    async def version_since(self, key: str, version: str, now: float) -> float:
         try:
-            # One transaction: whoever sets it first (another replica, perhaps), everyone reads the same time.
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.set(name, repr(now), nx=True)
-                pipe.pexpire(name, int(SEEN_RETENTION * 1000))
-                pipe.get(name)
-                *_, seen = await pipe.execute()
-            return float(seen)
+            since = await self._version_since(
+                keys=[f"{self._prefix}version:{key}"], args=[version, repr(now), int(SEEN_RETENTION * 1000)]
+            )
+            return float(since)
         except Exception as exc:  # no Redis: the time is this replica's own
-            log.warning("cache first-seen record failed (%s)", type(exc).__name__)
+            log.warning("cache version record failed (%s)", type(exc).__name__)
             return now
 
     async def keys(self) -> list[str]:

@@ -6,8 +6,9 @@ and a PACS failure falls back to a stored entry within the stale-if-error window
 study share one PACS fetch (single flight), so fifty cold reads cost the PACS what one costs.
 
 ``meta.versionId`` is a hash of the content and ``meta.lastUpdated`` the time that content was first seen, so
-both change exactly when the study does. The first-seen time is a record of the backend, shared by the replicas
-and kept longer than the entry: a study evicted, expired or read by two replicas at once keeps its time.
+both change exactly when the study does. Since when a study has had its content is a record of the backend, shared by
+the replicas and kept longer than the entry: a study evicted, expired or read by two replicas at once keeps its
+time, and content that changes back to an earlier version gets a new one.
 """
 
 from __future__ import annotations
@@ -85,6 +86,8 @@ class StudyCache:
         self._inflight: dict[str, asyncio.Future[Entry]] = {}
         #: Studies read but not kept by the backend at their last read (the refresh counts them as failed).
         self.unstored: set[str] = set()
+        for outcome in Outcome:  # every outcome in the metrics from the start, at 0
+            STATS.cache_reads[outcome.label] += 0
 
     async def read(self, study_uid: str, *, no_cache: bool = False) -> Read:
         """The study as stored or freshly read; ``no_cache`` (``Cache-Control: no-cache``) forces a PACS read."""
@@ -132,6 +135,7 @@ class StudyCache:
             current = await self.backend.get(study_key(study_uid))
             if study_uid in self._inflight or current is None or current != stored:
                 return False
+            await self.backend.version_since(study_key(study_uid), stored.version, stored.last_modified)  # kept alive
             await self.backend.put(study_key(study_uid), stored.confirmed(self._clock()), self.policy.retention)
             return False
         await self.fetch(study_uid, stored)
@@ -163,11 +167,11 @@ class StudyCache:
         read = await read_study(self._source, study_uid, self._options)
         now = self._clock()
         version = content_version(read.resource)
-        if previous is not None and previous.version == version:
-            first_seen = previous.last_modified
-        else:
-            first_seen = await self.backend.first_seen(study_key(study_uid), version, now)
-        entry = make_entry(read.resource, version, signal_of(read.study), first_seen, now)
+        # Asked even when ``previous`` has this version: that keeps the record alive as long as the entry, and
+        # restores it, with the entry's time, if it was lost.
+        known = previous.last_modified if previous is not None and previous.version == version else now
+        since = await self.backend.version_since(study_key(study_uid), version, known)
+        entry = make_entry(read.resource, version, signal_of(read.study), since, now)
         if await self.backend.put(study_key(study_uid), entry, self.policy.retention):
             self.unstored.discard(study_uid)
         else:

@@ -76,12 +76,6 @@ def _accepted(accept: str) -> set[str]:
 CONTENT_TYPES = {FHIR_JSON: f"{FHIR_JSON}; charset=utf-8", PLAIN_JSON: f"{PLAIN_JSON}; charset=utf-8"}
 
 
-def fhir_bytes_response(
-    media_type: str, body: bytes, status: int = 200, headers: dict[str, str] | None = None
-) -> web.Response:
-    """A serialized FHIR body labelled as negotiated (the header values are formatted once, at import).
-    ``headers`` become the response's: the Content-Type is added to them, not to a copy."""
-    if headers is None:
-        headers = {}
-    headers["Content-Type"] = CONTENT_TYPES[media_type]
-    return web.Response(body=body, status=status, headers=headers)
+def fhir_bytes_response(media_type: str, body: bytes, status: int = 200) -> web.Response:
+    """A serialized FHIR body labelled as negotiated (the header values are formatted once, at import)."""
+    return web.Response(body=body, status=status, headers={"Content-Type": CONTENT_TYPES[media_type]})
