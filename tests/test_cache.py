@@ -200,6 +200,17 @@ async def test_last_updated_survives_the_entry_expiring_and_being_read_again(
     assert (again.version, again.last_modified, again.body) == (first.version, first.last_modified, first.body)
 
 
+async def test_a_fresh_entry_held_here_is_found_without_waiting(
+    cache: StudyCache, source: MemoryQidoSource, clock: Clock
+) -> None:
+    assert cache.fresh(STUDY) is None  # not read yet
+    entry = (await cache.read(STUDY)).entry
+    assert cache.fresh(STUDY) is entry
+    clock.now += 120  # stale: ``read`` decides (here: serve it stale and refresh it)
+    assert cache.fresh(STUDY) is None
+    assert (await cache.read(STUDY)).outcome is Outcome.STALE
+
+
 async def test_content_changing_back_to_an_earlier_version_gets_a_new_last_updated(
     cache: StudyCache, source: MemoryQidoSource, clock: Clock
 ) -> None:

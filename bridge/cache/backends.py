@@ -58,6 +58,10 @@ class CacheBackend(Protocol):
 
     async def get(self, key: str) -> Entry | None: ...
 
+    def held(self, key: str) -> Entry | None:
+        """The entry if this process holds it, found without I/O; None if not (a shared store's: then ``get``)."""
+        ...
+
     async def put(self, key: str, entry: Entry, retention: float) -> bool:
         """Store ``entry`` (it may be dropped after ``retention`` seconds); False if it could not be stored."""
         ...
@@ -107,6 +111,9 @@ class MemoryBackend:
         return self._bytes
 
     async def get(self, key: str) -> Entry | None:
+        return self.held(key)
+
+    def held(self, key: str) -> Entry | None:
         held = self._entries.get(key)
         if held is None:
             return None
@@ -193,6 +200,9 @@ class RedisBackend:
         self._prefix = prefix
         self._version_since = self._redis.register_script(_VERSION_SINCE)
         self.description = "redis"
+
+    def held(self, key: str) -> Entry | None:
+        return None  # every entry is in Redis
 
     async def get(self, key: str) -> Entry | None:
         try:

@@ -89,6 +89,15 @@ class StudyCache:
         for outcome in Outcome:  # every outcome in the metrics from the start, at 0
             STATS.cache_reads[outcome.label] += 0
 
+    def fresh(self, study_uid: str) -> Entry | None:
+        """The study's entry if it is fresh and held in this process, found without waiting; None otherwise
+        (then ``read``). Most reads of an in-process cache end here, spared the two awaits of ``read``."""
+        stored = self.backend.held(study_key(study_uid))
+        if stored is None or decide(stored, self._clock(), self.policy) is not SERVE:
+            return None
+        STATS.cache_reads[HIT.label] += 1
+        return stored
+
     async def read(self, study_uid: str, *, no_cache: bool = False) -> Read:
         """The study as stored or freshly read; ``no_cache`` (``Cache-Control: no-cache``) forces a PACS read."""
         stored = await self.backend.get(study_key(study_uid))

@@ -10,6 +10,7 @@ from aiohttp import hdrs, web
 from multidict import CIMultiDict
 
 from bridge.cache.freshness import Entry
+from bridge.cache.service import HIT
 from bridge.errors import InvalidRequest, NotFound, UnsupportedMediaType, UpstreamError
 from bridge.search.bundle import needs_series, searchset
 from bridge.search.execute import run_search
@@ -24,7 +25,9 @@ log = logging.getLogger(__name__)
 async def read_imaging_study(request: web.Request) -> web.StreamResponse:
     """GET [base]/ImagingStudy/{id}: from the cache, with ETag, Last-Modified and conditional reads."""
     media = response_type(request)  # refuse an unserved format before asking the PACS anything
-    entry, outcome = await request.app[CACHE].read(request.match_info["id"], no_cache=_revalidate(request))
+    cache, study_id, no_cache = request.app[CACHE], request.match_info["id"], _revalidate(request)
+    fresh = None if no_cache else cache.fresh(study_id)
+    entry, outcome = (fresh, HIT) if fresh is not None else await cache.read(study_id, no_cache=no_cache)
     if _not_modified(request, entry):
         return web.Response(status=304, headers=_read_headers(entry, None, outcome.header))
     return web.Response(body=entry.body, headers=_read_headers(entry, media, outcome.header))
