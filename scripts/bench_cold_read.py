@@ -21,7 +21,6 @@ import asyncio
 import base64
 import os
 import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,14 +34,10 @@ import aiohttp
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchkit import cpu_seconds, free_port, wait_for
+
 from tests.support.dicomgen import encode, simple_study
 from tests.support.orthanc import OrthancServer
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 async def qido_floor(base: str, authorization: str, study: str) -> float:
@@ -72,12 +67,6 @@ async def timed_get(url: str, headers: dict[str, str]) -> float:
 def pacs_requests(metrics_url: str) -> float:
     text = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
     return sum(float(v) for v in re.findall(r'^bridge_pacs_requests_total\{outcome="ok"\} ([\d.e+]+)$', text, re.M))
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -136,12 +125,7 @@ def main() -> int:
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
         try:
             url = f"http://127.0.0.1:{port}/fhir/ImagingStudy/{spec.uid}"
-            for _ in range(100):
-                try:
-                    urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2)
-                    break
-                except OSError:
-                    time.sleep(0.2)
+            wait_for(f"http://127.0.0.1:{port}/healthz")
             auth = "Basic " + base64.b64encode(f"{orthanc.username}:{orthanc.password}".encode()).decode()
             # 50 concurrent cold reads against one, counted at the PACS (the cache is empty at first).
             metrics = f"http://127.0.0.1:{port}/metrics"

@@ -28,6 +28,7 @@ from tests.support.dicomgen import InstanceSpec, encode, simple_study
 from tests.support.fhircheck import validate
 from tests.support.orthanc import OrthancServer
 from tests.support.redis_server import RedisServer
+from tests.test_cache import STUDY, Clock, pacs
 
 
 @pytest.fixture(scope="session")
@@ -173,8 +174,6 @@ async def test_an_unreadable_entry_is_a_miss(redis_url: str) -> None:
 
 
 async def test_replicas_agree_on_last_updated_even_reading_cold_at_once_and_after_eviction(redis_url: str) -> None:
-    from tests.test_cache import STUDY, Clock, pacs
-
     source, clocks = pacs(), [Clock(), Clock()]
     clocks[1].now += 7  # the second replica's clock differs: the shared first-seen record decides
     backends = [RedisBackend(redis_url), RedisBackend(redis_url)]

@@ -229,7 +229,7 @@ class RedisBackend:
             if len(head) < 4 or Entry.head_size(head) > len(head):  # a header longer than the range: read it all
                 entry = await self.get(key)
                 return entry.checked_at if entry is not None else None
-            return Entry.unpack_head(head).checked_at
+            return Entry.unpack(head[: Entry.head_size(head)]).checked_at
         except Exception as exc:  # as for ``get``: an entry that cannot be read is not there
             log.warning("cache read failed (%s)", type(exc).__name__)
             return None

@@ -78,8 +78,10 @@ class Entry:
 
     @classmethod
     def unpack(cls, packed: bytes) -> Entry:
-        head = cls.unpack_head(packed)
-        return replace(head, body=packed[cls.head_size(packed) :])
+        """The entry ``pack`` made; given only its first ``head_size`` bytes, the entry without its body."""
+        size = cls.head_size(packed)
+        header = orjson.loads(packed[4:size])
+        return cls(packed[size:], header["v"], header["m"], header["c"], header["s"])
 
     #: Bytes to read from a packed entry's start to get its header, nearly always.
     HEAD_READ = 512
@@ -89,12 +91,6 @@ class Entry:
         """The length of a packed entry's header, length prefix included (from its first four bytes)."""
         (size,) = struct.unpack(">I", packed[:4])
         return 4 + int(size)
-
-    @classmethod
-    def unpack_head(cls, packed: bytes) -> Entry:
-        """The entry without its body, from (at least) the first ``head_size`` bytes of a packed entry."""
-        header = orjson.loads(packed[4 : cls.head_size(packed)])
-        return cls(b"", header["v"], header["m"], header["c"], header["s"])
 
 
 def decide(entry: Entry | None, now: float, policy: Policy, *, no_cache: bool = False) -> Action:

@@ -87,9 +87,10 @@ def create_app(settings: Settings, source: QidoSource | None = None) -> web.Appl
         ("GET", "/metrics", observe.metrics),
     ]
     for method, path, handler in routes:
-        app.router.add_route(method, path, envelope(handler, path))
+        observed = envelope(handler, path)
+        app.router.add_route(method, path, observed)
         if method == "GET":
-            app.router.add_route("HEAD", path, envelope(handler, path))
+            app.router.add_route("HEAD", path, observed)
     # Last, so it matches only what nothing else does: answered through the envelope too (counted, logged, and
     # an OperationOutcome under /fhir).
     app.router.add_route("*", "/{path:.*}", envelope(unmatched, "unmatched"))
