@@ -137,18 +137,19 @@ def main() -> int:
             one = pacs_requests(metrics) - before
 
             floors, colds, cpu = [], [], []
+
+            def read_floor() -> None:
+                floors.append(asyncio.run(qido_floor(orthanc.dicomweb_url, auth, spec.uid)))
+
+            def read_cold() -> None:
+                before = cpu_seconds(bridge.pid)
+                colds.append(asyncio.run(timed_get(url, {"Cache-Control": "no-cache"})))
+                cpu.append(cpu_seconds(bridge.pid) - before)
+
+            # Side by side, first one then the other first: Orthanc's own time varies by a third between reads,
+            # so each round's ratio is taken, and their median is the figure.
             for round_ in range(args.rounds):
-                # Side by side, first one then the other first: Orthanc's own time varies by a third between
-                # reads, so each round's ratio is taken, and their median is the figure.
-                def floor() -> None:
-                    floors.append(asyncio.run(qido_floor(orthanc.dicomweb_url, auth, spec.uid)))
-
-                def cold() -> None:
-                    before = cpu_seconds(bridge.pid)
-                    colds.append(asyncio.run(timed_get(url, {"Cache-Control": "no-cache"})))
-                    cpu.append(cpu_seconds(bridge.pid) - before)
-
-                for step in (floor, cold) if round_ % 2 == 0 else (cold, floor):
+                for step in (read_floor, read_cold) if round_ % 2 == 0 else (read_cold, read_floor):
                     step()
             rss = peak_rss_mib(bridge.pid)
             naives = [naive(orthanc.dicomweb_url, orthanc.username, orthanc.password, spec.uid) for _ in range(2)]

@@ -24,7 +24,6 @@ Needs wrk (Debian: apt-get install wrk); taskset (util-linux) pins the processes
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import re
@@ -34,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from benchkit import cpu_seconds, free_port, wait_for
@@ -113,7 +112,7 @@ def report(title: str, rates: Measurements, costs: Measurements) -> dict[str, di
               f"{statistics.median(costs[name]):6.1f} µs CPU/request")  # fmt: skip
     summary: dict[str, dict[str, float]] = {}
     for name in ("bridge", "bridge+log"):
-        rate_ratios = sorted(r / b for r, b in zip(rates[name], rates["bare"], strict=True))
+        rate_ratios = [r / b for r, b in zip(rates[name], rates["bare"], strict=True)]
         cost_ratio = statistics.median(b / c for c, b in zip(costs[name], costs["bare"], strict=True))
         rate_ratio = statistics.median(rate_ratios)
         quartiles = statistics.quantiles(rate_ratios, n=4) if len(rate_ratios) > 1 else [rate_ratio] * 3
@@ -154,7 +153,7 @@ def main() -> int:
     (workdir / "body.json").write_bytes(body)
 
     summary: dict[str, dict[str, dict[str, float]]] = {}
-    with contextlib.ExitStack() as stack:
+    with ExitStack() as stack:
         bare = [sys.executable, str(bare_script), str(ports["bare"]), str(workdir / "body.json")]
         pids = {
             "bare": stack.enter_context(server(bare, base_env)),

@@ -226,10 +226,10 @@ class RedisBackend:
             head = await self._redis.getrange(self._prefix + key, 0, Entry.HEAD_READ - 1)
             if not isinstance(head, bytes) or not head:
                 return None
-            if len(head) < 4 or Entry.head_size(head) > len(head):  # a header longer than the range: read it all
-                entry = await self.get(key)
-                return entry.checked_at if entry is not None else None
-            return Entry.unpack(head[: Entry.head_size(head)]).checked_at
+            if len(head) >= 4 and Entry.head_size(head) <= len(head):
+                return Entry.unpack(head).checked_at  # the header, and whatever part of the body came with it
+            entry = await self.get(key)  # a header longer than the range: read it all
+            return entry.checked_at if entry is not None else None
         except Exception as exc:  # as for ``get``: an entry that cannot be read is not there
             log.warning("cache read failed (%s)", type(exc).__name__)
             return None

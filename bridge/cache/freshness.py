@@ -9,7 +9,6 @@ The clock is a parameter everywhere, so the rules are tested by a table, not by 
 from __future__ import annotations
 
 import email.utils
-import functools
 import hashlib
 import struct
 from dataclasses import dataclass, replace
@@ -56,15 +55,15 @@ class Entry:
     #: The study-level change signal at that time (see ``change_signal``).
     signal: str = ""
 
-    @functools.cached_property
+    @property
     def etag(self) -> str:
         # Weak: the same content (version) is served with one meta.lastUpdated by every replica while the
         # backend's first-seen record answers, but a replica that cannot reach it uses its own time.
         return f'W/"{self.version}"'
 
-    @functools.cached_property
+    @property
     def http_date(self) -> str:
-        """``last_modified`` as an HTTP date, formatted once per entry (it is read on every served request)."""
+        """``last_modified`` as an HTTP date (the web layer builds a read's headers once per entry)."""
         return email.utils.formatdate(self.last_modified, usegmt=True)
 
     def confirmed(self, now: float) -> Entry:
@@ -78,7 +77,8 @@ class Entry:
 
     @classmethod
     def unpack(cls, packed: bytes) -> Entry:
-        """The entry ``pack`` made; given only its first ``head_size`` bytes, the entry without its body."""
+        """The entry ``pack`` made. Given only a prefix that holds the header (see ``HEAD_READ``), an entry whose
+        header fields are right and whose body is the rest of the prefix."""
         size = cls.head_size(packed)
         header = orjson.loads(packed[4:size])
         return cls(packed[size:], header["v"], header["m"], header["c"], header["s"])

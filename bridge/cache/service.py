@@ -61,6 +61,9 @@ class Outcome(Enum):
 #: A cached read's outcome, bound once (see ``freshness.SERVE``).
 HIT = Outcome.HIT
 
+for _outcome in Outcome:  # every outcome in the metrics from the start, at 0
+    STATS.cache_reads[_outcome.label] += 0
+
 
 class Read(NamedTuple):
     entry: Entry
@@ -86,8 +89,6 @@ class StudyCache:
         self._inflight: dict[str, asyncio.Future[Entry]] = {}
         #: Studies read but not kept by the backend at their last read (the refresh counts them as failed).
         self.unstored: set[str] = set()
-        for outcome in Outcome:  # every outcome in the metrics from the start, at 0
-            STATS.cache_reads[outcome.label] += 0
 
     def fresh(self, study_uid: str) -> Entry | None:
         """The study's entry if it is fresh and held in this process, found without waiting; None otherwise

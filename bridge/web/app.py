@@ -65,8 +65,9 @@ def mapping_options(settings: Settings) -> MappingOptions:
 def create_app(settings: Settings, source: QidoSource | None = None) -> web.Application:
     """The application; with ``source`` given the caller owns it, else it is opened and closed with the app."""
     app = web.Application(client_max_size=MAX_BODY)
-    app[observe.ACCESS_LOG] = access_log = observe.AccessLog()
+    access_log = None
     if settings.access_log:
+        app[observe.ACCESS_LOG] = access_log = observe.AccessLog()
         app.cleanup_ctx.append(observe.access_log_context)
     app[SETTINGS] = settings
     app[ENDPOINT] = endpoint_of(settings)
@@ -78,7 +79,7 @@ def create_app(settings: Settings, source: QidoSource | None = None) -> web.Appl
     app.cleanup_ctx.append(contexts.study_cache)
     app.cleanup_ctx.append(contexts.refresher)
 
-    envelope = observe.Envelope(access_log if settings.access_log else None, settings.request_deadline)
+    envelope = observe.Envelope(access_log, settings.request_deadline)
     routes = [
         ("GET", "/fhir/metadata", metadata),
         *((route.method, route.path, route.handler) for route in FHIR_ROUTES),
@@ -88,9 +89,10 @@ def create_app(settings: Settings, source: QidoSource | None = None) -> web.Appl
     ]
     for method, path, handler in routes:
         observed = envelope(handler, path)
-        app.router.add_route(method, path, observed)
         if method == "GET":
-            app.router.add_route("HEAD", path, observed)
+            app.router.add_get(path, observed)  # and HEAD, with the same handler
+        else:
+            app.router.add_route(method, path, observed)
     # Last, so it matches only what nothing else does: answered through the envelope too (counted, logged, and
     # an OperationOutcome under /fhir).
     app.router.add_route("*", "/{path:.*}", envelope(unmatched, "unmatched"))
