@@ -72,7 +72,7 @@ class FolderQidoSource:
 
     async def search_studies(self, filters: Filters, fields: Sequence[str]) -> list[DicomJson]:
         rows = await self._call(lambda c: c.search_for_studies(search_filters=dict(filters)))
-        return merge_rows(rows, (tags.STUDY_INSTANCE_UID, tags.PATIENT_ID))
+        return merge_rows(rows, (tags.STUDY_INSTANCE_UID, *tags.OWNER))
 
     async def search_series(
         self, study_uid: str | None, fields: Sequence[str], expected: int | None = None, filters: Filters = NO_FILTERS
@@ -80,7 +80,7 @@ class FolderQidoSource:
         rows = await self._call(
             lambda c: c.search_for_series(study_instance_uid=study_uid, search_filters=dict(filters))
         )
-        return merge_rows(rows, (tags.SERIES_INSTANCE_UID, tags.PATIENT_ID))
+        return merge_rows(rows, (tags.SERIES_INSTANCE_UID, *tags.OWNER))
 
     async def search_instances(
         self,
@@ -95,7 +95,7 @@ class FolderQidoSource:
                 study_instance_uid=study_uid, series_instance_uid=series_uid, search_filters=dict(filters)
             )
         )
-        return merge_rows(rows, (tags.SOP_INSTANCE_UID, tags.PATIENT_ID))
+        return merge_rows(rows, (tags.SOP_INSTANCE_UID, *tags.OWNER))
 
     async def series_metadata(self, study_uid: str, series_uid: str) -> list[DicomJson]:
         return await self._call(

@@ -107,14 +107,14 @@ class HttpQidoSource:
 
     async def search_studies(self, filters: Filters, fields: Sequence[str]) -> list[DicomJson]:
         # A StudyInstanceUID may be registered under two patients: keep one row each so that stays visible.
-        return await self._query("/studies", filters, fields, (tags.STUDY_INSTANCE_UID, tags.PATIENT_ID))
+        return await self._query("/studies", filters, fields, (tags.STUDY_INSTANCE_UID, *tags.OWNER))
 
     async def search_series(
         self, study_uid: str | None, fields: Sequence[str], expected: int | None = None, filters: Filters = NO_FILTERS
     ) -> list[DicomJson]:
         path = f"/studies/{study_uid}/series" if study_uid else "/series"
         # One series may be listed once per patient sharing its study UID: keep those apart, as for studies.
-        key = (tags.SERIES_INSTANCE_UID, tags.PATIENT_ID)
+        key = (tags.SERIES_INSTANCE_UID, *tags.OWNER)
         return await self._query(path, filters, fields, key, expected, missing_is_empty=True)
 
     async def search_instances(
@@ -128,7 +128,7 @@ class HttpQidoSource:
         path = "/instances"
         if study_uid:
             path = f"/studies/{study_uid}{f'/series/{series_uid}' if series_uid else ''}/instances"
-        key = (tags.SOP_INSTANCE_UID, tags.PATIENT_ID)
+        key = (tags.SOP_INSTANCE_UID, *tags.OWNER)
         return await self._query(path, filters, fields, key, expected, missing_is_empty=True)
 
     async def series_metadata(self, study_uid: str, series_uid: str) -> list[DicomJson]:

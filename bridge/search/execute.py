@@ -18,7 +18,8 @@ from bridge.aio import gather_all
 from bridge.cache.service import StudyCache
 from bridge.errors import BridgeError, Conflict, NotFound
 from bridge.mapping import tags
-from bridge.mapping.dicomjson import DicomJson, fhir_id, raw_text, text, uid
+from bridge.mapping.dicomjson import DicomJson, fhir_id, uid
+from bridge.mapping.identity import Identity, identity_of
 from bridge.mapping.imagingstudy import (
     MappingOptions,
     StudyRows,
@@ -36,7 +37,7 @@ from bridge.studies import read_study
 
 log = logging.getLogger(__name__)
 
-Key = tuple[str, str | None]  # (StudyInstanceUID, PatientID)
+Key = tuple[str, Identity | None]  # (StudyInstanceUID, whose: None if the row does not say)
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ class Candidate:
 
     @property
     def key(self) -> Key:
-        return (self.summary["id"], text(self.row, tags.PATIENT_ID))
+        return (self.summary["id"], identity_of(self.row))
 
 
 @dataclass
@@ -89,14 +90,11 @@ async def find_candidates(
     plan = plan_search(query)
     if plan.unsatisfiable:
         return [], []
-    lower: set[Key] | None = None
-    for level_queries in plan.level_queries:
-        matched = await _lower_level_matches(source, level_queries, options)
-        lower = matched if lower is None else _intersect(lower, matched)
+    lower = [await _lower_level_matches(source, level_queries, options) for level_queries in plan.level_queries]
     if plan.study_queries is not None:
         rows = await _study_rows(source, plan.study_queries)
     else:
-        uids = sorted({key[0] for key in lower or set()})
+        uids = sorted(set.intersection(*(set(matches.studies) for matches in lower)) if lower else ())
         chunks = [uids[i : i + UID_CHUNK] for i in range(0, len(uids), UID_CHUNK)]
         rows = await _study_rows(source, tuple({"StudyInstanceUID": ",".join(chunk)} for chunk in chunks))
     study_criteria = [c for c in query.criteria if BY_NAME[c.name].level is Level.STUDY]
@@ -107,7 +105,7 @@ async def find_candidates(
         summary = imaging_study(StudyRows(row), options).resource
         candidate = Candidate(row, summary)
         if all(study_matches(c, summary, zone) for c in study_criteria) and (
-            lower is None or _admitted(candidate.key, lower)
+            all(matches.admits(candidate.key) for matches in lower)
         ):
             candidates.append(candidate)
     warnings: list[str] = []
@@ -119,35 +117,62 @@ async def find_candidates(
 
 
 def _unambiguous_patients(candidates: list[Candidate], criteria: list[Criterion]) -> tuple[list[Candidate], list[str]]:
-    """Identity is decided on the PACS's raw PatientID and, unless the search names the identifier system, on
-    its being assigned by one issuer only: one PatientID from two hospitals is two patients."""
-    intact = [c for c in candidates if raw_text(c.row, tags.PATIENT_ID) == text(c.row, tags.PATIENT_ID)]
-    pinned = all(isinstance(v, Token) and v.system for c in criteria for v in c.values)
-    if pinned:
-        return intact, []
+    """Unless the search names the identifier system, a PatientID assigned by more than one issuer is
+    ambiguous: one PatientID from two hospitals is two patients. (Identity itself was decided on the raw
+    PatientID, which the summary's subject carries: ``P1\u00a0`` never matches ``P1``.)"""
+    if all(isinstance(v, Token) and v.system for c in criteria for v in c.values):
+        return candidates, []
     issuers: dict[str | None, set[str | None]] = {}
-    for candidate in intact:
-        issuers.setdefault(text(candidate.row, tags.PATIENT_ID), set()).add(
-            text(candidate.row, tags.ISSUER_OF_PATIENT_ID)
-        )
+    for candidate in candidates:
+        if (owner := candidate.key[1]) is not None:
+            issuers.setdefault(owner.patient_id, set()).add(owner.issuer)
     ambiguous = {patient for patient, found in issuers.items() if len(found) > 1}
     warnings = [
         f"PatientID {patient!r} is assigned by {len(issuers[patient])} issuers in the PACS; its studies were "
         "left out: search with patient:identifier=<system>|<value>"
         for patient in sorted(p for p in ambiguous if p is not None)
     ]
-    return [c for c in intact if text(c.row, tags.PATIENT_ID) not in ambiguous], warnings
+    kept = [c for c in candidates if c.key[1] is None or c.key[1].patient_id not in ambiguous]
+    return kept, warnings
 
 
 async def _study_rows(source: QidoSource, queries: tuple[dict[str, str], ...]) -> list[DicomJson]:
-    merged = RowMerger((tags.STUDY_INSTANCE_UID, tags.PATIENT_ID))
+    merged = RowMerger((tags.STUDY_INSTANCE_UID, *tags.OWNER))
     for rows in await gather_all(*(source.search_studies(filters, tags.STUDY_FIELDS) for filters in queries)):
         merged.add(rows)
     return merged.rows
 
 
-async def _lower_level_matches(source: QidoSource, plan: LevelQueries, options: MappingOptions) -> set[Key]:
-    """The (study, patient) keys of series or instance rows that meet one criterion exactly."""
+@dataclass
+class LevelMatches:
+    """The studies whose series or instance rows met one criterion, and whose rows they were. A row that leaves
+    out its issuer stands for its PatientID under any issuer, one that leaves out its PatientID for anyone."""
+
+    studies: dict[str, set[tuple[str | None, str | None, bool]]] = field(default_factory=dict)
+
+    def add(self, study_uid: str, row: DicomJson) -> None:
+        owner = identity_of(row)
+        found = self.studies.setdefault(study_uid, set())
+        if owner is None:
+            found.add((None, None, False))
+        else:
+            found.add((owner.patient_id, owner.issuer, tags.ISSUER_OF_PATIENT_ID in row or tags.PATIENT_ID not in row))
+
+    def admits(self, key: Key) -> bool:
+        study_uid, owner = key
+        found = self.studies.get(study_uid)
+        if found is None:
+            return False
+        if owner is None or (None, None, False) in found:
+            return True
+        return any(
+            patient_id == owner.patient_id and (not named or issuer == owner.issuer)
+            for patient_id, issuer, named in found
+        )
+
+
+async def _lower_level_matches(source: QidoSource, plan: LevelQueries, options: MappingOptions) -> LevelMatches:
+    """The studies (and whose part of each) with series or instance rows that meet one criterion exactly."""
     if plan.level is Level.SERIES:
         answers = await gather_all(
             *(source.search_series(None, tags.SERIES_FIELDS, filters=f)
@@ -158,12 +183,11 @@ async def _lower_level_matches(source: QidoSource, plan: LevelQueries, options: 
             *(source.search_instances(None, None, tags.INSTANCE_FIELDS, filters=f)
               for f in plan.queries)
         )  # fmt: skip
-    matched: set[Key] = set()
+    matched = LevelMatches()
     for row in (row for rows in answers for row in rows):
         study_uid = uid(row, tags.STUDY_INSTANCE_UID)
-        if study_uid is None or not _lower_row_matches(plan, row, options):
-            continue
-        matched.add((study_uid, text(row, tags.PATIENT_ID)))
+        if study_uid is not None and _lower_row_matches(plan, row, options):
+            matched.add(study_uid, row)
     return matched
 
 
@@ -175,20 +199,6 @@ def _lower_row_matches(plan: LevelQueries, row: DicomJson, options: MappingOptio
     if fhir_id(row, tags.SOP_INSTANCE_UID) is None or fhir_id(row, tags.SOP_CLASS_UID) is None:
         return False
     return instance_matches(plan.criterion, instance_element(row))
-
-
-def _intersect(left: set[Key], right: set[Key]) -> set[Key]:
-    return {key for key in left if _admitted(key, right)} | {key for key in right if _admitted(key, left)}
-
-
-def _admitted(key: Key, keys: set[Key]) -> bool:
-    """A (study, patient) key is in ``keys``; a side that does not know the patient matches by study alone."""
-    study_uid, patient = key
-    return (
-        key in keys
-        or (study_uid, None) in keys
-        or (patient is None and any(k[0] == study_uid for k in keys))
-    )  # fmt: skip
 
 
 def _one_patient_each(candidates: list[Candidate], *, scoped: bool) -> tuple[list[Candidate], list[str]]:
@@ -224,12 +234,14 @@ async def _complete(
         except NotFound as exc:  # gone since the candidate query: say so rather than fail the page
             return exc
         else:
-            # Only if it is this patient's: a UID shared since it was cached must not show another's study.
-            if cached["subject"].get("identifier", {}).get("value") == patient:
+            # Only if it is this patient's (a UID shared since it was cached must not show another's study): its
+            # subject's identifier is the candidate's, value, system and issuer, and carries a value at all.
+            identifier = candidate.summary["subject"].get("identifier", {})
+            if "value" in identifier and cached["subject"].get("identifier") == identifier:
                 return cached
     try:
         return (await read_study(source, study_uid, options, patient=patient)).resource
-    except NotFound as exc:  # gone since the candidate query: say so rather than fail the page
+    except (NotFound, Conflict) as exc:  # gone since the candidate query, or its rows are not this patient's alone
         return exc
 
 
