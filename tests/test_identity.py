@@ -181,3 +181,15 @@ async def test_rows_without_an_issuer_are_not_attributed_when_the_patient_id_has
     assert matches(bundle) == []  # neither part can be told apart: refused, rather than shown empty or mixed
     outcome = next(e["resource"] for e in bundle["entry"] if e["search"]["mode"] == "outcome")
     assert "does not say which of the patients" in outcome["issue"][0]["diagnostics"]
+
+
+@pytest.mark.parametrize("system", ["urn:oid:1.2.3.4", "urn:oid:5.6.7.8"])
+async def test_patient_search_reports_a_study_the_pacs_keeps_for_two_issuers_as_one(
+    client: TestClient, source: MemoryQidoSource, system: str
+) -> None:
+    add_part(source, "P1", "2.25.900.1", issuer="HOSP-A")
+    add_part(source, "P1", "2.25.900.2", issuer="HOSP-B", study_row=False)
+    bundle = await get(client, f"/fhir/ImagingStudy?patient:identifier={system}|P1")
+    assert matches(bundle) == []  # the study row names HOSP-A alone: neither hospital's search may trust it
+    outcome = next(e["resource"] for e in bundle["entry"] if e["search"]["mode"] == "outcome")
+    assert "from 2 issuers as one study" in outcome["issue"][0]["diagnostics"]

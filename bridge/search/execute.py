@@ -31,7 +31,7 @@ from bridge.qido.paging import RowMerger
 from bridge.qido.source import QidoSource
 from bridge.search.match import instance_matches, series_matches, study_matches, target_range
 from bridge.search.parameters import BY_NAME, Level
-from bridge.search.plan import PATIENT_PARAMETERS, UID_CHUNK, LevelQueries, plan_search
+from bridge.search.plan import PATIENT_PARAMETERS, UID_CHUNK, Filters, LevelQueries, plan_search
 from bridge.search.query import Criterion, SearchQuery, Token
 from bridge.studies import read_study
 
@@ -98,6 +98,10 @@ async def find_candidates(
         chunks = [uids[i : i + UID_CHUNK] for i in range(0, len(uids), UID_CHUNK)]
         rows = await _study_rows(source, tuple({"StudyInstanceUID": ",".join(chunk)} for chunk in chunks))
     study_criteria = [c for c in query.criteria if BY_NAME[c.name].level is Level.STUDY]
+    patient_criteria = [c for c in study_criteria if c.name in PATIENT_PARAMETERS]
+    warnings: list[str] = []
+    if patient_criteria and plan.study_queries is not None:
+        rows, warnings = await _without_merged_owners(source, rows, plan.study_queries)
     candidates = []
     for row in rows:
         if uid(row, tags.STUDY_INSTANCE_UID) is None:
@@ -108,12 +112,49 @@ async def find_candidates(
             all(matches.admits(candidate.key) for matches in lower)
         ):
             candidates.append(candidate)
-    warnings: list[str] = []
-    patient_criteria = [c for c in study_criteria if c.name in PATIENT_PARAMETERS]
     if patient_criteria:
-        candidates, warnings = _unambiguous_patients(candidates, patient_criteria)
+        candidates, ambiguous = _unambiguous_patients(candidates, patient_criteria)
+        warnings += ambiguous
     kept, more = _one_patient_each(candidates, scoped=query.patient_scoped)
     return kept, warnings + more
+
+
+async def _without_merged_owners(
+    source: QidoSource, rows: list[DicomJson], study_queries: tuple[Filters, ...]
+) -> tuple[list[DicomJson], list[str]]:
+    """Study rows less those the PACS keeps for two issuers' patients at once, with a warning for each.
+
+    A PACS that keys patients by PatientID alone (Orthanc) answers one study row, with one issuer, for the
+    series of two hospitals' patients sharing a PatientID and a StudyInstanceUID. The study row cannot show it;
+    the series rows do: one series query per patient value, for what a patient search needs anyway."""
+    patient_values = sorted({filters["PatientID"] for filters in study_queries if "PatientID" in filters})
+    answers = await gather_all(
+        *(source.search_series(None, (tags.STUDY_INSTANCE_UID, *tags.OWNER), filters={"PatientID": value})
+          for value in patient_values)
+    )  # fmt: skip
+    named: dict[tuple[str, str | None], set[str | None]] = {}
+    for row in (row for series in answers for row in series):
+        if (owner := identity_of(row)) is not None and tags.ISSUER_OF_PATIENT_ID in row:
+            named.setdefault(_owner_key(row), set()).add(owner.issuer)
+    listed: dict[tuple[str, str | None], set[str | None]] = {}
+    for row in rows:
+        if (owner := identity_of(row)) is not None:
+            listed.setdefault(_owner_key(row), set()).add(owner.issuer)
+    merged = {key for key, issuers in named.items() if key in listed and issuers - listed[key]}
+    warnings = [
+        f"study {study_uid} holds series of PatientID {patient_id!r} from {len(named[key] | listed[key])} issuers "
+        "as one study in the PACS and was left out: the PACS cannot tell its patients apart"
+        for key in sorted(merged, key=str)
+        for study_uid, patient_id in [key]
+    ]
+    kept = [row for row in rows if _owner_key(row) not in merged]
+    return kept, warnings
+
+
+def _owner_key(row: DicomJson) -> tuple[str, str | None]:
+    """(StudyInstanceUID, raw PatientID) of a row."""
+    owner = identity_of(row)
+    return (uid(row, tags.STUDY_INSTANCE_UID) or "", owner.patient_id if owner else None)
 
 
 def _unambiguous_patients(candidates: list[Candidate], criteria: list[Criterion]) -> tuple[list[Candidate], list[str]]:
