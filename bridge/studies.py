@@ -48,13 +48,15 @@ async def fetch_study(source: QidoSource, study_uid: str, patient: Identity | No
     """
     study_rows, series_rows = await gather_all(
         source.search_studies({"StudyInstanceUID": study_uid}, tags.STUDY_FIELDS),
-        source.search_series(study_uid, tags.SERIES_FIELDS),
+        # Asked at once with the study row, whose count then says whether this is the whole list.
+        source.search_series(study_uid, tags.SERIES_FIELDS, prove=False),
     )
     study_rows = [row for row in study_rows if uid(row, tags.STUDY_INSTANCE_UID) == study_uid]
     study = _the_study(study_rows, study_uid, patient)
     expected = unsigned(study, tags.NUMBER_OF_STUDY_RELATED_SERIES)
-    if expected is not None and len(series_rows) < expected:
-        # The first read may have stopped at a silent cap: read again, paging up to the PACS's count.
+    if expected is None or len(series_rows) < expected:
+        # Fewer rows than the PACS counts (a silent cap: page up to the count), or no count to tell (prove the
+        # list's end by asking past it): read again.
         series_rows = await source.search_series(study_uid, tags.SERIES_FIELDS, expected=expected)
     scope = _scope(study_uid, study, study_rows, series_rows, scoped=patient is not None)
     listed = _checked_series(series_rows, study_uid, scope)

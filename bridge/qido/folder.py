@@ -95,7 +95,13 @@ class FolderQidoSource:
         return merge_rows(rows, (tags.STUDY_INSTANCE_UID, *tags.OWNER))
 
     async def search_series(
-        self, study_uid: str | None, fields: Sequence[str], expected: int | None = None, filters: Filters = NO_FILTERS
+        self,
+        study_uid: str | None,
+        fields: Sequence[str],
+        expected: int | None = None,
+        filters: Filters = NO_FILTERS,
+        *,
+        prove: bool = True,
     ) -> list[DicomJson]:
         rows = await self._call(
             lambda c: c.search_for_series(study_instance_uid=study_uid, search_filters=dict(filters))

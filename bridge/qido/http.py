@@ -107,15 +107,25 @@ class HttpQidoSource:
 
     async def search_studies(self, filters: Filters, fields: Sequence[str]) -> list[DicomJson]:
         # A StudyInstanceUID may be registered under two patients: keep one row each so that stays visible.
-        return await self._query("/studies", filters, fields, (tags.STUDY_INSTANCE_UID, *tags.OWNER))
+        key = (tags.STUDY_INSTANCE_UID, *tags.OWNER)
+        # One UID's rows (one per patient holding it) need no proof of their end: no PACS caps an answer at one
+        # row, and every series and instance row of the study is checked against them anyway.
+        keyed = set(filters) == {"StudyInstanceUID"} and "," not in filters["StudyInstanceUID"]
+        return await self._query("/studies", filters, fields, key, prove=not keyed)
 
     async def search_series(
-        self, study_uid: str | None, fields: Sequence[str], expected: int | None = None, filters: Filters = NO_FILTERS
+        self,
+        study_uid: str | None,
+        fields: Sequence[str],
+        expected: int | None = None,
+        filters: Filters = NO_FILTERS,
+        *,
+        prove: bool = True,
     ) -> list[DicomJson]:
         path = f"/studies/{study_uid}/series" if study_uid else "/series"
         # One series may be listed once per patient sharing its study UID: keep those apart, as for studies.
         key = (tags.SERIES_INSTANCE_UID, *tags.OWNER)
-        return await self._query(path, filters, fields, key, expected, missing_is_empty=True)
+        return await self._query(path, filters, fields, key, expected, missing_is_empty=True, prove=prove)
 
     async def search_instances(
         self,
@@ -151,22 +161,39 @@ class HttpQidoSource:
         expected: int | None = None,
         *,
         missing_is_empty: bool = False,
+        prove: bool = True,
     ) -> list[DicomJson]:
-        """Every row of a query, following pages until the PACS has nothing more."""
+        """Every row of a query, following pages until the PACS has nothing more.
+
+        Some PACSes cap an answer silently, without the ``Warning`` PS3.18 asks for. Where the PACS gave no count
+        for the level (``expected``), an answer that ended with rows is proved complete by one more request at
+        ``offset`` = rows so far, which must come back empty; a PACS that answers it with rows already read
+        ignores ``offset``, and what it sent cannot be proved complete: a 502, never a shorter list."""
         merged = RowMerger(key_tags)
         # Only what was asked for is kept: PACSes add their own defaults to every row (Orthanc: about fourteen
         # attributes per instance), and a 10,000-instance study's rows are most of a read's memory.
         wanted = tuple(dict.fromkeys([*fields, *key_tags])) if fields else None
         offset = 0
         repeats = 0
+        proving = False
         for _ in range(MAX_PAGES):
-            query = query_string(filters, fields, self._page_size, offset=offset)
+            # A proof asks for one row past the end (Orthanc ignores an offset that comes without a limit).
+            query = query_string(filters, fields, 1 if proving else self._page_size, offset=offset)
             page, warning = await self._page(path, query, missing_is_empty=missing_is_empty)
             if wanted is not None:
                 page = [{tag: row[tag] for tag in wanted if tag in row} for row in page]
             offset += len(page)
             before = len(merged)
             merged.add(page)
+            if proving and page and len(merged) > before:
+                proving = False
+                continue  # rows past what looked like the end: a silent cap; read on, page by page
+            if proving and page:
+                raise UpstreamBadResponse(
+                    f"the PACS answered QIDO {path} with {before} rows and no count of them, and answered the "
+                    f"request for the rows after those with the same rows again (it ignores offset): the bridge "
+                    "cannot tell whether it capped its answer, and refuses to present part of it as complete"
+                )
             repeats = repeats + 1 if page and len(merged) == before else 0
             if repeats >= MAX_REPEATS:
                 log.warning("PACS sends the same rows again and again for QIDO %s (ignores offset?)", path)
@@ -175,8 +202,11 @@ class HttpQidoSource:
                 page_rows=len(page), limit=self._page_size, warning=warning, total_rows=len(merged),
                 expected=expected,
             )  # fmt: skip
-            if not more:
+            if more:
+                continue
+            if not (prove and expected is None and page):
                 return merged.rows
+            proving = True  # the answer ended with rows, and nothing says they were all: ask past them
         raise UpstreamBadResponse(f"PACS kept paging past {MAX_PAGES} pages for QIDO {path}")
 
     async def _page(self, path: str, query: str, *, missing_is_empty: bool) -> tuple[list[DicomJson], str | None]:

@@ -67,7 +67,13 @@ class MemoryQidoSource:
         return [row for row in self.studies if qido_match(row, filters)]
 
     async def search_series(
-        self, study_uid: str | None, fields: Sequence[str], expected: int | None = None, filters: Filters = NO_FILTERS
+        self,
+        study_uid: str | None,
+        fields: Sequence[str],
+        expected: int | None = None,
+        filters: Filters = NO_FILTERS,
+        *,
+        prove: bool = True,
     ) -> list[DicomJson]:
         self._called(f"series {study_uid}")
         studies = [study_uid] if study_uid else list(self.series)

@@ -39,10 +39,17 @@ class QidoSource(Protocol):
         ...
 
     async def search_series(
-        self, study_uid: str | None, fields: Sequence[str], expected: int | None = None, filters: Filters = NO_FILTERS
+        self,
+        study_uid: str | None,
+        fields: Sequence[str],
+        expected: int | None = None,
+        filters: Filters = NO_FILTERS,
+        *,
+        prove: bool = True,
     ) -> list[DicomJson]:
         """Every series row of one study (of all studies with ``study_uid`` None) matching ``filters``;
-        ``expected`` is the PACS's own count, a hint for paging."""
+        ``expected`` is the PACS's own count, a hint for paging. Without a count, the end of the list is proved
+        by asking past it, unless ``prove`` is False (the caller will know the count when the answer is in)."""
         ...
 
     async def search_instances(
