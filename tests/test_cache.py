@@ -21,10 +21,13 @@ from bridge.mapping.imagingstudy import MappingOptions
 from bridge.qido.memory import MemoryQidoSource
 from bridge.qido.resilience import DEADLINE
 from bridge.settings import load_settings
+from bridge.web.contexts import cache_policy
 from tests.conftest import start_client
 from tests.support.fhircheck import validate
 
-POLICY = Policy(ttl=100, stale_while_revalidate=50, stale_if_error=1000)
+POLICY = Policy(ttl=100, stale_while_revalidate=50, stale_if_error=1000, min_reread=5)
+#: Freshness shorter than the forced-read bound.
+SHORT = Policy(ttl=2, stale_while_revalidate=50, stale_if_error=1000, min_reread=5)
 STUDY, SERIES, CT = "2.25.7", "2.25.7.1", "1.2.840.10008.5.1.4.1.1.2"
 
 
@@ -32,29 +35,40 @@ def entry(checked_at: float) -> Entry:
     return Entry(b"{}", "v1", 0.0, checked_at, "")
 
 
-# (age of the entry in seconds or None for no entry, Cache-Control: no-cache, expected action)
+# (the entry's age in seconds or None for no entry, Cache-Control: no-cache, policy, expected action)
 DECISIONS = [
-    (None, False, Action.FETCH),
-    (0, False, Action.SERVE),
-    (99.9, False, Action.SERVE),
-    (100, False, Action.SERVE_STALE),
-    (149.9, False, Action.SERVE_STALE),
-    (150, False, Action.FETCH),
-    (0, True, Action.FETCH),
-    (120, True, Action.FETCH),
+    (None, False, POLICY, Action.FETCH),
+    (None, True, POLICY, Action.FETCH),
+    (0, False, POLICY, Action.SERVE),
+    (99.9, False, POLICY, Action.SERVE),
+    (100, False, POLICY, Action.SERVE_STALE),
+    (149.9, False, POLICY, Action.SERVE_STALE),
+    (150, False, POLICY, Action.FETCH),
+    # A forced read reads the PACS only once the entry is min_reread old, and is never served a stale entry.
+    (0, True, POLICY, Action.SERVE),
+    (4.9, True, POLICY, Action.SERVE),
+    (5, True, POLICY, Action.FETCH),
+    (120, True, POLICY, Action.FETCH),
+    (1.9, True, SHORT, Action.SERVE),
+    (2, True, SHORT, Action.FETCH),  # past freshness, though within min_reread
 ]
 
 
-@pytest.mark.parametrize(("age", "no_cache", "action"), DECISIONS)
-def test_decide(age: float | None, no_cache: bool, action: Action) -> None:
+@pytest.mark.parametrize(("age", "no_cache", "policy", "action"), DECISIONS)
+def test_decide(age: float | None, no_cache: bool, policy: Policy, action: Action) -> None:
     stored = None if age is None else entry(1000.0)
-    assert decide(stored, 1000.0 + (age or 0), POLICY, no_cache=no_cache) is action
+    assert decide(stored, 1000.0 + (age or 0), policy, no_cache=no_cache) is action
 
 
 @pytest.mark.parametrize(("age", "usable"), [(0, True), (1099.9, True), (1100, False)])
 def test_stale_if_error_window(age: float, usable: bool) -> None:
     assert usable_on_error(entry(0.0), age, POLICY) is usable
     assert not usable_on_error(None, age, POLICY)
+
+
+def test_the_bound_comes_from_the_settings() -> None:
+    assert cache_policy(load_settings({})).min_reread == 5
+    assert cache_policy(load_settings({"BRIDGE_CACHE_MIN_REREAD": "2"})).min_reread == 2
 
 
 def test_entries_pack_for_a_shared_store() -> None:
@@ -153,9 +167,27 @@ async def test_stale_is_served_while_one_background_read_refreshes(
     assert orjson.loads(fresh.entry.body)["numberOfInstances"] == 2
 
 
-async def test_no_cache_forces_a_pacs_read(cache: StudyCache, source: MemoryQidoSource) -> None:
-    await cache.read(STUDY)
+async def test_twenty_forced_reads_in_a_row_cost_one_pacs_read_per_min_reread(
+    cache: StudyCache, source: MemoryQidoSource, clock: Clock
+) -> None:
+    outcomes = []
+    for _ in range(20):
+        outcomes.append((await cache.read(STUDY, no_cache=True)).outcome)
+        clock.now += 0.125  # 2.5 s in all: within min_reread (5 s)
+    assert outcomes == [Outcome.MISS] + [Outcome.HIT] * 19
+    assert reads_of_study(source) == 1
+    clock.now += 2.5
     assert (await cache.read(STUDY, no_cache=True)).outcome is Outcome.MISS
+    assert reads_of_study(source) == 2
+
+
+async def test_twenty_concurrent_forced_reads_cost_one_pacs_read(
+    cache: StudyCache, source: MemoryQidoSource, clock: Clock
+) -> None:
+    await cache.read(STUDY)
+    clock.now += 10  # past min_reread: a forced read reads the PACS, and the others join it
+    reads = await asyncio.gather(*(cache.read(STUDY, no_cache=True) for _ in range(20)))
+    assert {r.outcome for r in reads} == {Outcome.MISS}
     assert reads_of_study(source) == 2
 
 
@@ -313,7 +345,8 @@ async def client(source: MemoryQidoSource) -> AsyncIterator[TestClient]:
 
 
 async def test_etag_last_modified_and_conditional_reads(source: MemoryQidoSource) -> None:
-    client = await start_client(load_settings({"BRIDGE_QIDO_URL": "http://pacs/dicom-web"}), source)
+    settings = load_settings({"BRIDGE_QIDO_URL": "http://pacs/dicom-web", "BRIDGE_CACHE_MIN_REREAD": "0"})
+    client = await start_client(settings, source)
     try:
         first = await client.get(f"/fhir/ImagingStudy/{STUDY}")
         assert first.status == 200
@@ -335,6 +368,19 @@ async def test_etag_last_modified_and_conditional_reads(source: MemoryQidoSource
             forced = await client.get(f"/fhir/ImagingStudy/{STUDY}", headers=forcing)
             assert forced.headers["X-Cache"] == "MISS"
         assert reads_of_study(source) == 4
+    finally:
+        await client.close()
+
+
+async def test_forced_reads_within_min_reread_are_served_the_stored_study(source: MemoryQidoSource) -> None:
+    settings = load_settings({"BRIDGE_QIDO_URL": "http://pacs/dicom-web", "BRIDGE_CACHE_MIN_REREAD": "3600"})
+    client = await start_client(settings, source)
+    try:
+        assert (await client.get(f"/fhir/ImagingStudy/{STUDY}")).headers["X-Cache"] == "MISS"
+        for forcing in ({"Cache-Control": "no-cache"}, {"Cache-Control": "max-age=0"}, {"Pragma": "no-cache"}):
+            forced = await client.get(f"/fhir/ImagingStudy/{STUDY}", headers=forcing)
+            assert (forced.status, forced.headers["X-Cache"]) == (200, "HIT")
+        assert reads_of_study(source) == 1
     finally:
         await client.close()
 

@@ -3,6 +3,8 @@
 An entry is *fresh* for ``ttl`` seconds after the PACS last confirmed it; then, for ``stale_while_revalidate``
 seconds, it is served while a background read refreshes it; past that it must be read again, but if that read
 fails it may still be served for ``stale_if_error`` seconds after it went stale (RFC 5861's two extensions).
+A client's ``Cache-Control: no-cache`` forces a read only if the entry is older than ``min_reread`` seconds, so
+no caller can make the PACS read a study more often than that.
 The clock is a parameter everywhere, so the rules are tested by a table, not by sleeping.
 """
 
@@ -23,6 +25,8 @@ class Policy:
     ttl: float = 300.0
     stale_while_revalidate: float = 600.0
     stale_if_error: float = 86_400.0
+    #: A forced read (``no-cache``) of an entry confirmed less than this long ago is served the entry instead.
+    min_reread: float = 5.0
 
     @property
     def retention(self) -> float:
@@ -33,7 +37,7 @@ class Policy:
 class Action(Enum):
     SERVE = "serve"  # fresh
     SERVE_STALE = "serve-stale"  # stale, within stale-while-revalidate: serve and refresh in the background
-    FETCH = "fetch"  # missing, too old, or the client asked (Cache-Control: no-cache)
+    FETCH = "fetch"  # missing, too old, or the client asked (Cache-Control: no-cache) and min_reread has passed
 
 
 #: What every cached read comes to, bound once: on Python 3.11, reading an Enum member through its class
@@ -94,13 +98,17 @@ class Entry:
 
 
 def decide(entry: Entry | None, now: float, policy: Policy, *, no_cache: bool = False) -> Action:
-    """What to do with a request for a cached study."""
-    if entry is None or no_cache:
+    """What to do with a request for a cached study; ``no_cache``: the client asked for a PACS read."""
+    if entry is None:
         return Action.FETCH
     age = now - entry.checked_at
+    # no-cache forces a read only of an entry confirmed min_reread ago or earlier, so however many clients ask, the
+    # PACS reads a study at most once per min_reread; a younger entry is answered as usual (never served stale).
+    if no_cache and age >= policy.min_reread:
+        return Action.FETCH
     if age < policy.ttl:
         return SERVE
-    if age < policy.ttl + policy.stale_while_revalidate:
+    if age < policy.ttl + policy.stale_while_revalidate and not no_cache:
         return Action.SERVE_STALE
     return Action.FETCH
 

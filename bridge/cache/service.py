@@ -3,7 +3,8 @@
 A read consults the backend and the freshness rules (``bridge.cache.freshness``): fresh entries are served as
 stored bytes (no mapping, no serialization), stale ones are served while one background read refreshes them,
 and a PACS failure falls back to a stored entry within the stale-if-error window. Concurrent reads of the same
-study share one PACS fetch (single flight), so fifty cold reads cost the PACS what one costs.
+study share one PACS fetch (single flight), so fifty cold reads cost the PACS what one costs, and a forced read
+(``no-cache``) reads the PACS only if the entry is older than the policy's ``min_reread``.
 
 ``meta.versionId`` is a hash of the content and ``meta.lastUpdated`` the time that content was first seen, so
 both change exactly when the study does. Since when a study has had its content is a record of the backend, shared by
@@ -100,7 +101,8 @@ class StudyCache:
         return stored
 
     async def read(self, study_uid: str, *, no_cache: bool = False) -> Read:
-        """The study as stored or freshly read; ``no_cache`` (``Cache-Control: no-cache``) forces a PACS read."""
+        """The study as stored or freshly read; ``no_cache`` (``Cache-Control: no-cache``) forces a PACS read
+        unless the stored entry is younger than ``min_reread``."""
         stored = await self.backend.get(study_key(study_uid))
         if stored is None:
             check_study_id(study_uid)  # a stored key was checked when it was stored
