@@ -82,6 +82,7 @@ def cache_policy(settings: Settings) -> Policy:
         stale_while_revalidate=settings.cache_stale_while_revalidate,
         stale_if_error=settings.cache_stale_if_error,
         min_reread=settings.cache_min_reread,
+        negative_ttl=settings.cache_negative_ttl,
     )
 
 
