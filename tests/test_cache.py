@@ -502,6 +502,15 @@ async def test_a_remembered_404_is_answered_again_without_the_pacs(
     assert source.calls == []
 
 
+async def test_a_search_finds_a_study_whose_404_is_remembered(client: TestClient, source: MemoryQidoSource) -> None:
+    saved, source.studies = source.studies, []
+    assert (await client.get(f"/fhir/ImagingStudy/{STUDY}")).status == 404
+    source.studies = saved  # the study arrives; reads answer 404 until negative_ttl, but a search that finds it
+    found = await (await client.get(f"/fhir/ImagingStudy?_id={STUDY}")).json()
+    assert [e["search"]["mode"] for e in found["entry"]] == ["match"]
+    assert found["entry"][0]["resource"]["series"][0]["uid"] == SERIES
+
+
 async def test_a_remembered_409_stays_a_409_and_a_search_gets_each_patients_part(
     client: TestClient, source: MemoryQidoSource
 ) -> None:
