@@ -86,7 +86,7 @@ async def _each(cache: StudyCache, uids: list[str], progress: Progress | None) -
         async with gate:
             try:
                 stored = await cache.backend.get(study_key(study_uid))
-                if stored is None:
+                if stored is None or stored.status != 200:  # a remembered 404/409 has nothing to re-validate
                     await cache.fetch(study_uid, None)
                     summary.fetched += 1
                 else:

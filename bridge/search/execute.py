@@ -270,10 +270,8 @@ async def _complete(
     if cache is not None:
         try:
             cached: dict[str, Any] = orjson.loads((await cache.read(study_uid)).entry.body)
-        except Conflict:
-            pass  # the UID is shared by several patients: read this patient's part alone, below
-        except NotFound as exc:  # gone since the candidate query: say so rather than fail the page
-            return exc
+        except (Conflict, NotFound):
+            pass  # the UID is shared by several patients, or a remembered 404 is older than the candidate: read below
         else:
             # Only if it is this patient's (a UID shared since it was cached must not show another's study): its
             # subject's identifier is the candidate's, value, system and issuer, and carries a value at all.
