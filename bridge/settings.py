@@ -114,6 +114,9 @@ class Settings(BaseSettings):
     refresh_interval: Annotated[float, Field(ge=0)] = 0.0
     #: The scheduled refresh also reads studies of the last N days into the cache; 0: none.
     refresh_prewarm_days: Annotated[int, Field(ge=0, le=3650)] = 0
+    #: What one search may cost the PACS to find its candidates, across every level: requests, and rows read.
+    search_max_queries: Annotated[int, Field(ge=1, le=1000)] = 20
+    search_max_rows: Annotated[int, Field(ge=1, le=1_000_000)] = 5000
 
     @model_validator(mode="before")
     @classmethod

@@ -90,9 +90,12 @@ class FolderQidoSource:
         if self._client is None:
             raise UpstreamUnavailable(f"{self.description} is not indexed yet")
 
-    async def search_studies(self, filters: Filters, fields: Sequence[str]) -> list[DicomJson]:
+    async def search_studies(
+        self, filters: Filters, fields: Sequence[str], *, limit: int | None = None, offset: int = 0
+    ) -> list[DicomJson]:
         rows = await self._call(lambda c: c.search_for_studies(search_filters=dict(filters)))
-        return merge_rows(rows, (tags.STUDY_INSTANCE_UID, *tags.OWNER))
+        found = merge_rows(rows, (tags.STUDY_INSTANCE_UID, *tags.OWNER))
+        return found[offset : offset + limit] if limit is not None else found[offset:]
 
     async def search_series(
         self,

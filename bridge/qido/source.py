@@ -34,8 +34,11 @@ class QidoSource(Protocol):
     #: Where the rows come from, for logs and messages: never with credentials.
     description: str
 
-    async def search_studies(self, filters: Filters, fields: Sequence[str]) -> list[DicomJson]:
-        """Every study row matching ``filters``, with ``fields`` included."""
+    async def search_studies(
+        self, filters: Filters, fields: Sequence[str], *, limit: int | None = None, offset: int = 0
+    ) -> list[DicomJson]:
+        """Every study row matching ``filters``, with ``fields`` included; with ``limit``, at most that many of
+        them from ``offset`` on, in the PACS's own order (a page of its answer)."""
         ...
 
     async def search_series(

@@ -16,7 +16,7 @@ import orjson
 
 from bridge.aio import gather_all
 from bridge.cache.service import StudyCache
-from bridge.errors import BridgeError, Conflict, NotFound
+from bridge.errors import BridgeError, Conflict, NotFound, TooCostly
 from bridge.mapping import tags
 from bridge.mapping.dicomjson import DicomJson, fhir_id, uid
 from bridge.mapping.identity import Identity, identity_of
@@ -27,11 +27,12 @@ from bridge.mapping.imagingstudy import (
     instance_element,
     series_element,
 )
+from bridge.qido.budget import Budget, BudgetExceeded, spending
 from bridge.qido.paging import RowMerger
 from bridge.qido.source import QidoSource
 from bridge.search.match import instance_matches, series_matches, study_matches, target_range
 from bridge.search.parameters import BY_NAME, Level
-from bridge.search.plan import PATIENT_PARAMETERS, UID_CHUNK, Filters, LevelQueries, plan_search
+from bridge.search.plan import PATIENT_PARAMETERS, UID_CHUNK, Filters, LevelQueries, Plan, plan_search
 from bridge.search.query import Criterion, SearchQuery, Token
 from bridge.studies import read_study
 
@@ -54,23 +55,56 @@ class Candidate:
 
 @dataclass
 class SearchResult:
-    total: int
+    #: Every match across all pages; None where the page was read at the PACS and no count was made.
+    total: int | None
+    #: Whether a next page may hold more.
+    has_next: bool = False
     #: The page's studies: study-level resources, or complete ones when series were asked for.
     resources: list[dict[str, Any]] = field(default_factory=list)
     #: Warnings for the Bundle (studies left out and why).
     warnings: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What one search may cost the PACS to find its candidates (BRIDGE_SEARCH_MAX_QUERIES, _MAX_ROWS)."""
+
+    queries: int = 20
+    rows: int = 5000
+
+
+#: Criteria a PACS decides as the bridge would: with only these (or none), a page is read at the PACS with
+#: ``limit``/``offset``, in the PACS's order, and costs about one page of rows whatever its offset.
+EXACT_AT_PACS = frozenset({"modality", "status", "endpoint"})
+
+
 async def run_search(
-    source: QidoSource, query: SearchQuery, options: MappingOptions, *, complete: bool, cache: StudyCache | None = None
+    source: QidoSource,
+    query: SearchQuery,
+    options: MappingOptions,
+    *,
+    complete: bool,
+    cache: StudyCache | None = None,
+    limits: Limits = Limits(),
 ) -> SearchResult:
     """The page ``query`` asks for; ``complete`` reads every series and instance of the page's studies (through
-    ``cache`` when given)."""
+    ``cache`` when given). Finding the candidates runs under one budget (``limits``) across every level; the
+    page's studies are read as reads are (through the cache, one PACS read per study at a time)."""
     zone: dt.tzinfo = options.zone or dt.UTC
-    candidates, warnings = await find_candidates(source, query, options, zone)
-    candidates.sort(key=lambda c: _order(c, zone))
-    result = SearchResult(total=len(candidates), warnings=warnings)
-    page = candidates[query.offset : query.offset + query.count] if query.summary != "count" else []
+    plan = plan_search(query, max_queries=limits.queries)
+    try:
+        with spending(Budget(limits.queries, limits.rows)):
+            if paged_at_pacs(query, plan):
+                page, more, warnings = await _pacs_page(source, query, plan, options, zone)
+                result = SearchResult(total=None, has_next=more, warnings=warnings)
+            else:
+                candidates, warnings = await find_candidates(source, query, plan, options, zone)
+                candidates.sort(key=lambda c: _order(c, zone))
+                end = query.offset + query.count
+                result = SearchResult(total=len(candidates), has_next=end < len(candidates), warnings=warnings)
+                page = candidates[query.offset : end] if query.summary != "count" else []
+    except BudgetExceeded as exc:
+        raise TooCostly(f"the search is too broad: {exc.diagnostics}; {narrowing(query)}") from None
     if not complete:
         result.resources = [c.summary for c in page]
         return result
@@ -83,11 +117,52 @@ async def run_search(
     return result
 
 
+def paged_at_pacs(query: SearchQuery, plan: Plan) -> bool:
+    """Whether the page can be read at the PACS: one study-level query, matched there as the bridge would match
+    it, and no count asked for (``_summary=count``, ``_count=0``, ``_total=accurate`` need every match)."""
+    return (
+        not plan.unsatisfiable
+        and plan.study_queries is not None
+        and len(plan.study_queries) == 1
+        and not plan.level_queries
+        and all(c.name in EXACT_AT_PACS and c.modifier is None for c in query.criteria)
+        and query.summary != "count"
+        and query.count > 0
+        and query.total != "accurate"
+    )
+
+
+def narrowing(query: SearchQuery) -> str:
+    """What to add to a search that costs the PACS too much."""
+    named = {c.name for c in query.criteria}
+    hints = []
+    if not named & PATIENT_PARAMETERS:
+        hints.append("a patient (patient=… or patient:identifier=…)")
+    if "started" not in named:
+        hints.append("a started range (started=ge…&started=le…)")
+    hints.append("fewer OR values" if any(len(c.values) > 1 for c in query.criteria) else "an identifier")
+    return "narrow it with " + ", or ".join(hints)
+
+
+async def _pacs_page(
+    source: QidoSource, query: SearchQuery, plan: Plan, options: MappingOptions, zone: dt.tzinfo
+) -> tuple[list[Candidate], bool, list[str]]:
+    """One page of study rows read at the PACS (one more than the page, to know whether there is a next one),
+    each checked exactly."""
+    assert plan.study_queries is not None
+    rows = await source.search_studies(
+        plan.study_queries[0], tags.STUDY_FIELDS, limit=query.count + 1, offset=query.offset
+    )
+    more = len(rows) > query.count
+    candidates = _matching(rows[: query.count], query, [], options, zone)
+    kept, warnings = _one_patient_each(candidates, scoped=False)
+    return kept, more, warnings
+
+
 async def find_candidates(
-    source: QidoSource, query: SearchQuery, options: MappingOptions, zone: dt.tzinfo
+    source: QidoSource, query: SearchQuery, plan: Plan, options: MappingOptions, zone: dt.tzinfo
 ) -> tuple[list[Candidate], list[str]]:
     """Every study that meets every criterion, checked exactly; studies whose UID spans patients set apart."""
-    plan = plan_search(query)
     if plan.unsatisfiable:
         return [], []
     lower = [await _lower_level_matches(source, level_queries, options) for level_queries in plan.level_queries]
@@ -97,26 +172,33 @@ async def find_candidates(
         uids = sorted(set.intersection(*(set(matches.studies) for matches in lower)) if lower else ())
         chunks = [uids[i : i + UID_CHUNK] for i in range(0, len(uids), UID_CHUNK)]
         rows = await _study_rows(source, tuple({"StudyInstanceUID": ",".join(chunk)} for chunk in chunks))
-    study_criteria = [c for c in query.criteria if BY_NAME[c.name].level is Level.STUDY]
-    patient_criteria = [c for c in study_criteria if c.name in PATIENT_PARAMETERS]
+    patient_criteria = [c for c in query.criteria if c.name in PATIENT_PARAMETERS]
     warnings: list[str] = []
     if patient_criteria and plan.study_queries is not None:
         rows, warnings = await _without_merged_owners(source, rows, plan.study_queries)
-    candidates = []
-    for row in rows:
-        if uid(row, tags.STUDY_INSTANCE_UID) is None:
-            continue
-        summary = imaging_study(StudyRows(row), options).resource
-        candidate = Candidate(row, summary)
-        if all(study_matches(c, summary, zone) for c in study_criteria) and (
-            all(matches.admits(candidate.key) for matches in lower)
-        ):
-            candidates.append(candidate)
+    candidates = _matching(rows, query, lower, options, zone)
     if patient_criteria:
         candidates, ambiguous = _unambiguous_patients(candidates, patient_criteria)
         warnings += ambiguous
     kept, more = _one_patient_each(candidates, scoped=query.patient_scoped)
     return kept, warnings + more
+
+
+def _matching(
+    rows: list[DicomJson], query: SearchQuery, lower: list[LevelMatches], options: MappingOptions, zone: dt.tzinfo
+) -> list[Candidate]:
+    """The study rows that meet every criterion, checked exactly on the study-level resource each becomes."""
+    study_criteria = [c for c in query.criteria if BY_NAME[c.name].level is Level.STUDY]
+    candidates = []
+    for row in rows:
+        if uid(row, tags.STUDY_INSTANCE_UID) is None:
+            continue
+        candidate = Candidate(row, imaging_study(StudyRows(row), options).resource)
+        if all(study_matches(c, candidate.summary, zone) for c in study_criteria) and all(
+            matches.admits(candidate.key) for matches in lower
+        ):
+            candidates.append(candidate)
+    return candidates
 
 
 async def _without_merged_owners(

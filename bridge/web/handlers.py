@@ -16,7 +16,7 @@ from bridge.search.bundle import needs_series, searchset
 from bridge.search.execute import run_search
 from bridge.search.query import PatientRule, parse_search
 from bridge.web.capability import capability_statement
-from bridge.web.keys import CACHE, ENDPOINT, INTERACTIONS, MAPPING, SETTINGS, SOURCE
+from bridge.web.keys import CACHE, ENDPOINT, INTERACTIONS, MAPPING, SEARCH_LIMITS, SETTINGS, SOURCE
 from bridge.web.negotiation import CONTENT_TYPES, fhir_bytes_response, response_type
 
 log = logging.getLogger(__name__)
@@ -101,9 +101,13 @@ async def search_imaging_study(request: web.Request) -> web.Response:
     )
     if query.ignored:
         log.info("search ignored unknown parameters: %s", ", ".join(query.ignored))
-    result = await run_search(app[SOURCE], query, app[MAPPING], complete=needs_series(query), cache=app[CACHE])
+    result = await run_search(
+        app[SOURCE], query, app[MAPPING], complete=needs_series(query), cache=app[CACHE], limits=app[SEARCH_LIMITS]
+    )
     endpoint = app[ENDPOINT] or None
-    bundle = searchset(_base(request), query, result.total, result.resources, endpoint, result.warnings)
+    bundle = searchset(
+        _base(request), query, result.total, result.resources, endpoint, result.warnings, has_next=result.has_next
+    )
     return fhir_bytes_response(media, orjson.dumps(bundle))
 
 
