@@ -115,7 +115,7 @@ class Settings(BaseSettings):
     #: The scheduled refresh also reads studies of the last N days into the cache; 0: none.
     refresh_prewarm_days: Annotated[int, Field(ge=0, le=3650)] = 0
     #: What one search may cost the PACS to find its candidates, across every level: requests, and rows read.
-    search_max_queries: Annotated[int, Field(ge=1, le=1000)] = 20
+    search_max_queries: Annotated[int, Field(ge=1, le=1000)] = 30
     search_max_rows: Annotated[int, Field(ge=1, le=1_000_000)] = 5000
 
     @model_validator(mode="before")

@@ -3,7 +3,7 @@ study crosses a patient boundary, read or searched."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -27,21 +27,28 @@ PAIRS = {
 
 
 @pytest.fixture(scope="module")
-def pairs(orthanc: OrthancServer) -> dict[str, tuple[StudySpec, StudySpec]]:
+def colliding(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancServer]:
+    """An Orthanc of their own: the other suites hold every study of the shared one against its index."""
+    with OrthancServer(tmp_path_factory.mktemp("orthanc-colliding")) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def pairs(colliding: OrthancServer) -> dict[str, tuple[StudySpec, StudySpec]]:
     loaded = {}
     for name, ((first_id, first_issuer), (second_id, second_issuer)) in PAIRS.items():
         study_uid = new_uid()
         first = simple_study(uid=study_uid, patient_id=first_id, issuer=first_issuer, patient_name="First^One")
         second = simple_study(uid=study_uid, patient_id=second_id, issuer=second_issuer, patient_name="Second^Two")
         for spec in (first, second):
-            orthanc.upload_many(encode(spec))
+            colliding.upload_many(encode(spec))
         loaded[name] = (first, second)
     return loaded
 
 
 @pytest.fixture
-async def client(orthanc: OrthancServer) -> AsyncIterator[TestClient]:
-    client = await start_client(orthanc_settings(orthanc))
+async def client(colliding: OrthancServer) -> AsyncIterator[TestClient]:
+    client = await start_client(orthanc_settings(colliding))
     yield client
     await client.close()
 

@@ -134,10 +134,17 @@ async def test_criteria_the_pacs_cannot_page_read_no_more_than_the_budget(
     assert len(double.requests) <= 6
 
 
+@pytest.mark.parametrize(
+    "criteria",
+    [
+        "patient=" + ",".join(f"P{n}" for n in range(7)),  # more queries than the budget
+        "patient=P1,P2",  # two queries, but each with its proof and its issuers' check: eight requests
+    ],
+)
 async def test_an_or_list_beyond_the_budget_is_refused_before_the_pacs_is_asked(
-    client: TestClient, double: PacsDouble
+    client: TestClient, double: PacsDouble, criteria: str
 ) -> None:
-    body = await search(client, "patient=" + ",".join(f"P{n}" for n in range(7)), 400)
+    body = await search(client, criteria, 400)
     assert "fewer OR values" in body["issue"][0]["diagnostics"]
     assert double.requests == []
 

@@ -202,10 +202,10 @@ SNOMED_CODES = sorted({row.split(",")[1] for row in (files("bridge.terminology")
 
 
 def test_a_fan_out_beyond_the_cap_is_too_costly() -> None:
-    with pytest.raises(InvalidRequest, match="more than 20 PACS queries"):
-        plan("patient=" + ",".join(f"P{n}" for n in range(21)))
-    with pytest.raises(InvalidRequest, match="more than 20 series and instance queries"):
-        plan("body-site=" + ",".join(SNOMED_CODES[:21]) + "&patient=P1")
-    assert len(plan("patient=" + ",".join(f"P{n}" for n in range(20)))[0] or ()) == 20
+    with pytest.raises(InvalidRequest, match="more than 30 PACS queries"):
+        plan("patient=" + ",".join(f"P{n}" for n in range(31)))
+    with pytest.raises(InvalidRequest, match="more than 30 series and instance queries"):
+        plan("body-site=" + ",".join(SNOMED_CODES[:31]) + "&patient=P1")
+    assert len(plan("patient=" + ",".join(f"P{n}" for n in range(30)))[0] or ()) == 30
     study, _ = plan("patient=P1,P2&subject=P1,P2")  # the same PatientID filters twice: asked once each
     assert study == [{"PatientID": "P1"}, {"PatientID": "P2"}]

@@ -69,7 +69,7 @@ class SearchResult:
 class Limits:
     """What one search may cost the PACS to find its candidates (BRIDGE_SEARCH_MAX_QUERIES, _MAX_ROWS)."""
 
-    queries: int = 20
+    queries: int = 30
     rows: int = 5000
 
 
@@ -92,6 +92,12 @@ async def run_search(
     page's studies are read as reads are (through the cache, one PACS read per study at a time)."""
     zone: dt.tzinfo = options.zone or dt.UTC
     plan = plan_search(query, max_queries=limits.queries)
+    if (needed := planned_requests(query, plan)) > limits.queries:
+        # Refused before the PACS is asked anything: the requests would be spent, and the search refused anyway.
+        raise TooCostly(
+            f"the search needs at least {needed} PACS requests, more than the {limits.queries} a search may make "
+            "(BRIDGE_SEARCH_MAX_QUERIES); use fewer OR values"
+        )
     try:
         with spending(Budget(limits.queries, limits.rows)):
             if paged_at_pacs(query, plan):
@@ -130,6 +136,17 @@ def paged_at_pacs(query: SearchQuery, plan: Plan) -> bool:
         and query.count > 0
         and query.total != "accurate"
     )
+
+
+def planned_requests(query: SearchQuery, plan: Plan) -> int:
+    """The fewest PACS requests a plan can cost: each list it asks for, and one request past the end of each
+    (no count proves those lists complete), plus a patient search's check of its studies' issuers."""
+    if plan.unsatisfiable:
+        return 0
+    lists = len(plan.study_queries or ()) + sum(len(level.queries) for level in plan.level_queries)
+    if any(c.name in PATIENT_PARAMETERS for c in query.criteria) and plan.study_queries is not None:
+        lists += len({filters.get("PatientID") for filters in plan.study_queries})
+    return 2 * lists
 
 
 def narrowing(query: SearchQuery) -> str:

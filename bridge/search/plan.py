@@ -36,7 +36,7 @@ _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 # Studies are stored under their local date; the bridge reads instants: a day's slack on each side of a range.
 _SLACK = dt.timedelta(days=1)
 #: The most QIDO queries one search may fan out to at the study level, by default (BRIDGE_SEARCH_MAX_QUERIES).
-MAX_QUERIES = 20
+MAX_QUERIES = 30
 #: UIDs in one QIDO UID-list filter.
 UID_CHUNK = 50
 PATIENT_PARAMETERS = frozenset({"patient", "subject"})
