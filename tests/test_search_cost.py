@@ -82,7 +82,7 @@ def links(bundle: dict[str, Any]) -> dict[str, str]:
     return {link["relation"]: link["url"] for link in bundle["link"]}
 
 
-@pytest.mark.parametrize("criteria", ["", "modality=CT&"], ids=["unnarrowed", "by-modality"])
+@pytest.mark.parametrize("criteria", ["", "status=available&"], ids=["unnarrowed", "by-status"])
 @pytest.mark.parametrize("offset", [0, 130], ids=["page-1", "page-14"])
 async def test_a_page_is_read_at_the_pacs_whatever_its_offset(
     client: TestClient, double: PacsDouble, criteria: str, offset: int
@@ -91,26 +91,41 @@ async def test_a_page_is_read_at_the_pacs_whatever_its_offset(
     assert len(bundle["entry"]) == 10
     assert "total" not in bundle  # not counted: that would read every row
     assert "_offset=" in links(bundle)["next"]
-    assert rows_allowed(double) == [11]  # one page and one row to see that there is a next
-    assert asked(double)[0].get("offset", ["0"]) == [str(offset)]
+    page, shared = asked(double)
+    assert (page["limit"], page.get("offset", ["0"])) == (["10"], [str(offset)])
+    assert len(shared["StudyInstanceUID"][0].split(",")) == 10  # who else holds the page's UIDs
+    assert double.rows_sent == [10, 10]  # two page-sizes of rows, whatever the offset
 
 
 async def test_the_last_page_read_at_the_pacs_has_no_next_link(client: TestClient, double: PacsDouble) -> None:
     bundle = await search(client, "_count=10&_offset=295&_elements=identifier")
     assert len(bundle["entry"]) == 5
     assert "next" not in links(bundle)
-    assert rows_allowed(double) == [11, 1]  # a short page: its end proved by asking past it
+    assert double.rows_sent == [5, 0, 5]  # a short page, its end proved by asking past it; its UIDs' holders
 
 
 async def test_pages_read_at_the_pacs_neither_repeat_nor_skip_a_study(client: TestClient) -> None:
     seen: list[str] = []
-    url: str | None = "/fhir/ImagingStudy?modality=MR&_count=40&_elements=identifier"
+    url: str | None = "/fhir/ImagingStudy?_count=40&_elements=identifier"
     while url is not None:
         response = await client.get(url.removeprefix("https://fhir.example.org"))
         bundle = await response.json()
         seen += [entry["resource"]["id"] for entry in bundle.get("entry", [])]
         url = links(bundle).get("next")
-    assert sorted(seen) == sorted(f"2.25.{n + 1}" for n in range(1, STUDIES, 2))
+    assert sorted(seen) == sorted(f"2.25.{n + 1}" for n in range(STUDIES))
+
+
+async def test_a_uid_two_patients_hold_is_left_out_of_pages_read_at_the_pacs(
+    client: TestClient, double: PacsDouble
+) -> None:
+    twin = dict(double.rows.studies[0], **{"00100020": el("LO", "P-OTHER")})
+    double.rows.studies.append(twin)  # its rows are on the first page and on the last
+    first = await search(client, "_count=10&_elements=identifier")
+    last = await search(client, "_count=10&_offset=300&_elements=identifier")
+    for bundle in (first, last):
+        assert "2.25.1" not in [e["resource"]["id"] for e in bundle["entry"] if e["search"]["mode"] == "match"]
+        outcome = next(e["resource"] for e in bundle["entry"] if e["search"]["mode"] == "outcome")
+        assert "study 2.25.1 is registered under 2 patients" in outcome["issue"][0]["diagnostics"]
 
 
 async def test_a_count_of_the_whole_archive_is_refused_naming_what_to_add(
@@ -123,7 +138,7 @@ async def test_a_count_of_the_whole_archive_is_refused_naming_what_to_add(
 
 
 @pytest.mark.parametrize(
-    "criteria", [f"dicom-class={CT}", "body-site=816094009", "started=2024-03-01", "_total=accurate"]
+    "criteria", [f"dicom-class={CT}", "body-site=816094009", "started=2024-03-01", "modality=CT", "_total=accurate"]
 )
 async def test_criteria_the_pacs_cannot_page_read_no_more_than_the_budget(
     client: TestClient, double: PacsDouble, criteria: str

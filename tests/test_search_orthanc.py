@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestClient
 from fhirpy import AsyncFHIRClient
 from fhirpy.base.searchset import Raw
 
+from bridge.mapping.dicomjson import is_uid
 from tests.conftest import orthanc_settings, start_client
 from tests.support import search_catalog
 from tests.support.dicomgen import MR_IMAGE, StudySpec, encode
@@ -642,3 +643,30 @@ async def test_fhirpy_searches_and_pages(client: TestClient, search_studies: Sea
     assert {(r["id"], r["subject"]["identifier"]["value"]) for r in odd} == resolve(search_studies, ODD)
     ct = await studies.search(patient=KINDS_PATIENT, modality=f"{DCM}|CT").fetch_all()
     assert {r["id"] for r in ct} == {search_studies.kinds[n].uid for n in ("ct_chest", "ct_mr")}
+
+
+# ---- pages read at the PACS ----
+
+
+async def test_unnarrowed_pages_read_at_orthanc_cover_every_study_once(
+    client: TestClient, orthanc: OrthancServer, search_studies: SearchCatalog
+) -> None:
+    bundles = [await first_page(client, [("_count", "9"), ("_elements", "identifier")])]
+    async with aiohttp.ClientSession() as session:
+        while (url := link(bundles[-1], "next")) is not None:
+            assert len(bundles) < 200, "runaway paging"
+            bundles.append(await get_bundle(session, url))
+    assert all("total" not in bundle for bundle in bundles)
+    found = [resource["id"] for bundle in bundles for resource in matches(bundle)]
+    left_out = {
+        word
+        for bundle in bundles
+        for entry in bundle.get("entry", [])
+        if entry["search"]["mode"] == "outcome"
+        for issue in entry["resource"]["issue"]
+        for word in issue["diagnostics"].split()
+        if "." in word and is_uid(word)
+    }
+    held = {study["MainDicomTags"]["StudyInstanceUID"] for study in orthanc.get_json("/studies?expand")}
+    assert len(found) == len(set(found)), sorted(u for u in set(found) if found.count(u) > 1)
+    assert set(found) | left_out == {uid for uid in held if is_uid(uid)}

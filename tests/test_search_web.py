@@ -123,7 +123,7 @@ async def test_elements_without_series_reads_only_the_study_level(client: TestCl
     resource = body["entry"][0]["resource"]
     assert set(resource) == {"resourceType", "id", "meta", "identifier", "modality", "status", "subject"}
     assert resource["meta"]["tag"][0]["code"] == "SUBSETTED"
-    assert source.calls == ["studies"]  # one PACS query for the page: no series, no instances
+    assert source.calls == ["studies", "studies"]  # the page, and who else holds its UIDs: no series, no instances
 
 
 async def test_include_endpoint(client: TestClient) -> None:

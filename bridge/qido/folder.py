@@ -91,10 +91,16 @@ class FolderQidoSource:
             raise UpstreamUnavailable(f"{self.description} is not indexed yet")
 
     async def search_studies(
-        self, filters: Filters, fields: Sequence[str], *, limit: int | None = None, offset: int = 0
+        self,
+        filters: Filters,
+        fields: Sequence[str],
+        *,
+        limit: int | None = None,
+        offset: int = 0,
+        as_listed: bool = False,
     ) -> list[DicomJson]:
         rows = await self._call(lambda c: c.search_for_studies(search_filters=dict(filters)))
-        found = merge_rows(rows, (tags.STUDY_INSTANCE_UID, *tags.OWNER))
+        found = merge_rows(rows, (tags.STUDY_INSTANCE_UID, *tags.OWNER) if not as_listed else ())
         return found[offset : offset + limit] if limit is not None else found[offset:]
 
     async def search_series(

@@ -107,13 +107,20 @@ class HttpQidoSource:
         await self._session.close()
 
     async def search_studies(
-        self, filters: Filters, fields: Sequence[str], *, limit: int | None = None, offset: int = 0
+        self,
+        filters: Filters,
+        fields: Sequence[str],
+        *,
+        limit: int | None = None,
+        offset: int = 0,
+        as_listed: bool = False,
     ) -> list[DicomJson]:
         # A StudyInstanceUID may be registered under two patients: keep one row each so that stays visible.
-        key = (tags.STUDY_INSTANCE_UID, *tags.OWNER)
-        # One UID's rows (one per patient holding it) need no proof of their end: no PACS caps an answer at one
-        # row, and every series and instance row of the study is checked against them anyway.
-        keyed = set(filters) == {"StudyInstanceUID"} and "," not in filters["StudyInstanceUID"]
+        key = (tags.STUDY_INSTANCE_UID, *tags.OWNER) if not as_listed else ()
+        # Rows asked for by UID (one per patient holding each) need no proof of their end: a list holds at most
+        # fifty UIDs (the planner's chunks), no PACS caps an answer below that, and every series and instance
+        # row of a study read is checked against them anyway.
+        keyed = set(filters) == {"StudyInstanceUID"}
         return await self._query("/studies", filters, fields, key, prove=not keyed, window=(offset, limit))
 
     async def search_series(
@@ -178,13 +185,15 @@ class HttpQidoSource:
         # Only what was asked for is kept: PACSes add their own defaults to every row (Orthanc: about fourteen
         # attributes per instance), and a 10,000-instance study's rows are most of a read's memory.
         wanted = tuple(dict.fromkeys([*fields, *key_tags])) if fields else None
-        offset, most = window
+        start, most = window
+        offset = start
         repeats = 0
         proving = False
         budget = current_budget()
         for _ in range(MAX_PAGES):
-            # A proof asks for one row past the end (Orthanc ignores an offset that comes without a limit).
-            limit = 1 if proving else _smallest(self._page_size, most - len(merged) if most is not None else None)
+            # A window is rows [start, start + most) of the PACS's answer, however many of them merge. A proof
+            # asks for one row past the end.
+            limit = 1 if proving else _smallest(self._page_size, most - (offset - start) if most is not None else None)
             if budget is not None:
                 limit = budget.limit(limit)
             query = query_string(filters, fields, limit, offset=offset)
@@ -196,8 +205,8 @@ class HttpQidoSource:
             offset += len(page)
             before = len(merged)
             merged.add(page)
-            if most is not None and len(merged) >= most:
-                return merged.rows[:most]
+            if most is not None and offset - start >= most:
+                return merged.rows
             if proving and page and len(merged) > before:
                 proving = False
                 continue  # rows past what looked like the end: a silent cap; read on, page by page

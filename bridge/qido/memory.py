@@ -64,7 +64,13 @@ class MemoryQidoSource:
         self.calls: list[str] = []
 
     async def search_studies(
-        self, filters: Filters, fields: Sequence[str], *, limit: int | None = None, offset: int = 0
+        self,
+        filters: Filters,
+        fields: Sequence[str],
+        *,
+        limit: int | None = None,
+        offset: int = 0,
+        as_listed: bool = False,
     ) -> list[DicomJson]:
         self._called("studies")
         found = [row for row in self.studies if qido_match(row, filters)]

@@ -35,10 +35,17 @@ class QidoSource(Protocol):
     description: str
 
     async def search_studies(
-        self, filters: Filters, fields: Sequence[str], *, limit: int | None = None, offset: int = 0
+        self,
+        filters: Filters,
+        fields: Sequence[str],
+        *,
+        limit: int | None = None,
+        offset: int = 0,
+        as_listed: bool = False,
     ) -> list[DicomJson]:
         """Every study row matching ``filters``, with ``fields`` included; with ``limit``, at most that many of
-        them from ``offset`` on, in the PACS's own order (a page of its answer)."""
+        them from ``offset`` on, in the PACS's own order (a page of its answer). Rows of one study and patient
+        are merged into one, unless ``as_listed``: then every row comes as the PACS listed it."""
         ...
 
     async def search_series(

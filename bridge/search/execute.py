@@ -73,9 +73,11 @@ class Limits:
     rows: int = 5000
 
 
-#: Criteria a PACS decides as the bridge would: with only these (or none), a page is read at the PACS with
-#: ``limit``/``offset``, in the PACS's order, and costs about one page of rows whatever its offset.
-EXACT_AT_PACS = frozenset({"modality", "status", "endpoint"})
+#: Criteria that put no filter on the PACS's study query: with only these (or none), a page is read at the PACS
+#: with ``limit``/``offset``, in the PACS's order, and costs about one page of rows whatever its offset. Not
+#: ``modality``: Orthanc (1.10) applies ``limit`` before ``offset`` to a ModalitiesInStudy query
+#: (``limit=5&offset=5`` answers nothing), so its pages past the first would come back empty, as if at the end.
+EXACT_AT_PACS = frozenset({"status", "endpoint"})
 
 
 async def run_search(
@@ -164,16 +166,40 @@ def narrowing(query: SearchQuery) -> str:
 async def _pacs_page(
     source: QidoSource, query: SearchQuery, plan: Plan, options: MappingOptions, zone: dt.tzinfo
 ) -> tuple[list[Candidate], bool, list[str]]:
-    """One page of study rows read at the PACS (one more than the page, to know whether there is a next one),
-    each checked exactly."""
+    """One page of study rows read at the PACS, each checked exactly, and a full page taken to mean there may be a
+    next one.
+
+    A StudyInstanceUID the PACS lists more than once (two patients; or one patient in two entries, as Orthanc
+    keeps PatientIDs differing in padding) can have its rows on two pages, and no page can tell on which the
+    other is: the page's UIDs are asked for again, and those listed more than once are left out, with a warning
+    that says how to get them (a search that names the patient, which reads every row of its studies)."""
     assert plan.study_queries is not None
+    # As listed: a row merged away would shift the page boundary (the next page starts at the PACS's offset).
     rows = await source.search_studies(
-        plan.study_queries[0], tags.STUDY_FIELDS, limit=query.count + 1, offset=query.offset
+        plan.study_queries[0], tags.STUDY_FIELDS, limit=query.count, offset=query.offset, as_listed=True
     )
-    more = len(rows) > query.count
-    candidates = _matching(rows[: query.count], query, [], options, zone)
-    kept, warnings = _one_patient_each(candidates, scoped=False)
-    return kept, more, warnings
+    uids = sorted({study_uid for row in rows if (study_uid := uid(row, tags.STUDY_INSTANCE_UID))})
+    chunks = [uids[i : i + UID_CHUNK] for i in range(0, len(uids), UID_CHUNK)]
+    listed: dict[str, list[Identity | None]] = {}
+    for chunk in await gather_all(
+        *(source.search_studies({"StudyInstanceUID": ",".join(c)}, (tags.STUDY_INSTANCE_UID, *tags.OWNER),
+                                as_listed=True)
+          for c in chunks)
+    ):  # fmt: skip
+        for row in chunk:
+            listed.setdefault(uid(row, tags.STUDY_INSTANCE_UID) or "", []).append(identity_of(row))
+    warnings = []
+    for study_uid in (u for u in uids if len(listed.get(u, ())) > 1):
+        patients = len(set(listed[study_uid]))
+        warnings.append(
+            f"study {study_uid} is registered under {patients} patients in the PACS and was left out; "
+            "search with patient=… to get each patient's part of it"
+            if patients > 1
+            else f"study {study_uid} is listed {len(listed[study_uid])} times by the PACS (one patient) and was "
+            "left out of this page, which cannot tell on which page it belongs; search with patient=… to get it"
+        )
+    kept = [row for row in rows if len(listed.get(uid(row, tags.STUDY_INSTANCE_UID) or "", ())) <= 1]
+    return _matching(kept, query, [], options, zone), len(rows) == query.count, warnings
 
 
 async def find_candidates(

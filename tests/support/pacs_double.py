@@ -35,8 +35,9 @@ class PacsDouble:
     #: Leave out NumberOfStudyRelatedSeries/Instances and NumberOfSeriesRelatedInstances.
     counts: bool = True
     honours_offset: bool = True
-    #: Every request's path and query, in order.
+    #: Every request's path and query, in order, and the rows sent in answer to each.
     requests: list[str] = field(default_factory=list)
+    rows_sent: list[int] = field(default_factory=list)
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -70,6 +71,7 @@ class PacsDouble:
         window = rows[offset : offset + limit]
         if not self.counts:
             window = [{tag: value for tag, value in row.items() if tag not in COUNTS} for row in window]
+        self.rows_sent.append(len(window))
         return web.Response(body=orjson.dumps(window), content_type="application/dicom+json")
 
 
