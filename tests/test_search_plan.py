@@ -135,6 +135,11 @@ REFUSALS = [
     ("_count=ten", "_count takes a whole number"),
     ("_count=1&_count=2", "_count may be given once"),
     ("_offset=x", "_offset takes a whole number"),
+    # Digits str.isdigit() accepts: "²" made int() raise (a 500), "٣" was read as 3. ASCII digits alone.
+    ("_count=²", "_count takes a whole number"),
+    ("_offset=²", "_offset takes a whole number"),
+    ("_count=٣", "_count takes a whole number"),
+    ("_offset=１", "_offset takes a whole number"),
     ("_summary=text", "_summary=text is not supported"),
     ("_elements=identifier,foo", "foo are not ImagingStudy elements"),
     ("_summary=true&_elements=identifier", "cannot be combined"),

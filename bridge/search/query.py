@@ -53,6 +53,8 @@ MAX_VALUES = 100
 MAX_LENGTH = 4000
 
 _DICOM_UNSAFE = re.compile(r"[*?\\]")
+#: ``str.isdigit`` and ``int`` accept other scripts' digits (``²``, ``٣``): a number here is ASCII digits alone.
+_WHOLE_NUMBER = re.compile(r"[0-9]{1,9}")
 _FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _DATE = re.compile(
     r"^(?P<prefix>eq|ne|gt|lt|ge|le|sa|eb|ap)?(?P<year>\d{4})(?:-(?P<month>\d{2})(?:-(?P<day>\d{2})"
@@ -371,6 +373,6 @@ def _non_negative(result: dict[str, str], name: str, default: int) -> int:
     raw = result.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or len(raw) > 9:
+    if not _WHOLE_NUMBER.fullmatch(raw):
         raise InvalidRequest(f"{name} takes a whole number ≥ 0, not {raw!r}")
     return int(raw)
