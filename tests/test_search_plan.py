@@ -155,13 +155,18 @@ def test_malformed_values_are_400_naming_the_problem(query: str, message: str) -
         parse_search(parse_qsl(query, keep_blank_values=True))
 
 
-def test_unknown_parameters_are_ignored_when_lenient_and_refused_when_strict() -> None:
+def test_unknown_parameters_are_refused_unless_lenient() -> None:
     params = [("foo", "bar"), ("_sort", "-started"), ("_include", "ImagingStudy:patient"), ("patient", "P1")]
-    lenient = parse_search(params)
+    lenient = parse_search(params, strict=False)
     assert lenient.ignored == ("foo", "_sort", "_include=ImagingStudy:patient")
     assert [c.name for c in lenient.criteria] == ["patient"]
-    with pytest.raises(InvalidRequest, match="unknown search parameter foo"):
-        parse_search(params, strict=True)
+    with pytest.raises(InvalidRequest, match="unknown search parameters: foo, _sort;"):
+        parse_search(params)
+
+
+def test_an_unknown_name_differing_only_in_case_gets_a_suggestion() -> None:
+    with pytest.raises(InvalidRequest, match=r"Subject:IDENTIFIER \(did you mean subject:IDENTIFIER\?\)"):
+        parse_search([("Subject:IDENTIFIER", "x|1")])
 
 
 @pytest.mark.parametrize(("count", "expected"), [("0", 0), ("5", 5), ("100", 100), ("1000", 100)])

@@ -146,11 +146,13 @@ class SearchQuery:
 def parse_search(
     params: Iterable[tuple[str, str]],
     *,
-    strict: bool = False,
+    strict: bool = True,
     zone: dt.tzinfo = dt.UTC,
     patients: PatientRule = PatientRule(),
 ) -> SearchQuery:
-    """Parse query or form parameters. ``strict`` refuses unknown parameters (``Prefer: handling=strict``).
+    """Parse query or form parameters. Unknown parameters are refused, naming them all; ``strict=False``
+    (``Prefer: handling=lenient``) ignores them instead. Refusing is the default because an unknown parameter
+    ignored widens the search: ``?Patient=P2`` (a misspelt ``patient``) would return every patient's studies.
 
     ``zone`` is the zone of date search values without one (and of whole days): BRIDGE_TIMEZONE, else UTC.
     ``patients`` turns ``Patient/<id>`` into the PatientID it stands for.
@@ -173,8 +175,6 @@ def parse_search(
             raise InvalidRequest(f"chained search {key} is not supported (patient.identifier is)")
         parameter = BY_NAME.get(name)
         if parameter is None:
-            if strict:
-                raise InvalidRequest(f"unknown search parameter {key} (Prefer: handling=strict)")
             ignored.append(key)
             continue
         if modifier == "Patient" and name in ("patient", "subject"):
@@ -190,7 +190,24 @@ def parse_search(
             raise TooCostly(f"a search may hold at most {MAX_VALUES} values; {key} brings more")
         if sum(len(c.applied[1]) for c in criteria) > MAX_LENGTH:
             raise TooCostly(f"the search's values exceed {MAX_LENGTH} characters: too long to page by links")
+    if strict and ignored:
+        raise InvalidRequest(_unknown(ignored))
     return _with_result_parameters(criteria, result, ignored, strict)
+
+
+def _unknown(keys: Sequence[str]) -> str:
+    """What to say of unknown parameters: their names, a known name that differs only in case, the way out."""
+    known = {name.lower(): name for name in (*BY_NAME, *CHAINS, *RESULT_PARAMETERS, *FORMAT_PARAMETERS)}
+    named = []
+    for key in dict.fromkeys(keys):
+        name, colon, modifier = key.partition(":")
+        suggestion = known.get(name.lower())
+        named.append(f"{key} (did you mean {suggestion}{colon}{modifier}?)" if suggestion else key)
+    return (
+        f"unknown search parameter{'s' if len(named) > 1 else ''}: {', '.join(named)}; the parameters served are "
+        "listed in /fhir/metadata (names are case-sensitive). Send Prefer: handling=lenient to have unknown "
+        "parameters ignored"
+    )
 
 
 def _split(key: str, raw: str) -> list[str]:

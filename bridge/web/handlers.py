@@ -11,11 +11,12 @@ from multidict import CIMultiDict
 
 from bridge.cache.freshness import Entry
 from bridge.cache.service import HIT
-from bridge.errors import InvalidRequest, NotFound, UnsupportedMediaType, UpstreamError
+from bridge.errors import NotFound, UpstreamError
 from bridge.search.bundle import needs_series, searchset
 from bridge.search.execute import run_search
 from bridge.search.query import PatientRule, parse_search
 from bridge.web.capability import capability_statement
+from bridge.web.form import check_form_type, form_parameters
 from bridge.web.keys import CACHE, ENDPOINT, INTERACTIONS, MAPPING, SETTINGS, SOURCE
 from bridge.web.negotiation import CONTENT_TYPES, fhir_bytes_response, response_type
 
@@ -86,19 +87,13 @@ async def search_imaging_study(request: web.Request) -> web.Response:
     app = request.app
     params = [(key, value) for key, value in request.query.items()]
     if request.method == "POST":
-        if request.content_type != "application/x-www-form-urlencoded":
-            raise UnsupportedMediaType(
-                f"POST _search takes application/x-www-form-urlencoded, not {request.content_type or 'no body type'}"
-            )
-        try:
-            form = await request.post()
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise InvalidRequest(f"the POST _search body is not a UTF-8 form ({type(exc).__name__})") from None
-        params += [(key, value) for key, value in form.items() if isinstance(value, str)]
+        check_form_type(request.content_type, request.charset)
+        params += form_parameters(await request.read())
     settings = app[SETTINGS]
     query = parse_search(
-        params, strict=_strict(request), zone=settings.zone or dt.UTC, patients=PatientRule(settings.patient_reference)
-    )
+        params, strict=not _lenient(request), zone=settings.zone or dt.UTC,
+        patients=PatientRule(settings.patient_reference),
+    )  # fmt: skip
     if query.ignored:
         log.info("search ignored unknown parameters: %s", ", ".join(query.ignored))
     result = await run_search(app[SOURCE], query, app[MAPPING], complete=needs_series(query), cache=app[CACHE])
@@ -107,11 +102,12 @@ async def search_imaging_study(request: web.Request) -> web.Response:
     return fhir_bytes_response(media, orjson.dumps(bundle))
 
 
-def _strict(request: web.Request) -> bool:
-    """``Prefer: handling=strict`` (RFC 7240; lenient is the default)."""
+def _lenient(request: web.Request) -> bool:
+    """``Prefer: handling=lenient`` (RFC 7240; FHIR search "handling"): unknown parameters are then ignored
+    rather than refused, as they are by default."""
     preferences = request.headers.getall("Prefer", [])
     return any(
-        part.strip().lower().replace(" ", "") == "handling=strict"
+        part.strip().lower().replace(" ", "") == "handling=lenient"
         for header in preferences
         for part in header.replace(";", ",").split(",")
     )
