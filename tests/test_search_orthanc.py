@@ -638,7 +638,9 @@ async def test_fhirpy_searches_and_pages(client: TestClient, search_studies: Sea
     async for _ in studies.search(patient=PAGING_PATIENT).limit(10):
         pages += 1
     assert pages == 45
-    assert await studies.search(patient=PAGING_PATIENT).count() == 45
+    # fhirpy's count() adds Aidbox's _totalMethod, unknown here: refused unless the client asks for leniency.
+    lenient = AsyncFHIRClient(base, extra_headers={"Accept": "application/fhir+json", "Prefer": "handling=lenient"})
+    assert await lenient.resources("ImagingStudy").search(patient=PAGING_PATIENT).count() == 45
     odd = await studies.search(Raw(**{"patient:identifier": ODD_PATIENT})).limit(1).fetch_all()
     assert {(r["id"], r["subject"]["identifier"]["value"]) for r in odd} == resolve(search_studies, ODD)
     ct = await studies.search(patient=KINDS_PATIENT, modality=f"{DCM}|CT").fetch_all()
