@@ -171,7 +171,6 @@ ODD = ["patients.odd", "patients.odd_twice"]
 PATIENT_CASES = {
     "Patient/id": ([("patient", "Patient/QSX-CASE")], CASE),
     "bare id": ([("patient", "QSX-CASE")], CASE),
-    "absolute URL": ([("patient", "https://ehr.example.org/fhir/Patient/QSX-CASE")], CASE),
     "lower-case twin": ([("patient", "Patient/qsx-case")], ["patients.case_lower"]),
     "subject": ([("subject", "Patient/QSX-CASE")], CASE),
     "OR of the case twins": ([("patient", "Patient/QSX-CASE,Patient/qsx-case")], [*CASE, "patients.case_lower"]),
@@ -254,6 +253,18 @@ async def test_patient_search(
     """Orthanc matches PatientID case-insensitively and the bridge widens unsafe characters to wildcards:
     the decoys come back from the PACS, and must not come back from the bridge."""
     assert await found_keys(client, params) == resolve(search_studies, expected)
+
+
+async def test_an_absolute_patient_reference_counts_only_on_this_server(
+    client: TestClient, search_studies: SearchCatalog
+) -> None:
+    own = str(client.make_url("/fhir/Patient/QSX-CASE"))
+    assert await found_keys(client, [("patient", own)]) == resolve(search_studies, CASE)
+    foreign = await client.get(
+        "/fhir/ImagingStudy", params={"patient": "https://ehr.example.org/fhir/Patient/QSX-CASE"}
+    )
+    assert foreign.status == 400
+    validate(await foreign.json(content_type=None))
 
 
 @pytest.mark.parametrize(("params", "expected"), cases(KINDS_CASES))

@@ -160,6 +160,14 @@ async def test_unknown_parameters_are_refused_by_default_and_ignored_on_request(
     assert "frobnicate" not in (link(lenient, "self") or "")
 
 
+async def test_a_foreign_patient_reference_is_refused(client: TestClient, source: MemoryQidoSource) -> None:
+    body = await bundle(client, "patient=http://evil/fhir/Patient/P1", 400)
+    assert "'http://evil/fhir/Patient/P1' refers to another server" in body["issue"][0]["diagnostics"]
+    assert source.calls == []
+    own = await bundle(client, "patient=https://fhir.example.org/fhir/Patient/P1&_count=1")
+    assert own["total"] == 12
+
+
 @pytest.mark.parametrize("query", ["Patient=P2", "PATIENT=P2", "Patient=P2&PATIENT=P2"])
 async def test_a_misspelt_patient_is_refused_not_ignored(client: TestClient, query: str) -> None:
     body = await bundle(client, query, 400)
@@ -348,7 +356,7 @@ async def test_a_form_in_another_charset_is_a_415(client: TestClient, charset: s
 @pytest.mark.parametrize("charset", ["", "; charset=utf-8", "; charset=UTF8"])
 async def test_a_utf8_form_is_read(client: TestClient, charset: str) -> None:
     response = await client.post(
-        "/fhir/ImagingStudy/_search", data="patient=P1&_count=1&_elements=identifier\n".encode(),
+        "/fhir/ImagingStudy/_search", data=b"patient=P1&_count=1&_elements=identifier\n",
         headers={"Content-Type": FORM + charset},
     )  # fmt: skip
     assert response.status == 200, await response.text()

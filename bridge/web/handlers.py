@@ -89,16 +89,16 @@ async def search_imaging_study(request: web.Request) -> web.Response:
     if request.method == "POST":
         check_form_type(request.content_type, request.charset)
         params += form_parameters(await request.read())
-    settings = app[SETTINGS]
+    settings, base = app[SETTINGS], _base(request)
     query = parse_search(
         params, strict=not _lenient(request), zone=settings.zone or dt.UTC,
-        patients=PatientRule(settings.patient_reference),
+        patients=PatientRule(settings.patient_reference), base=base,
     )  # fmt: skip
     if query.ignored:
         log.info("search ignored unknown parameters: %s", ", ".join(query.ignored))
     result = await run_search(app[SOURCE], query, app[MAPPING], complete=needs_series(query), cache=app[CACHE])
     endpoint = app[ENDPOINT] or None
-    bundle = searchset(_base(request), query, result.total, result.resources, endpoint, result.warnings)
+    bundle = searchset(base, query, result.total, result.resources, endpoint, result.warnings)
     return fhir_bytes_response(media, orjson.dumps(bundle))
 
 
