@@ -79,6 +79,15 @@ async def test_searchset_bundle(client: TestClient) -> None:
     assert link(body, "self") == "https://fhir.example.org/fhir/ImagingStudy?patient=P1&_count=5"
 
 
+async def test_search_bundles_are_not_stored_by_any_cache(client: TestClient) -> None:
+    got = await client.get("/fhir/ImagingStudy?patient=P1&_count=1")
+    posted = await client.post("/fhir/ImagingStudy/_search", data={"patient": "P1"})
+    read = await client.get("/fhir/ImagingStudy/2.25.1")
+    assert (got.status, posted.status, read.status) == (200, 200, 200)
+    assert got.headers["Cache-Control"] == posted.headers["Cache-Control"] == "private, no-store"
+    assert read.headers["Cache-Control"] == "private, no-cache"  # reads revalidate with their ETag
+
+
 async def test_following_next_visits_every_study_once_and_previous_goes_back(client: TestClient) -> None:
     seen: list[str] = []
     url: str | None = "/fhir/ImagingStudy?_count=5&started=ge2024-03"

@@ -99,7 +99,10 @@ async def search_imaging_study(request: web.Request) -> web.Response:
     result = await run_search(app[SOURCE], query, app[MAPPING], complete=needs_series(query), cache=app[CACHE])
     endpoint = app[ENDPOINT] or None
     bundle = searchset(base, query, result.total, result.resources, endpoint, result.warnings)
-    return fhir_bytes_response(media, orjson.dumps(bundle))
+    response = fhir_bytes_response(media, orjson.dumps(bundle))
+    # Patient data, and unlike a read no validator to revalidate with: no cache may keep it, the client's included.
+    response.headers[hdrs.CACHE_CONTROL] = "private, no-store"
+    return response
 
 
 def _lenient(request: web.Request) -> bool:
