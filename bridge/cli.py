@@ -57,6 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         host = args.host or settings.host
         port = args.port if args.port is not None else settings.port
+        settings = settings.model_copy(update={"host": host, "port": port})  # the names links may be built from
         app = create_app(settings)
         app.on_startup.append(_tune_gc)
         try:

@@ -7,11 +7,17 @@ claims to be FHIR valid R5.
 from __future__ import annotations
 
 import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
 from urllib.parse import quote
 
 import pytest
+from aiohttp.test_utils import TestClient
 
-from bridge.settings import load_settings
+from bridge.errors import MisdirectedRequest
+from bridge.settings import Settings, load_settings
+from bridge.web.hosts import HostCheck
 from tests.conftest import start_client
 from tests.support.fhircheck import validate
 from tests.test_search_web import pacs
@@ -71,3 +77,80 @@ async def test_hostile_requests_get_well_formed_answers(seed: int) -> None:
             assert text
     finally:
         await client.close()
+
+
+# ---- requests crafted against one weakness each ----
+
+
+def settings_of(**environ: str) -> Settings:
+    return load_settings({"BRIDGE_QIDO_URL": "http://pacs/dicom-web", "BRIDGE_ACCESS_LOG": "false",
+                          **{f"BRIDGE_{key.upper()}": value for key, value in environ.items()}})  # fmt: skip
+
+
+@asynccontextmanager
+async def running(**environ: str) -> AsyncIterator[TestClient]:
+    client = await start_client(settings_of(**environ), pacs(3))
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+def links_of(body: dict[str, Any]) -> list[str]:
+    return [link["url"] for link in body["link"]] + [entry["fullUrl"] for entry in body.get("entry", [])]
+
+
+@pytest.mark.parametrize("path", ["/fhir/ImagingStudy?_count=1", "/fhir/metadata", "/fhir/ImagingStudy/2.25.1"])
+async def test_an_unknown_host_is_refused_when_links_come_from_the_host(path: str) -> None:
+    async with running() as client:
+        response = await client.get(path, headers={"Host": "evil.example"})
+        assert response.status == 421
+        body = await response.json()
+        validate(body)
+        assert "BRIDGE_PUBLIC_URL" in body["issue"][0]["diagnostics"]
+        assert "BRIDGE_ALLOWED_HOSTS" in body["issue"][0]["diagnostics"]
+
+
+@pytest.mark.parametrize("host", ["localhost:8080", "LOCALHOST", "127.0.0.1:1", "[::1]:8080", "localhost."])
+async def test_loopback_hosts_shape_links_by_default(host: str) -> None:
+    async with running() as client:
+        response = await client.get("/fhir/ImagingStudy?_count=1", headers={"Host": host})
+        assert response.status == 200
+        assert all(url.lower().startswith(f"http://{host.lower()}/fhir/") for url in links_of(await response.json()))
+
+
+async def test_with_a_public_url_the_host_shapes_no_link() -> None:
+    async with running(public_url="https://fhir.example.org/fhir") as client:
+        response = await client.get("/fhir/ImagingStudy?_count=1", headers={"Host": "evil.example"})
+        assert response.status == 200
+        urls = links_of(await response.json())
+        assert urls
+        assert all(url.startswith("https://fhir.example.org/fhir/") for url in urls)
+
+
+async def test_allowed_hosts_replace_the_defaults() -> None:
+    async with running(allowed_hosts="fhir.internal, 10.1.2.3") as client:
+        for host, status in (("fhir.internal:8080", 200), ("10.1.2.3", 200), ("localhost", 421), ("evil", 421)):
+            response = await client.get("/fhir/metadata", headers={"Host": host})
+            assert response.status == status, host
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/metrics"])
+async def test_probes_answer_any_host(path: str) -> None:
+    async with running() as client:
+        assert (await client.get(path, headers={"Host": "10.0.0.7:8080"})).status == 200
+
+
+@pytest.mark.parametrize(
+    ("header", "allowed"),
+    [("localhost", True), ("localhost:8080", True), ("localhost:", True), ("[::1]:80", True), ("[0:0::1]", True),
+     ("Localhost", True), ("localhost:80x", False), ("localhost.evil", False), ("[::1", False), ("", False),
+     ("evil@localhost", False), ("localhost:8080:1", False), ("[::2]", False)],
+)  # fmt: skip
+def test_host_check(header: str, allowed: bool) -> None:
+    check = HostCheck(frozenset({"localhost", "[::1]"}))
+    if allowed:
+        check(header)
+    else:
+        with pytest.raises(MisdirectedRequest):
+            check(header)

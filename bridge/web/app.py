@@ -24,6 +24,7 @@ from bridge.web.handlers import (
     readyz,
     search_imaging_study,
 )
+from bridge.web.hosts import HostCheck
 from bridge.web.keys import ENDPOINT, INTERACTIONS, MAPPING, SETTINGS, SOURCE
 
 #: A POST _search form is a few kilobytes; nothing else has a body.
@@ -79,7 +80,8 @@ def create_app(settings: Settings, source: QidoSource | None = None) -> web.Appl
     app.cleanup_ctx.append(contexts.study_cache)
     app.cleanup_ctx.append(contexts.refresher)
 
-    envelope = observe.Envelope(access_log, settings.request_deadline)
+    hosts = settings.link_hosts
+    envelope = observe.Envelope(access_log, settings.request_deadline, HostCheck(hosts) if hosts is not None else None)
     routes = [
         ("GET", "/fhir/metadata", metadata),
         *((route.method, route.path, route.handler) for route in FHIR_ROUTES),

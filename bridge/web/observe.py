@@ -22,13 +22,14 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import IO
 
 import orjson
-from aiohttp import web
+from aiohttp import hdrs, web
 from multidict import istr
 from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from bridge.qido.resilience import DEADLINE
 from bridge.telemetry import REGISTRY, REQUEST_ID, STATS
+from bridge.web.hosts import HostCheck
 from bridge.web.outcomes import check_size, error_response
 
 #: Case-insensitive once, not on every lookup (as aiohttp's ``hdrs`` names are).
@@ -110,21 +111,25 @@ class RequestIds:
 
 
 class Envelope:
-    """What every request goes through: its id, its deadline, error rendering (``bridge.web.outcomes``), metrics
-    and, if asked, the access log.
+    """What every request goes through: its id, its deadline, the Host check of FHIR routes (``hosts``, when
+    links are built from the Host), error rendering (``bridge.web.outcomes``), metrics and, if asked, the access
+    log.
 
     Applied to each route's handler when it is registered, rather than as an aiohttp middleware: the middleware
     chain adds two coroutine layers and a lookup to every request, which measurably slows a cached read."""
 
-    def __init__(self, access_log: AccessLog | None, deadline: float = 60.0) -> None:
+    def __init__(self, access_log: AccessLog | None, deadline: float = 60.0, hosts: HostCheck | None = None) -> None:
         self._access_log = access_log
         self._deadline = deadline
+        self._hosts = hosts
         self._new_id = RequestIds()
 
     def __call__(self, handler: Handler, route: str) -> Handler:
         """``handler`` wrapped; ``route`` names it in the metrics (its pattern, e.g. ``/fhir/ImagingStudy/{id}``)."""
         stats = STATS.route(route)
         access_log, deadline, new_id = self._access_log, self._deadline, self._new_id
+        # The Host shapes the links of FHIR answers only; probes and metrics answer whatever name they are asked by.
+        check_host = self._hosts if route.startswith("/fhir") else None
 
         async def observed(request: web.Request) -> web.StreamResponse:
             offered = request.headers.get(X_REQUEST_ID)
@@ -139,6 +144,8 @@ class Envelope:
             try:
                 try:
                     check_size(request)
+                    if check_host is not None:
+                        check_host(request.headers.get(hdrs.HOST))
                     response = await handler(request)
                 except Exception as exc:
                     response = error_response(request, exc)  # raises again what is not ours to answer
