@@ -6,15 +6,20 @@ claims to be FHIR valid R5.
 
 from __future__ import annotations
 
+import asyncio
+import io
+import logging
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import quote
 
+import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 
+from bridge import logs
 from bridge.errors import MisdirectedRequest
 from bridge.settings import Settings, load_settings
 from bridge.web.hosts import HostCheck
@@ -154,3 +159,100 @@ def test_host_check(header: str, allowed: bool) -> None:
     else:
         with pytest.raises(MisdirectedRequest):
             check(header)
+
+
+# ---- logs: no client value starts a line of its own ----
+
+FORGED = "2026-01-01 00:00:00,000 ERROR bridge.web [-]: forged"
+
+
+@pytest.fixture(params=["text", "json"])
+def bridge_log(request: pytest.FixtureRequest) -> Iterator[tuple[str, io.StringIO]]:
+    """The bridge's own log, as ``serve`` configures it, captured at INFO."""
+    stream = io.StringIO()
+    written = logs.handler(request.param, stream)
+    root, server = logging.getLogger(), logging.getLogger("aiohttp.server")
+    level = root.level
+    root.addHandler(written)
+    root.setLevel(logging.INFO)
+    server.addFilter(logs.MALFORMED_REQUESTS)
+    try:
+        yield request.param, stream
+    finally:
+        server.removeFilter(logs.MALFORMED_REQUESTS)
+        root.removeHandler(written)
+        root.setLevel(level)
+
+
+def records(log_format: str, stream: io.StringIO) -> list[tuple[str, str]]:
+    """The log's records as (logger, line); as JSON, each line must be one object."""
+    found = []
+    for line in stream.getvalue().splitlines():
+        if log_format == "json":
+            record = orjson.loads(line)
+            found.append((record["logger"], record["message"]))
+        else:
+            found.append((line.split(" ")[3] if line.count(" ") > 3 else "", line))
+    return found
+
+
+async def test_an_ignored_parameters_name_cannot_forge_a_log_line(bridge_log: tuple[str, io.StringIO]) -> None:
+    log_format, stream = bridge_log
+    async with running() as client:
+        name = quote(f"x\n{FORGED}\r\u2028\x1b[2J", safe="")
+        response = await client.get(f"/fhir/ImagingStudy?{name}=1", headers={"Prefer": "handling=lenient"})
+        assert response.status == 200
+    lines = [line for _, line in records(log_format, stream)]
+    ignored = [line for line in lines if "ignored unknown parameters" in line]
+    assert len(ignored) == 1
+    assert not [line for line in lines if line.startswith(FORGED)]
+    if log_format == "text":
+        assert f"x\\n{FORGED}\\r\\u2028\\x1b[2J" in ignored[0]
+
+
+async def test_a_traceback_in_the_text_log_cannot_pass_for_a_record() -> None:
+    stream = io.StringIO()
+    log = logging.getLogger("tests.hostile.traceback")
+    log.addHandler(logs.handler("text", stream))
+    log.propagate = False
+    try:
+        raise ValueError(f"client value\n{FORGED}")
+    except ValueError:
+        log.exception("failed")
+    first, *rest = stream.getvalue().splitlines()
+    assert first.endswith("ERROR tests.hostile.traceback [-]: failed")
+    assert rest
+    assert all(line.startswith("    ") for line in rest)
+
+
+async def raw_exchange(client: TestClient, request: bytes) -> bytes:
+    """``request`` sent as is on a connection of its own; what the server answers before it closes."""
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(), timeout=10)
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GET /fhir/metadata HTTP/1.1\r\nHost: localhost\r\nBad Header\x01: y\r\n\r\n",
+        b"GET /fhir/metadata HTTP/1.1\r\nHost: localhost\r\nX: a\x00b\r\n\r\n",
+        b"GET /fhir/metadata\r\n\x1b[2J HTTP/1.1\r\n\r\n",
+    ],
+    ids=["header-name", "header-value", "request-line"],
+)
+async def test_a_malformed_request_is_one_log_line_without_traceback(
+    bridge_log: tuple[str, io.StringIO], request_bytes: bytes
+) -> None:
+    log_format, stream = bridge_log
+    async with running() as client:
+        answer = await raw_exchange(client, request_bytes)
+    assert answer.startswith(b"HTTP/1.0 400")
+    lines = [line for logger, line in records(log_format, stream) if logger == "aiohttp.server"]
+    assert len(lines) == 1, lines
+    assert "malformed request from 127.0.0.1: 400" in lines[0]
+    assert "Traceback" not in stream.getvalue()

@@ -103,7 +103,7 @@ async def test_a_broken_stdout_loses_lines_not_the_service() -> None:
 
 
 def test_the_bridges_own_log_lines_name_their_request_as_text_or_json() -> None:
-    from bridge.logs import TEXT_FORMAT, JsonFormatter, RequestIdFilter
+    from bridge.logs import JsonFormatter, RequestIdFilter, TextFormatter
 
     def formatted(formatter: logging.Formatter, exc_info: Any = None) -> str:
         record = logging.LogRecord(
@@ -114,7 +114,7 @@ def test_the_bridges_own_log_lines_name_their_request_as_text_or_json() -> None:
 
     token = REQUEST_ID.set("req-7")
     try:
-        assert formatted(logging.Formatter(TEXT_FORMAT)).endswith("WARNING bridge.studies [req-7]: series 1.2: x")
+        assert formatted(TextFormatter()).endswith("WARNING bridge.studies [req-7]: series 1.2: x")
         try:
             raise ValueError("boom")
         except ValueError:

@@ -27,6 +27,7 @@ from multidict import istr
 from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from bridge.logs import json_line_safe
 from bridge.qido.resilience import DEADLINE
 from bridge.telemetry import REGISTRY, REQUEST_ID, STATS
 from bridge.web.hosts import HostCheck
@@ -77,7 +78,7 @@ class AccessLog:
         await asyncio.get_running_loop().run_in_executor(self._writer, self._write, batch)
 
     def _write(self, batch: list[Record]) -> None:
-        data = b"".join(map(_json_line, batch))
+        data = json_line_safe(b"".join(map(_json_line, batch)))
         stream = self._stream or sys.stdout.buffer
         try:
             stream.write(data)
