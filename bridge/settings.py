@@ -98,6 +98,9 @@ class Settings(BaseSettings):
     breaker_cooldown: Annotated[float, Field(gt=0, le=3600)] = 30.0
     #: Seconds in-flight requests get to finish after SIGTERM, before the PACS session and cache are closed.
     shutdown_timeout: Annotated[float, Field(ge=0, le=600)] = 15.0
+    #: Seconds a client gets to send a request's headers (from its connection's start or its previous response,
+    #: so an idle keep-alive connection is closed after as long) and, separately, its body.
+    client_read_timeout: Annotated[float, Field(gt=0, le=3600)] = 15.0
     #: Seconds a whole client request may take, every PACS request and retry included.
     request_deadline: Annotated[float, Field(gt=0, le=3600)] = 60.0
     #: Rows asked per QIDO request (``limit``); 0 sends no limit and pages only when the PACS says there is more.

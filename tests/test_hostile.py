@@ -256,3 +256,68 @@ async def test_a_malformed_request_is_one_log_line_without_traceback(
     assert len(lines) == 1, lines
     assert "malformed request from 127.0.0.1: 400" in lines[0]
     assert "Traceback" not in stream.getvalue()
+
+
+# ---- slow clients: a bound on the time to send headers and body ----
+
+READ_TIMEOUT = 0.5  # BRIDGE_CLIENT_READ_TIMEOUT in these tests
+#: Far beyond the bound: a server that holds the connection past it has no bound.
+NO_BOUND = 8.0
+
+
+async def trickle(writer: asyncio.StreamWriter, data: bytes, every: float = 0.1) -> None:
+    """What a hostile client does: ``data`` a byte at a time, until the server closes the connection."""
+    for byte in data:
+        writer.write(bytes([byte]))
+        try:
+            await writer.drain()
+        except ConnectionError:
+            return
+        await asyncio.sleep(every)  # the client's pace, not a wait for the server
+
+
+async def held_for(client: TestClient, head: bytes, slow: bytes) -> tuple[float, bytes]:
+    """``head`` sent at once and ``slow`` trickled: how long the server keeps the connection, and its answer."""
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    started = asyncio.get_running_loop().time()
+    writer.write(head)
+    trickling = asyncio.create_task(trickle(writer, slow))
+    try:
+        answer = await asyncio.wait_for(reader.read(), timeout=NO_BOUND)  # until the server closes
+        return asyncio.get_running_loop().time() - started, answer
+    finally:
+        trickling.cancel()
+        await asyncio.gather(trickling, return_exceptions=True)
+        writer.close()
+
+
+async def test_headers_trickled_a_byte_at_a_time_lose_the_connection() -> None:
+    async with running(client_read_timeout=str(READ_TIMEOUT)) as client:
+        held, answer = await held_for(
+            client, b"GET /fhir/metadata HTTP/1.1\r\nHost: localhost\r\n", b"X-Slow: " + b"a" * 200
+        )
+    assert answer == b""  # closed, never answered
+    assert READ_TIMEOUT <= held < 4 * READ_TIMEOUT + 1
+
+
+async def test_a_body_trickled_a_byte_at_a_time_is_a_408_and_the_connection_closes() -> None:
+    async with running(client_read_timeout=str(READ_TIMEOUT)) as client:
+        held, answer = await held_for(
+            client,
+            b"POST /fhir/ImagingStudy/_search HTTP/1.1\r\nHost: localhost\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 200\r\n\r\n",
+            b"patient=P1&" + b"x" * 189,
+        )
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408")
+    assert b"Connection: close" in head
+    outcome = orjson.loads(body)
+    validate(outcome)
+    assert "BRIDGE_CLIENT_READ_TIMEOUT" in outcome["issue"][0]["diagnostics"]
+    assert held < 4 * READ_TIMEOUT + 1  # the 408 after the bound, the close after draining for as long
+
+
+async def test_a_body_sent_in_time_is_read() -> None:
+    async with running(client_read_timeout=str(READ_TIMEOUT)) as client:
+        response = await client.post("/fhir/ImagingStudy/_search", data={"patient": "P1"})
+        assert response.status == 200

@@ -26,6 +26,7 @@ from bridge.web.handlers import (
 )
 from bridge.web.hosts import HostCheck
 from bridge.web.keys import ENDPOINT, INTERACTIONS, MAPPING, SETTINGS, SOURCE
+from bridge.web.outcomes import SERVER_LIMITS
 
 #: A POST _search form is a few kilobytes; nothing else has a body.
 MAX_BODY = 64 * 1024
@@ -61,6 +62,22 @@ def mapping_options(settings: Settings) -> MappingOptions:
         issuer_systems=dict(settings.issuer_systems),
         zone=settings.zone,
     )
+
+
+def server_options(settings: Settings) -> dict[str, Any]:
+    """What the HTTP server is run with, by ``imaging-bridge serve`` and by the tests alike.
+
+    aiohttp has no bound of its own on the time to send headers; its keep-alive timer runs from a connection's
+    start (and from each response) until the next request's headers are in, and closes the connection if it is
+    still waiting then: set to BRIDGE_CLIENT_READ_TIMEOUT, it bounds the header phase, a byte every 10 s no longer
+    holds a connection. (An idle keep-alive connection is closed after as long: a reverse proxy that keeps
+    connections to the bridge must drop idle ones sooner.) The body is bounded where it is read (POST _search);
+    an unread body is drained, then the connection closed, within the same bound (``lingering_time``)."""
+    return {
+        **SERVER_LIMITS,
+        "keepalive_timeout": settings.client_read_timeout,
+        "lingering_time": min(settings.client_read_timeout, 10.0),  # aiohttp's default is 10 s
+    }
 
 
 def create_app(settings: Settings, source: QidoSource | None = None) -> web.Application:

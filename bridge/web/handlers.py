@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 
@@ -11,7 +12,7 @@ from multidict import CIMultiDict
 
 from bridge.cache.freshness import Entry
 from bridge.cache.service import HIT
-from bridge.errors import NotFound, UpstreamError
+from bridge.errors import NotFound, RequestTimeout, UpstreamError
 from bridge.search.bundle import needs_series, searchset
 from bridge.search.execute import run_search
 from bridge.search.query import PatientRule, parse_search
@@ -88,7 +89,7 @@ async def search_imaging_study(request: web.Request) -> web.Response:
     params = [(key, value) for key, value in request.query.items()]
     if request.method == "POST":
         check_form_type(request.content_type, request.charset)
-        params += form_parameters(await request.read())
+        params += form_parameters(await _body(request))
     settings, base = app[SETTINGS], _base(request)
     query = parse_search(
         params, strict=not _lenient(request), zone=settings.zone or dt.UTC,
@@ -103,6 +104,19 @@ async def search_imaging_study(request: web.Request) -> web.Response:
     # Patient data, and unlike a read no validator to revalidate with: no cache may keep it, the client's included.
     response.headers[hdrs.CACHE_CONTROL] = "private, no-store"
     return response
+
+
+async def _body(request: web.Request) -> bytes:
+    """The request's body, sent within BRIDGE_CLIENT_READ_TIMEOUT seconds or a 408: a client trickling a byte at
+    a time would otherwise hold its connection and this handler for as long as it likes."""
+    timeout = request.app[SETTINGS].client_read_timeout
+    try:
+        async with asyncio.timeout(timeout):
+            return await request.read()
+    except TimeoutError:
+        raise RequestTimeout(
+            f"the request body was not received within {timeout:g} s (BRIDGE_CLIENT_READ_TIMEOUT)"
+        ) from None
 
 
 def _lenient(request: web.Request) -> bool:
