@@ -21,8 +21,9 @@ from bridge.qido.factory import open_source
 from bridge.qido.source import QidoSource
 from bridge.settings import Settings, load_settings
 from bridge.studies import read_study
-from bridge.web.app import create_app, mapping_options, server_options
+from bridge.web.app import create_app, mapping_options
 from bridge.web.contexts import cache_policy, open_backend
+from bridge.web.server import server_options
 
 log = logging.getLogger("bridge")
 

@@ -89,6 +89,11 @@ class Settings(BaseSettings):
     allowed_hosts: Annotated[tuple[str, ...] | None, NoDecode] = None
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8080
+    #: A second listener for /healthz, /readyz (with the reason) and /metrics, which then leave the public one.
+    admin_port: Annotated[int, Field(ge=0, le=65535)] | None = None
+    admin_host: str = "127.0.0.1"
+    #: /readyz on the public listener says why the PACS is unavailable (its host and port, the error).
+    health_details: bool = False
     qido_timeout: Annotated[float, Field(gt=0, le=3600)] = 30.0
     qido_concurrency: Annotated[int, Field(ge=1, le=256)] = 8
     #: Retries of one PACS request after a connection failure or a 502/503 (jittered backoff, within the deadline).

@@ -10,7 +10,8 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from bridge.qido.source import QidoSource
 from bridge.settings import Settings, load_settings
-from bridge.web.app import create_app, server_options
+from bridge.web.app import create_app
+from bridge.web.server import server_options
 from tests.support import catalog
 from tests.support.dicomgen import StudySpec, encode
 from tests.support.orthanc import OrthancServer

@@ -15,14 +15,16 @@ from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import quote
 
+import aiohttp
 import orjson
 import pytest
 from aiohttp.test_utils import TestClient
 
 from bridge import logs
-from bridge.errors import MisdirectedRequest
+from bridge.errors import MisdirectedRequest, UpstreamUnavailable
 from bridge.settings import Settings, load_settings
 from bridge.web.hosts import HostCheck
+from bridge.web.server import ADMIN
 from tests.conftest import start_client
 from tests.support.fhircheck import validate
 from tests.test_search_web import pacs
@@ -321,3 +323,55 @@ async def test_a_body_sent_in_time_is_read() -> None:
     async with running(client_read_timeout=str(READ_TIMEOUT)) as client:
         response = await client.post("/fhir/ImagingStudy/_search", data={"patient": "P1"})
         assert response.status == 200
+
+
+# ---- what the probes tell, and to whom ----
+
+
+async def test_readiness_says_unavailable_without_naming_the_pacs() -> None:
+    source = pacs(1)
+    source.fail_with = UpstreamUnavailable("cannot connect to the PACS at pacs.internal:8042")
+    client = await start_client(settings_of(qido_url="http://pacs.internal:8042/dicom-web"), source)
+    try:
+        ready = await client.get("/readyz")
+        assert ready.status == 503
+        assert await ready.json() == {"status": "unavailable"}
+    finally:
+        await client.close()
+
+
+async def test_readiness_details_are_a_setting() -> None:
+    source = pacs(1)
+    source.fail_with = UpstreamUnavailable("cannot connect to the PACS at pacs.internal:8042")
+    client = await start_client(settings_of(health_details="true"), source)
+    try:
+        ready = await client.get("/readyz")
+        assert (ready.status, await ready.json()) == (
+            503, {"status": "unavailable", "reason": "cannot connect to the PACS at pacs.internal:8042"}
+        )  # fmt: skip
+    finally:
+        await client.close()
+
+
+async def test_an_admin_port_moves_probes_and_metrics_off_the_public_listener() -> None:
+    source = pacs(1)
+    client = await start_client(settings_of(admin_port="0"), source)
+    try:
+        for path in ("/healthz", "/readyz", "/metrics"):
+            assert (await client.get(path)).status == 404, path
+        assert (await client.get("/fhir/metadata")).status == 200
+        host, port = client.server.app[ADMIN].addresses[0][:2]
+        assert host == "127.0.0.1"  # BRIDGE_ADMIN_HOST's default
+        async with aiohttp.ClientSession(f"http://{host}:{port}") as admin:
+            async with admin.get("/healthz") as alive:
+                assert alive.status == 200
+            async with admin.get("/metrics") as metrics:
+                assert "bridge_http_requests_total" in await metrics.text()
+            async with admin.get("/fhir/metadata") as fhir:
+                assert fhir.status == 404  # the admin listener serves no FHIR
+            source.fail_with = UpstreamUnavailable("cannot connect to the PACS at pacs.internal:8042")
+            async with admin.get("/readyz") as ready:
+                assert ready.status == 503
+                assert (await ready.json())["reason"] == "cannot connect to the PACS at pacs.internal:8042"
+    finally:
+        await client.close()

@@ -16,17 +16,10 @@ from bridge.mapping.imagingstudy import MappingOptions
 from bridge.qido.source import QidoSource
 from bridge.settings import Settings
 from bridge.web import contexts, observe
-from bridge.web.handlers import (
-    healthz,
-    metadata,
-    read_endpoint,
-    read_imaging_study,
-    readyz,
-    search_imaging_study,
-)
+from bridge.web.handlers import metadata, read_endpoint, read_imaging_study, search_imaging_study
 from bridge.web.hosts import HostCheck
 from bridge.web.keys import ENDPOINT, INTERACTIONS, MAPPING, SETTINGS, SOURCE
-from bridge.web.outcomes import SERVER_LIMITS
+from bridge.web.server import admin_listener, probe_routes
 
 #: A POST _search form is a few kilobytes; nothing else has a body.
 MAX_BODY = 64 * 1024
@@ -64,22 +57,6 @@ def mapping_options(settings: Settings) -> MappingOptions:
     )
 
 
-def server_options(settings: Settings) -> dict[str, Any]:
-    """What the HTTP server is run with, by ``imaging-bridge serve`` and by the tests alike.
-
-    aiohttp has no bound of its own on the time to send headers; its keep-alive timer runs from a connection's
-    start (and from each response) until the next request's headers are in, and closes the connection if it is
-    still waiting then: set to BRIDGE_CLIENT_READ_TIMEOUT, it bounds the header phase, a byte every 10 s no longer
-    holds a connection. (An idle keep-alive connection is closed after as long: a reverse proxy that keeps
-    connections to the bridge must drop idle ones sooner.) The body is bounded where it is read (POST _search);
-    an unread body is drained, then the connection closed, within the same bound (``lingering_time``)."""
-    return {
-        **SERVER_LIMITS,
-        "keepalive_timeout": settings.client_read_timeout,
-        "lingering_time": min(settings.client_read_timeout, 10.0),  # aiohttp's default is 10 s
-    }
-
-
 def create_app(settings: Settings, source: QidoSource | None = None) -> web.Application:
     """The application; with ``source`` given the caller owns it, else it is opened and closed with the app."""
     app = web.Application(client_max_size=MAX_BODY)
@@ -96,16 +73,17 @@ def create_app(settings: Settings, source: QidoSource | None = None) -> web.Appl
         app[SOURCE] = source
     app.cleanup_ctx.append(contexts.study_cache)
     app.cleanup_ctx.append(contexts.refresher)
+    if settings.admin_port is not None:
+        app.cleanup_ctx.append(admin_listener)  # the probes and metrics are served there, not here
 
     hosts = settings.link_hosts
     envelope = observe.Envelope(access_log, settings.request_deadline, HostCheck(hosts) if hosts is not None else None)
     routes = [
         ("GET", "/fhir/metadata", metadata),
         *((route.method, route.path, route.handler) for route in FHIR_ROUTES),
-        ("GET", "/healthz", healthz),
-        ("GET", "/readyz", readyz),
-        ("GET", "/metrics", observe.metrics),
     ]
+    if settings.admin_port is None:
+        routes += [("GET", path, handler) for path, handler in probe_routes(settings.health_details)]
     for method, path, handler in routes:
         observed = envelope(handler, path)
         if method == "GET":

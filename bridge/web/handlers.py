@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+from collections.abc import Awaitable, Callable
 
 import orjson
 from aiohttp import hdrs, web
@@ -154,11 +155,21 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"}, dumps=lambda v: orjson.dumps(v).decode())
 
 
-async def readyz(request: web.Request) -> web.Response:
-    """Ready: the PACS answers a trivial query."""
-    try:
-        await request.app[SOURCE].check()
-    except UpstreamError as exc:
-        body = {"status": "unavailable", "reason": exc.diagnostics}
-        return web.json_response(body, status=503, dumps=lambda v: orjson.dumps(v).decode())
-    return web.json_response({"status": "ready"}, dumps=lambda v: orjson.dumps(v).decode())
+def readiness(details: bool) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """GET /readyz: whether the PACS answers a trivial query. Why it does not (the PACS's host and port, the
+    error) is said only with ``details``: on the admin listener, or with BRIDGE_HEALTH_DETAILS; else it is
+    logged, for the operator, and not told to whoever asks."""
+
+    async def readyz(request: web.Request) -> web.Response:
+        try:
+            await request.app[SOURCE].check()
+        except UpstreamError as exc:
+            body = {"status": "unavailable"}
+            if details:
+                body["reason"] = exc.diagnostics
+            else:
+                log.warning("not ready: %s", exc.diagnostics)
+            return web.json_response(body, status=503, dumps=lambda v: orjson.dumps(v).decode())
+        return web.json_response({"status": "ready"}, dumps=lambda v: orjson.dumps(v).decode())
+
+    return readyz
