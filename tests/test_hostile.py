@@ -36,14 +36,17 @@ MODIFIERS = ["", ":missing", ":identifier", ":of-type", ":exact", ":not", ":Pati
 VALUES = ["P1", "2.25.3", "urn:oid:2.25.3", "*", "?", "\\", "a,b", ",", "|", "a|b|c", "ge2024", "ap2024",
           "2024-13-45", "eq2024-03-05T10:00:00+99:00", "true", "maybe", "-1", "999999999999", "0", "ä/ 01",
           "\u0000", "%00", "%2A", "x" * 300, "Patient/", "Group/1", "urn:dicom:uid|urn:oid:1.2", "<script>",
-          "'; DROP TABLE", "json", "xml", "count", "identifier,foo", "ImagingStudy:endpoint", "*"]  # fmt: skip
+          "'; DROP TABLE", "json", "xml", "count", "identifier,foo", "ImagingStudy:endpoint", "*", "²", "٣",
+          "http://evil/fhir/Patient/P1", "x\n2026-01-01 forged"]  # fmt: skip
 PATHS = ["/fhir/ImagingStudy", "/fhir/ImagingStudy/_search", "/fhir/ImagingStudy/2.25.3", "/fhir/ImagingStudy/x",
          "/fhir/ImagingStudy/1..2", "/fhir/Endpoint/x", "/fhir/metadata", "/fhir/", "/fhir/Patient/1",
          "/fhir/ImagingStudy/%2e%2e/%2e%2e", "/fhir//ImagingStudy", "/healthz", "/readyz", "/metrics"]  # fmt: skip
 HEADERS = [("Accept", "application/fhir+xml"), ("Accept", "*/*;q=0"), ("Accept", "garbage/;;"),
            ("If-None-Match", '"x"'), ("If-None-Match", "*"), ("If-Modified-Since", "yesterday"),
            ("Cache-Control", "no-cache, max-age=x"), ("Prefer", "handling=strict"), ("X-Request-ID", "../%7f<>"),
-           ("Content-Type", "application/json"), ("Pragma", "no-cache")]  # fmt: skip
+           ("Content-Type", "application/json"), ("Pragma", "no-cache"), ("Prefer", "handling=lenient"),
+           ("Host", "evil.example"),
+           ("Content-Type", "application/x-www-form-urlencoded; charset=x-unknown")]  # fmt: skip
 
 
 def hostile_request(rng: random.Random) -> tuple[str, str, dict[str, str], bytes | None]:
@@ -56,7 +59,8 @@ def hostile_request(rng: random.Random) -> tuple[str, str, dict[str, str], bytes
     headers = dict(rng.sample(HEADERS, rng.randint(0, 3)))
     body = None
     if method == "POST":
-        body = rng.choice([params.encode(), b"\xff\xfe garbage", b"patient=P1", b"x" * 70_000])
+        body = rng.choice([params.encode(), b"\xff\xfe garbage", b"patient=P1", b"x" * 70_000,
+                           "patient=P1".encode("utf-16-le")])  # fmt: skip
         headers.setdefault("Content-Type", rng.choice(["application/x-www-form-urlencoded", "text/plain"]))
     return method, path, headers, body
 
@@ -87,6 +91,16 @@ async def test_hostile_requests_get_well_formed_answers(seed: int) -> None:
 
 
 # ---- requests crafted against one weakness each ----
+
+
+@pytest.mark.parametrize("query", ["_count=²", "_offset=²", "_count=٣", "_count=%C2%B2"])
+async def test_unicode_digits_are_a_400_not_a_500(query: str) -> None:
+    async with running() as client:
+        response = await client.get(f"/fhir/ImagingStudy?{query}")
+        assert response.status == 400
+        body = await response.json()
+        validate(body)
+        assert "takes a whole number" in body["issue"][0]["diagnostics"]
 
 
 def settings_of(**environ: str) -> Settings:

@@ -1,7 +1,9 @@
 """Which ``Host`` a request may name. Without BRIDGE_PUBLIC_URL, links (``self``, ``next``, ``fullUrl``, the
 CapabilityStatement's URL) are built from the request's Host: a client sending ``Host: evil.example`` would
 have the bridge write links to evil.example, for itself or, through a shared cache, for others. So only names
-the operator allows (BRIDGE_ALLOWED_HOSTS; by default loopback and BRIDGE_HOST) are answered under /fhir."""
+the operator allows (BRIDGE_ALLOWED_HOSTS; by default loopback and BRIDGE_HOST) are answered under /fhir, reads
+included: that also keeps a web page whose name was rebound to this address (DNS rebinding) from reading studies
+through a browser on the bridge's machine."""
 
 from __future__ import annotations
 
