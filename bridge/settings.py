@@ -135,10 +135,17 @@ class Settings(BaseSettings):
     cache_stale_while_revalidate: Annotated[float, Field(ge=0)] = 600.0
     cache_stale_if_error: Annotated[float, Field(ge=0)] = 86_400.0
     cache_max_bytes: Annotated[int, Field(ge=0)] = 256 * 1024 * 1024
+    #: A forced read (``Cache-Control: no-cache``) reads the PACS only if the study's entry is at least this old.
+    cache_min_reread: Annotated[float, Field(ge=0)] = 5.0
+    #: Seconds a 404 or 409 is remembered (in the cache, shared through Redis); 0: not at all.
+    cache_negative_ttl: Annotated[float, Field(ge=0)] = 30.0
     #: Seconds between scheduled refreshes of the cache; 0 turns the refresher off.
     refresh_interval: Annotated[float, Field(ge=0)] = 0.0
     #: The scheduled refresh also reads studies of the last N days into the cache; 0: none.
     refresh_prewarm_days: Annotated[int, Field(ge=0, le=3650)] = 0
+    #: What one search may cost the PACS to find its candidates, across every level: requests, and rows read.
+    search_max_queries: Annotated[int, Field(ge=1, le=1000)] = 30
+    search_max_rows: Annotated[int, Field(ge=1, le=1_000_000)] = 5000
 
     @model_validator(mode="before")
     @classmethod

@@ -8,13 +8,15 @@ notes on count disagreements are logged.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from bridge.aio import gather_all
 from bridge.errors import Conflict, InvalidRequest, NotFound, UpstreamError
 from bridge.mapping import tags
 from bridge.mapping.dicomjson import DicomJson, fhir_id, is_uid, items, text, uid, unsigned
+from bridge.mapping.identity import Identity, Owners, identity_of
 from bridge.mapping.imagingstudy import MappingOptions, SeriesRows, StudyRows, imaging_study
 from bridge.qido.paging import RowMerger
 from bridge.qido.source import QidoSource
@@ -35,23 +37,28 @@ def check_study_id(study_id: str) -> str:
     return study_id
 
 
-async def fetch_study(source: QidoSource, study_uid: str, patient: str | None = None) -> StudyRows:
+async def fetch_study(source: QidoSource, study_uid: str, patient: Identity | None = None) -> StudyRows:
     """The study row, its series and every instance of each, as the PACS has them.
 
-    With ``patient`` (a PatientID) the read is scoped to that patient's part of the study: rows of other
-    patients sharing the StudyInstanceUID are out of scope and left out. Without it they are a ``Conflict``.
-    Rows are asked for by UID alone and their PatientID is compared by the bridge, exactly: a PACS's own
-    PatientID filter may widen (wildcards, case) or miss (values its character set lost).
+    With ``patient`` the read is scoped to that patient's part of the study: rows of other patients sharing the
+    StudyInstanceUID are out of scope and left out. Without it they are a ``Conflict``. Rows are asked for by
+    UID alone and their PatientID and IssuerOfPatientID are compared by the bridge, exactly and on raw values
+    (``bridge.mapping.identity``): a PACS's own PatientID filter may widen (wildcards, case) or miss (values its
+    character set lost).
     """
     study_rows, series_rows = await gather_all(
         source.search_studies({"StudyInstanceUID": study_uid}, tags.STUDY_FIELDS),
-        source.search_series(study_uid, tags.SERIES_FIELDS),
+        # Asked at once with the study row, whose count then says whether this is the whole list.
+        source.search_series(study_uid, tags.SERIES_FIELDS, prove=False),
     )
-    study, scope = _the_study(study_rows, study_uid, patient)
+    study_rows = [row for row in study_rows if uid(row, tags.STUDY_INSTANCE_UID) == study_uid]
+    study = _the_study(study_rows, study_uid, patient)
     expected = unsigned(study, tags.NUMBER_OF_STUDY_RELATED_SERIES)
-    if expected is not None and len(series_rows) < expected:
-        # The first read may have stopped at a silent cap: read again, paging up to the PACS's count.
+    if expected is None or len(series_rows) < expected:
+        # Fewer rows than the PACS counts (a silent cap: page up to the count), or no count to tell (prove the
+        # list's end by asking past it): read again.
         series_rows = await source.search_series(study_uid, tags.SERIES_FIELDS, expected=expected)
+    scope = _scope(study_uid, study, study_rows, series_rows, scoped=patient is not None)
     listed = _checked_series(series_rows, study_uid, scope)
     instance_lists = await gather_all(
         *(_series_instances(source, study_uid, series_uid, row, scope) for series_uid, row in listed)
@@ -71,7 +78,7 @@ class StudyRead:
 
 
 async def read_study(
-    source: QidoSource, study_uid: str, options: MappingOptions, patient: str | None = None
+    source: QidoSource, study_uid: str, options: MappingOptions, patient: Identity | None = None
 ) -> StudyRead:
     """The ImagingStudy for one StudyInstanceUID, scoped to ``patient`` as ``fetch_study`` explains, with the
     mapper's notes logged (``NotFound``, ``Conflict`` or an ``UpstreamError`` else)."""
@@ -138,34 +145,47 @@ def _titled(row: DicomJson) -> bool:
 
 @dataclass(frozen=True)
 class Scope:
-    """Whose part of a study is read: ``patient`` (a PatientID, None if the PACS gives none)."""
+    """Whose part of a study is read: ``patient`` (None if the study row names none), among the ``owners``
+    that the study's rows name."""
 
-    patient: str | None
+    patient: Identity | None
+    owners: Owners
     #: A scoped read was asked for one patient: other patients' rows are left out, not a conflict.
     scoped: bool = False
-    #: The StudyInstanceUID is shared by several patients: a row that does not name its patient is refused.
-    strict: bool = False
+    #: The patient of each series whose UID one patient alone holds: its instance rows are that patient's too
+    #: when they do not say (they were asked for under the series' path).
+    series_owners: Mapping[str, Identity] = field(default_factory=dict)
 
-    def admits(self, row: DicomJson, what: str) -> bool:
-        """Whether a row belongs to the scope; a row of another patient is a ``Conflict`` when not scoped."""
-        row_patient = text(row, tags.PATIENT_ID)
-        if row_patient is None:
-            if self.strict:
-                log.warning("%s does not name its patient, and its study UID is shared: left out", what)
-            return not self.strict
-        if self.patient is None or row_patient == self.patient:
+    @property
+    def shared(self) -> bool:
+        """The StudyInstanceUID is held under several patients: a row must say whose it is."""
+        return len(self.owners.identities) > 1
+
+    def admits(self, row: DicomJson, what: str, series_uid: str | None = None) -> bool:
+        """Whether a row (an instance row of ``series_uid``) belongs to the scope; a row of another patient is a
+        ``Conflict`` when not scoped."""
+        owner = self.owners.attribute(row)
+        if owner is None and series_uid is not None:
+            owner = self.series_owners.get(series_uid)
+        if owner is None:
+            if self.shared:
+                # Leaving it out would present a shorter study as complete; guessing could show it as another's.
+                raise Conflict(
+                    f"{what} does not say which of the patients sharing its StudyInstanceUID it belongs to "
+                    "(no PatientID, or no IssuerOfPatientID for a PatientID that two issuers assigned)"
+                )
+            return True
+        if self.patient is None or owner == self.patient:
             return True
         if self.scoped:
             return False
         raise Conflict(f"the PACS lists {what} under a different patient than its study; refusing to merge them")
 
 
-def _the_study(rows: list[DicomJson], study_uid: str, patient: str | None) -> tuple[DicomJson, Scope]:
-    """The study row (of ``patient``, when a scoped read asks for one) and the scope its rows are read in."""
-    matching = [row for row in rows if uid(row, tags.STUDY_INSTANCE_UID) == study_uid]
-    patients = {text(row, tags.PATIENT_ID) for row in matching}
-    if patient is not None:
-        matching = [row for row in matching if text(row, tags.PATIENT_ID) == patient]
+def _the_study(rows: list[DicomJson], study_uid: str, patient: Identity | None) -> DicomJson:
+    """The study row (of ``patient``, when a scoped read asks for one)."""
+    patients = {identity_of(row) for row in rows}
+    matching = rows if patient is None else [row for row in rows if identity_of(row) == patient]
     if not matching:
         raise NotFound(f"the PACS has no study with StudyInstanceUID {study_uid}")
     if patient is None and len(patients) > 1:
@@ -174,8 +194,34 @@ def _the_study(rows: list[DicomJson], study_uid: str, patient: str | None) -> tu
             f"StudyInstanceUID {study_uid} is registered under {len(patients)} different patients in the PACS; "
             "search with patient=… to get each patient's part of it"
         )
-    study = matching[0]
-    return study, Scope(text(study, tags.PATIENT_ID), scoped=patient is not None, strict=len(patients) > 1)
+    return matching[0]
+
+
+def _scope(
+    study_uid: str, study: DicomJson, study_rows: list[DicomJson], series_rows: list[DicomJson], *, scoped: bool
+) -> Scope:
+    """The scope the series and instance rows are read in. A series naming a PatientID of a study row with an
+    issuer that no study row has means the PACS keeps two issuers' patients as one study: none of its rows can
+    then be trusted to say whose it is, so the study is refused."""
+    study_owners = Owners.of(study_rows)
+    owners = Owners.of(study_rows, series_rows)
+    patient_ids = {identity.patient_id for identity in study_owners.identities}
+    merged = sorted(
+        str(identity) for identity in owners.identities - study_owners.identities
+        if identity.patient_id in patient_ids
+    )  # fmt: skip
+    if merged:
+        raise Conflict(
+            f"the PACS holds study {study_uid} as one study, but its series name patients the study does not "
+            f"({', '.join(merged)}): one PatientID from two issuers; refusing to merge two patients"
+        )
+    series_owners: dict[str, Identity | None] = {}
+    for row in series_rows:
+        if (series_uid := fhir_id(row, tags.SERIES_INSTANCE_UID)) is not None:
+            owner = owners.attribute(row)
+            series_owners[series_uid] = owner if series_owners.get(series_uid, owner) == owner else None
+    known = {series_uid: owner for series_uid, owner in series_owners.items() if owner is not None}
+    return Scope(identity_of(study), owners, scoped=scoped, series_owners=known)
 
 
 def _checked_series(rows: list[DicomJson], study_uid: str, scope: Scope) -> list[tuple[str, DicomJson]]:
@@ -207,6 +253,6 @@ def _checked_instances(rows: list[DicomJson], series_uid: str, scope: Scope) -> 
             log.warning("series %s: instance %r has no usable SOPInstanceUID or SOPClassUID; dropped",
                         series_uid, text(row, tags.SOP_INSTANCE_UID))  # fmt: skip
             continue
-        if scope.admits(row, f"instance {instance_uid}"):
+        if scope.admits(row, f"instance {instance_uid}", series_uid):
             checked.append(row)
     return checked

@@ -119,8 +119,10 @@ def main() -> int:
 
         port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+        # BRIDGE_CACHE_MIN_REREAD=0: every no-cache read below is a cold read, however soon after the last.
         env.update(BRIDGE_QIDO_URL=orthanc.dicomweb_url, BRIDGE_PACS_USERNAME=orthanc.username,
-                   BRIDGE_PACS_PASSWORD=orthanc.password, BRIDGE_PORT=str(port), BRIDGE_ACCESS_LOG="false")  # fmt: skip
+                   BRIDGE_PACS_PASSWORD=orthanc.password, BRIDGE_PORT=str(port), BRIDGE_ACCESS_LOG="false",
+                   BRIDGE_CACHE_MIN_REREAD="0")  # fmt: skip
         bridge = subprocess.Popen([sys.executable, "-m", "bridge", "serve"], env=env, cwd=tmp,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
         try:

@@ -16,50 +16,79 @@ from bridge.cache.backends import MemoryBackend, study_key
 from bridge.cache.freshness import Action, Entry, Policy, change_signal, content_version, decide, usable_on_error
 from bridge.cache.refresh import Refresher, refresh_due, warm
 from bridge.cache.service import Outcome, StudyCache, make_entry
-from bridge.errors import DeadlineExceeded, UpstreamTimeout, UpstreamUnavailable
+from bridge.errors import Conflict, DeadlineExceeded, NotFound, UpstreamTimeout, UpstreamUnavailable
 from bridge.mapping.imagingstudy import MappingOptions
 from bridge.qido.memory import MemoryQidoSource
 from bridge.qido.resilience import DEADLINE
 from bridge.settings import load_settings
+from bridge.web.contexts import cache_policy
 from tests.conftest import start_client
 from tests.support.fhircheck import validate
 
-POLICY = Policy(ttl=100, stale_while_revalidate=50, stale_if_error=1000)
+POLICY = Policy(ttl=100, stale_while_revalidate=50, stale_if_error=1000, min_reread=5, negative_ttl=30)
+#: Freshness shorter than the forced-read bound, and no negative entries.
+SHORT = Policy(ttl=2, stale_while_revalidate=50, stale_if_error=1000, min_reread=5, negative_ttl=0)
 STUDY, SERIES, CT = "2.25.7", "2.25.7.1", "1.2.840.10008.5.1.4.1.1.2"
 
 
-def entry(checked_at: float) -> Entry:
+def entry(checked_at: float, status: int = 200) -> Entry:
+    if status != 200:
+        return Entry.negative(status, "no such study", checked_at)
     return Entry(b"{}", "v1", 0.0, checked_at, "")
 
 
-# (age of the entry in seconds or None for no entry, Cache-Control: no-cache, expected action)
+# (the stored entry's status or None for no entry, its age in seconds, Cache-Control: no-cache, policy, action)
 DECISIONS = [
-    (None, False, Action.FETCH),
-    (0, False, Action.SERVE),
-    (99.9, False, Action.SERVE),
-    (100, False, Action.SERVE_STALE),
-    (149.9, False, Action.SERVE_STALE),
-    (150, False, Action.FETCH),
-    (0, True, Action.FETCH),
-    (120, True, Action.FETCH),
+    (None, 0, False, POLICY, Action.FETCH),
+    (None, 0, True, POLICY, Action.FETCH),
+    (200, 0, False, POLICY, Action.SERVE),
+    (200, 99.9, False, POLICY, Action.SERVE),
+    (200, 100, False, POLICY, Action.SERVE_STALE),
+    (200, 149.9, False, POLICY, Action.SERVE_STALE),
+    (200, 150, False, POLICY, Action.FETCH),
+    # A forced read reads the PACS only once the entry is min_reread old, and is never served a stale entry.
+    (200, 0, True, POLICY, Action.SERVE),
+    (200, 4.9, True, POLICY, Action.SERVE),
+    (200, 5, True, POLICY, Action.FETCH),
+    (200, 120, True, POLICY, Action.FETCH),
+    (200, 1.9, True, SHORT, Action.SERVE),
+    (200, 2, True, SHORT, Action.FETCH),  # past freshness, though within min_reread
+    # A remembered 404 or 409 is answered again for negative_ttl, and a forced read is bounded as for a study.
+    (404, 0, False, POLICY, Action.REFUSE),
+    (404, 29.9, False, POLICY, Action.REFUSE),
+    (404, 30, False, POLICY, Action.FETCH),
+    (409, 29.9, False, POLICY, Action.REFUSE),
+    (404, 4.9, True, POLICY, Action.REFUSE),
+    (409, 5, True, POLICY, Action.FETCH),
+    (404, 0, False, SHORT, Action.FETCH),  # negative_ttl 0: never answered from the cache
 ]
 
 
-@pytest.mark.parametrize(("age", "no_cache", "action"), DECISIONS)
-def test_decide(age: float | None, no_cache: bool, action: Action) -> None:
-    stored = None if age is None else entry(1000.0)
-    assert decide(stored, 1000.0 + (age or 0), POLICY, no_cache=no_cache) is action
+@pytest.mark.parametrize(("status", "age", "no_cache", "policy", "action"), DECISIONS)
+def test_decide(status: int | None, age: float, no_cache: bool, policy: Policy, action: Action) -> None:
+    stored = None if status is None else entry(1000.0, status)
+    assert decide(stored, 1000.0 + age, policy, no_cache=no_cache) is action
 
 
 @pytest.mark.parametrize(("age", "usable"), [(0, True), (1099.9, True), (1100, False)])
 def test_stale_if_error_window(age: float, usable: bool) -> None:
     assert usable_on_error(entry(0.0), age, POLICY) is usable
     assert not usable_on_error(None, age, POLICY)
+    assert not usable_on_error(entry(0.0, 404), age, POLICY)  # a remembered 404 is no study to serve
+
+
+def test_the_bounds_come_from_the_settings() -> None:
+    default = cache_policy(load_settings({}))
+    assert (default.min_reread, default.negative_ttl) == (5, 30)
+    given = cache_policy(load_settings({"BRIDGE_CACHE_MIN_REREAD": "2", "BRIDGE_CACHE_NEGATIVE_TTL": "0"}))
+    assert (given.min_reread, given.negative_ttl) == (2, 0)
 
 
 def test_entries_pack_for_a_shared_store() -> None:
     stored = Entry(b'{"resourceType":"ImagingStudy"}', "abc", 12.5, 99.25, "2/3/CT")
     assert Entry.unpack(stored.pack()) == stored
+    negative = Entry.negative(409, "StudyInstanceUID 1.2 is registered under 2 different patients", 99.25)
+    assert Entry.unpack(negative.pack()) == negative
 
 
 def test_version_is_the_content_not_the_meta() -> None:
@@ -153,10 +182,119 @@ async def test_stale_is_served_while_one_background_read_refreshes(
     assert orjson.loads(fresh.entry.body)["numberOfInstances"] == 2
 
 
-async def test_no_cache_forces_a_pacs_read(cache: StudyCache, source: MemoryQidoSource) -> None:
-    await cache.read(STUDY)
+async def test_twenty_forced_reads_in_a_row_cost_one_pacs_read_per_min_reread(
+    cache: StudyCache, source: MemoryQidoSource, clock: Clock
+) -> None:
+    outcomes = []
+    for _ in range(20):
+        outcomes.append((await cache.read(STUDY, no_cache=True)).outcome)
+        clock.now += 0.125  # 2.5 s in all: within min_reread (5 s)
+    assert outcomes == [Outcome.MISS] + [Outcome.HIT] * 19
+    assert reads_of_study(source) == 1
+    clock.now += 2.5
     assert (await cache.read(STUDY, no_cache=True)).outcome is Outcome.MISS
     assert reads_of_study(source) == 2
+
+
+async def test_twenty_concurrent_forced_reads_cost_one_pacs_read(
+    cache: StudyCache, source: MemoryQidoSource, clock: Clock
+) -> None:
+    await cache.read(STUDY)
+    clock.now += 10  # past min_reread: a forced read reads the PACS, and the others join it
+    reads = await asyncio.gather(*(cache.read(STUDY, no_cache=True) for _ in range(20)))
+    assert {r.outcome for r in reads} == {Outcome.MISS}
+    assert reads_of_study(source) == 2
+
+
+# --- negative entries: 404 and 409 remembered for negative_ttl -------------------------------------------------
+
+UNKNOWN = "2.25.404"
+
+
+async def test_a_404_is_remembered_for_negative_ttl(cache: StudyCache, source: MemoryQidoSource, clock: Clock) -> None:
+    with pytest.raises(NotFound) as first:
+        await cache.read(UNKNOWN)
+    source.calls.clear()
+    clock.now += 29
+    with pytest.raises(NotFound) as again:
+        await cache.read(UNKNOWN)
+    assert again.value.diagnostics == first.value.diagnostics
+    assert source.calls == []
+    clock.now += 1
+    with pytest.raises(NotFound):
+        await cache.read(UNKNOWN)
+    assert source.calls.count("studies") == 1
+
+
+async def test_concurrent_reads_of_a_missing_study_cost_one_pacs_read(
+    cache: StudyCache, source: MemoryQidoSource
+) -> None:
+    reads = await asyncio.gather(*(cache.read(UNKNOWN) for _ in range(20)), return_exceptions=True)
+    assert all(isinstance(read, NotFound) for read in reads)
+    assert source.calls.count("studies") == 1
+
+
+async def test_a_forced_read_of_a_remembered_404_is_bounded_by_min_reread(
+    cache: StudyCache, source: MemoryQidoSource, clock: Clock
+) -> None:
+    saved, source.studies = source.studies, []  # the study is not in the PACS yet
+    with pytest.raises(NotFound):
+        await cache.read(STUDY, no_cache=True)
+    source.calls.clear()
+    for _ in range(20):
+        with pytest.raises(NotFound):
+            await cache.read(STUDY, no_cache=True)
+    assert source.calls == []
+    source.studies = saved  # it arrives
+    clock.now += 5
+    assert (await cache.read(STUDY, no_cache=True)).outcome is Outcome.MISS
+
+
+async def test_a_409_replaces_the_stored_study_and_is_remembered(
+    cache: StudyCache, source: MemoryQidoSource, clock: Clock
+) -> None:
+    await cache.read(STUDY)
+    source.studies.append({**source.studies[0], "00100020": el("LO", "P2")})  # the UID, now under a second patient
+    clock.now += 5
+    with pytest.raises(Conflict) as forced:
+        await cache.read(STUDY, no_cache=True)
+    source.calls.clear()
+    assert cache.fresh(STUDY) is None
+    with pytest.raises(Conflict) as remembered:  # not the copy read when the UID had one patient
+        await cache.read(STUDY)
+    assert remembered.value.diagnostics == forced.value.diagnostics
+    assert source.calls == []
+
+
+async def test_a_failing_pacs_is_not_remembered(cache: StudyCache, source: MemoryQidoSource) -> None:
+    source.fail_with = UpstreamUnavailable("PACS down")
+    with pytest.raises(UpstreamUnavailable):
+        await cache.read(STUDY)
+    source.fail_with = None
+    assert (await cache.read(STUDY)).outcome is Outcome.MISS
+
+
+async def test_warming_reads_a_study_whose_404_is_remembered(
+    cache: StudyCache, source: MemoryQidoSource, clock: Clock
+) -> None:
+    saved, source.studies = source.studies, []
+    with pytest.raises(NotFound):
+        await cache.read(STUDY)
+    source.studies = saved
+    summary = await warm(cache, source, {})
+    assert (summary.checked, summary.fetched) == (0, 1)  # read at once, not first compared with the 404
+    assert (await cache.read(STUDY)).outcome is Outcome.HIT
+
+
+async def test_the_refresh_leaves_remembered_answers_alone(
+    cache: StudyCache, source: MemoryQidoSource, clock: Clock
+) -> None:
+    with pytest.raises(NotFound):
+        await cache.read(UNKNOWN)
+    source.calls.clear()
+    summary = await refresh_due(cache, horizon=cache.policy.ttl, clock=clock)
+    assert str(summary) == "checked 0, changed 0, fetched 0, failed 0"
+    assert source.calls == []
 
 
 async def test_a_failing_pacs_is_covered_by_the_stored_copy_within_stale_if_error(
@@ -313,7 +451,8 @@ async def client(source: MemoryQidoSource) -> AsyncIterator[TestClient]:
 
 
 async def test_etag_last_modified_and_conditional_reads(source: MemoryQidoSource) -> None:
-    client = await start_client(load_settings({"BRIDGE_QIDO_URL": "http://pacs/dicom-web"}), source)
+    settings = load_settings({"BRIDGE_QIDO_URL": "http://pacs/dicom-web", "BRIDGE_CACHE_MIN_REREAD": "0"})
+    client = await start_client(settings, source)
     try:
         first = await client.get(f"/fhir/ImagingStudy/{STUDY}")
         assert first.status == 200
@@ -337,6 +476,58 @@ async def test_etag_last_modified_and_conditional_reads(source: MemoryQidoSource
         assert reads_of_study(source) == 4
     finally:
         await client.close()
+
+
+async def test_forced_reads_within_min_reread_are_served_the_stored_study(source: MemoryQidoSource) -> None:
+    settings = load_settings({"BRIDGE_QIDO_URL": "http://pacs/dicom-web", "BRIDGE_CACHE_MIN_REREAD": "3600"})
+    client = await start_client(settings, source)
+    try:
+        assert (await client.get(f"/fhir/ImagingStudy/{STUDY}")).headers["X-Cache"] == "MISS"
+        for forcing in ({"Cache-Control": "no-cache"}, {"Cache-Control": "max-age=0"}, {"Pragma": "no-cache"}):
+            forced = await client.get(f"/fhir/ImagingStudy/{STUDY}", headers=forcing)
+            assert (forced.status, forced.headers["X-Cache"]) == (200, "HIT")
+        assert reads_of_study(source) == 1
+    finally:
+        await client.close()
+
+
+async def test_a_remembered_404_is_answered_again_without_the_pacs(
+    client: TestClient, source: MemoryQidoSource
+) -> None:
+    first = await client.get(f"/fhir/ImagingStudy/{UNKNOWN}")
+    source.calls.clear()
+    again = await client.get(f"/fhir/ImagingStudy/{UNKNOWN}", headers={"Cache-Control": "no-cache"})
+    assert (first.status, again.status) == (404, 404)
+    assert (await again.json())["issue"] == (await first.json())["issue"]
+    assert source.calls == []
+
+
+async def test_a_search_finds_a_study_whose_404_is_remembered(client: TestClient, source: MemoryQidoSource) -> None:
+    saved, source.studies = source.studies, []
+    assert (await client.get(f"/fhir/ImagingStudy/{STUDY}")).status == 404
+    source.studies = saved  # the study arrives; reads answer 404 until negative_ttl, but a search that finds it
+    found = await (await client.get(f"/fhir/ImagingStudy?_id={STUDY}")).json()
+    assert [e["search"]["mode"] for e in found["entry"]] == ["match"]
+    assert found["entry"][0]["resource"]["series"][0]["uid"] == SERIES
+
+
+async def test_a_remembered_409_stays_a_409_and_a_search_gets_each_patients_part(
+    client: TestClient, source: MemoryQidoSource
+) -> None:
+    for part in (source.studies, source.series[STUDY], source.instances[(STUDY, SERIES)]):
+        part[0]["00100020"] = el("LO", "P1")  # a shared UID's rows must name their patient
+    source.studies.append({**source.studies[0], "00100020": el("LO", "P2")})
+    source.series[STUDY].append({"0020000E": el("UI", "2.25.7.9"), "00080060": el("CS", "MR"),
+                                 "00100020": el("LO", "P2")})  # fmt: skip
+    source.instances[(STUDY, "2.25.7.9")] = [{"00080018": el("UI", "2.25.7.9.1"), "00080016": el("UI", CT),
+                                              "00100020": el("LO", "P2")}]  # fmt: skip
+    assert (await client.get(f"/fhir/ImagingStudy/{STUDY}")).status == 409
+    for patient, series in (("P1", SERIES), ("P2", "2.25.7.9")):
+        scoped = await (await client.get(f"/fhir/ImagingStudy?patient={patient}")).json()
+        assert [s["uid"] for s in scoped["entry"][0]["resource"]["series"]] == [series]
+    source.calls.clear()
+    assert (await client.get(f"/fhir/ImagingStudy/{STUDY}")).status == 409
+    assert source.calls == []
 
 
 async def test_a_stored_study_is_served_when_the_pacs_fails(client: TestClient, source: MemoryQidoSource) -> None:

@@ -14,10 +14,11 @@ import orjson
 import pytest
 from redis.asyncio import Redis
 
-from bridge.cache.backends import RedisBackend
+from bridge.cache.backends import RedisBackend, study_key
 from bridge.cache.freshness import Entry, Policy
 from bridge.cache.refresh import Refresher
 from bridge.cache.service import StudyCache
+from bridge.errors import Conflict, NotFound
 from bridge.mapping.dicomjson import DicomJson
 from bridge.mapping.imagingstudy import MappingOptions
 from bridge.qido.http import HttpQidoSource
@@ -28,7 +29,7 @@ from tests.support.dicomgen import InstanceSpec, encode, simple_study
 from tests.support.fhircheck import validate
 from tests.support.orthanc import OrthancServer
 from tests.support.redis_server import RedisServer
-from tests.test_cache import STUDY, Clock, pacs
+from tests.test_cache import STUDY, UNKNOWN, Clock, el, pacs
 
 
 @pytest.fixture(scope="session")
@@ -192,6 +193,32 @@ async def test_replicas_agree_on_last_updated_even_reading_cold_at_once_and_afte
         again = (await caches[0].read(STUDY)).entry
         assert (again.last_modified, again.body) == (first.last_modified, first.body)
         assert again.checked_at == clocks[0].now
+    finally:
+        for cache, backend in zip(caches, backends, strict=True):
+            await cache.close()
+            await backend.close()
+
+
+async def test_replicas_share_remembered_404s_and_409s(redis_url: str) -> None:
+    sources = [pacs(), pacs()]
+    sources[0].studies.append({**sources[0].studies[0], "00100020": el("LO", "P2")})  # the first sees the UID shared
+    backends = [RedisBackend(redis_url), RedisBackend(redis_url)]
+    caches = [StudyCache(b, s, MappingOptions(), Policy()) for b, s in zip(backends, sources, strict=True)]
+    try:
+        with pytest.raises(NotFound) as missing:
+            await caches[0].read(UNKNOWN)
+        with pytest.raises(Conflict) as shared:
+            await caches[0].read(STUDY)
+        with pytest.raises(NotFound) as missing_too:
+            await caches[1].read(UNKNOWN)
+        with pytest.raises(Conflict) as shared_too:  # never the one-patient study the second's own PACS would give
+            await caches[1].read(STUDY)
+        assert (missing_too.value.diagnostics, shared_too.value.diagnostics) == (
+            missing.value.diagnostics,
+            shared.value.diagnostics,
+        )
+        assert sources[1].calls == []
+        assert await backends[1].checked_at(study_key(UNKNOWN)) is None  # nothing for the refresh to re-validate
     finally:
         for cache, backend in zip(caches, backends, strict=True):
             await cache.close()

@@ -171,16 +171,16 @@ def test_query_string_keys_come_out_sorted() -> None:
 
 
 @pytest.mark.parametrize(
-    ("count", "offsets"),
+    ("count", "asked"),
     [
-        pytest.param(0, [0], id="empty"),
-        pytest.param(1, [0], id="one-short-page"),
-        pytest.param(5, [0, 2, 4], id="last-page-short"),
-        pytest.param(4, [0, 2, 4], id="last-page-empty"),
+        pytest.param(0, [(2, 0)], id="empty"),
+        pytest.param(1, [(2, 0), (1, 1)], id="one-short-page-then-a-proof-of-its-end"),
+        pytest.param(5, [(2, 0), (2, 2), (2, 4), (1, 5)], id="last-page-short-then-a-proof-of-its-end"),
+        pytest.param(4, [(2, 0), (2, 2), (2, 4)], id="last-page-empty"),
     ],
 )
-async def test_page_size_asks_limit_and_growing_offsets_until_a_short_page(
-    pacs: aioresponses, make_source: MakeSource, count: int, offsets: list[int]
+async def test_page_size_asks_limit_and_growing_offsets_until_the_end_is_proved(
+    pacs: aioresponses, make_source: MakeSource, count: int, asked: list[tuple[int, int]]
 ) -> None:
     fake = FakePacs(instances(count))
     pacs.get(INSTANCES, callback=fake, repeat=True)
@@ -188,7 +188,7 @@ async def test_page_size_asks_limit_and_growing_offsets_until_a_short_page(
     rows = await make_source(page_size=2).search_instances("1.2.3", "4.5", ())
 
     assert uids(rows) == uids(fake.rows)
-    assert fake.asked == [(2, offset) for offset in offsets]
+    assert fake.asked == asked
 
 
 async def test_without_page_size_the_additional_results_warning_makes_it_ask_again(
@@ -200,17 +200,45 @@ async def test_without_page_size_the_additional_results_warning_makes_it_ask_aga
     rows = await source.search_instances("1.2.3", "4.5", ())
 
     assert uids(rows) == uids(fake.rows)
-    assert fake.asked == [(None, 0), (None, 3), (None, 6)]
+    assert fake.asked == [(None, 0), (None, 3), (None, 6), (1, 7)]
 
 
-async def test_without_page_size_or_warning_one_page_is_all(pacs: aioresponses, source: HttpQidoSource) -> None:
-    fake = FakePacs(instances(5), cap=2)
+async def test_a_silent_cap_without_counts_is_read_past(pacs: aioresponses, source: HttpQidoSource) -> None:
+    fake = FakePacs(instances(5), cap=2)  # no Warning, no count: only asking past the end shows there is more
     pacs.get(INSTANCES, callback=fake, repeat=True)
 
     rows = await source.search_instances("1.2.3", "4.5", ())
 
-    assert len(rows) == 2
+    assert uids(rows) == uids(fake.rows)
+    assert fake.asked == [(None, 0), (1, 2), (None, 3), (1, 5)]
+
+
+async def test_a_silent_cap_that_ignores_offset_is_a_502_not_a_shorter_list(
+    pacs: aioresponses, source: HttpQidoSource
+) -> None:
+    pacs.get(INSTANCES, callback=FakePacs(instances(5), cap=2, honour_offset=False), repeat=True)
+
+    with pytest.raises(UpstreamBadResponse, match="ignores offset"):
+        await source.search_instances("1.2.3", "4.5", ())
+
+
+async def test_an_answer_with_a_count_costs_no_proof(pacs: aioresponses, source: HttpQidoSource) -> None:
+    fake = FakePacs(instances(3))
+    pacs.get(INSTANCES, callback=fake, repeat=True)
+
+    rows = await source.search_instances("1.2.3", "4.5", (), expected=3)
+
+    assert len(rows) == 3
     assert fake.asked == [(None, 0)]
+
+
+async def test_one_study_uid_costs_no_proof(pacs: aioresponses, source: HttpQidoSource) -> None:
+    pacs.get(STUDIES, payload=[{tags.STUDY_INSTANCE_UID: element("UI", "1.2.3")}])
+
+    rows = await source.search_studies({"StudyInstanceUID": "1.2.3"}, ())
+
+    assert len(rows) == 1
+    assert len(pacs.requests) == 1
 
 
 @pytest.mark.parametrize(
@@ -331,6 +359,7 @@ async def test_duplicate_instances_merge_keeping_attributes_only_the_later_one_h
         **{tags.INSTANCE_NUMBER: element("IS", 2), tags.SOP_CLASS_UID: element("UI", "1.2.840.10008.5.1.4.1.1.2")},
     )
     pacs.get(INSTANCES, payload=[first, other, again])
+    pacs.get(INSTANCES, payload=[])  # nothing past them
 
     rows = await source.search_instances("1.2.3", "4.5", ())
 
@@ -390,6 +419,7 @@ async def test_study_rows_are_keyed_by_study_and_patient(
             for patient in patients
         ],
     )
+    pacs.get(STUDIES, payload=[])  # nothing past them
 
     rows = await source.search_studies({}, ())
 

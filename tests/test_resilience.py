@@ -93,6 +93,7 @@ async def test_connection_failures_and_503_are_retried_until_an_answer(source: H
         pacs.get(STUDIES, exception=aiohttp.ServerDisconnectedError())
         pacs.get(STUDIES, status=503)
         pacs.get(STUDIES, payload=[{"0020000D": {"vr": "UI", "Value": ["1.2.3"]}}])
+        pacs.get(STUDIES, payload=[])  # nothing past it
         rows = await source.search_studies({}, ())
     assert len(rows) == 1
     assert source.breaker.state is State.CLOSED

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from importlib.resources import files
 from urllib.parse import parse_qsl
 
 import pytest
@@ -250,8 +251,16 @@ def test_long_uid_lists_are_split_across_queries() -> None:
     assert [len(q["StudyInstanceUID"].split(",")) for q in study] == [50, 40]
 
 
+#: SNOMED codes that name a body part, each asked of the PACS as one or more BodyPartExamined terms.
+SNOMED_CODES = sorted({row.split(",")[1] for row in (files("bridge.terminology") / "body-part-snomed.csv")
+                       .read_text().splitlines()[1:]})  # fmt: skip
+
+
 def test_a_fan_out_beyond_the_cap_is_too_costly() -> None:
-    with pytest.raises(InvalidRequest, match="more than 50 PACS queries"):
-        plan("patient=" + ",".join(f"P{n}" for n in range(60)))
+    with pytest.raises(InvalidRequest, match="more than 30 PACS queries"):
+        plan("patient=" + ",".join(f"P{n}" for n in range(31)))
+    with pytest.raises(InvalidRequest, match="more than 30 series and instance queries"):
+        plan("body-site=" + ",".join(SNOMED_CODES[:31]) + "&patient=P1")
+    assert len(plan("patient=" + ",".join(f"P{n}" for n in range(30)))[0] or ()) == 30
     study, _ = plan("patient=P1,P2&subject=P1,P2")  # the same PatientID filters twice: asked once each
     assert study == [{"PatientID": "P1"}, {"PatientID": "P2"}]

@@ -264,7 +264,7 @@ def test_links_are_plain_get_urls() -> None:
     from bridge.search.query import parse_search
 
     query = parse_search([("patient:identifier", "urn:oid:1.2|PAT 01/ä"), ("_count", "2"), ("_offset", "2")])
-    links = {entry["relation"]: entry["url"] for entry in page_links("https://x/fhir", query, total=5)}
+    links = {entry["relation"]: entry["url"] for entry in page_links("https://x/fhir", query, has_next=True)}
     assert dict(parse_qsl(urlsplit(links["next"]).query)) == {
         "patient:identifier": "urn:oid:1.2|PAT 01/ä", "_count": "2", "_offset": "4"
     }  # fmt: skip
@@ -280,7 +280,7 @@ async def search_in(source: MemoryQidoSource, query: str) -> dict[str, Any]:
         await client.close()
 
 
-async def test_a_scoped_read_of_a_shared_uid_refuses_rows_that_do_not_name_their_patient() -> None:
+async def test_a_shared_uid_whose_rows_do_not_name_their_patient_is_refused_to_a_patient_search() -> None:
     shared = "2.25.100"
     source = MemoryQidoSource(
         studies=[{"0020000D": el("UI", shared), "00100020": el("LO", pid)} for pid in ("PA", "PB")],
@@ -289,8 +289,10 @@ async def test_a_scoped_read_of_a_shared_uid_refuses_rows_that_do_not_name_their
                    for n in (1, 2)},
     )  # fmt: skip
     body = await search_in(source, "patient=PA")
-    assert ids(body) == [shared]
-    assert "series" not in body["entry"][0]["resource"]  # no row says it is PA's: none is shown as PA's
+    # No row says it is PA's: the study is neither shown as PA's nor shown without its series, as if complete.
+    assert ids(body) == []
+    outcome = next(e for e in body["entry"] if e["search"]["mode"] == "outcome")["resource"]
+    assert "does not say which of the patients" in outcome["issue"][0]["diagnostics"]
 
 
 async def test_one_patient_id_from_two_issuers_is_two_patients() -> None:

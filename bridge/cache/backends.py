@@ -71,7 +71,8 @@ class CacheBackend(Protocol):
         ...
 
     async def checked_at(self, key: str) -> float | None:
-        """When the PACS last confirmed the entry (``Entry.checked_at``), read without its body; None if absent."""
+        """When the PACS last confirmed the entry (``Entry.checked_at``), read without its body; None if absent or
+        a remembered 404/409 (nothing to re-validate: it expires soon by itself)."""
         ...
 
     async def version_since(self, key: str, version: str, now: float) -> float:
@@ -140,7 +141,7 @@ class MemoryBackend:
 
     async def checked_at(self, key: str) -> float | None:
         held = self._entries.get(key)
-        if held is None or self._clock() >= held[1]:
+        if held is None or self._clock() >= held[1] or held[0].status != 200:
             return None  # an expired entry is not held, as for ``get``
         return held[0].checked_at
 
@@ -227,9 +228,10 @@ class RedisBackend:
             if not isinstance(head, bytes) or not head:
                 return None
             if len(head) >= 4 and Entry.head_size(head) <= len(head):
-                return Entry.unpack(head).checked_at  # the header, and whatever part of the body came with it
-            entry = await self.get(key)  # a header longer than the range: read it all
-            return entry.checked_at if entry is not None else None
+                entry: Entry | None = Entry.unpack(head)  # the header, and whatever part of the body came with it
+            else:
+                entry = await self.get(key)  # a header longer than the range: read it all
+            return entry.checked_at if entry is not None and entry.status == 200 else None
         except Exception as exc:  # as for ``get``: an entry that cannot be read is not there
             log.warning("cache read failed (%s)", type(exc).__name__)
             return None

@@ -3,6 +3,9 @@
 An entry is *fresh* for ``ttl`` seconds after the PACS last confirmed it; then, for ``stale_while_revalidate``
 seconds, it is served while a background read refreshes it; past that it must be read again, but if that read
 fails it may still be served for ``stale_if_error`` seconds after it went stale (RFC 5861's two extensions).
+A client's ``Cache-Control: no-cache`` forces a read only if the entry is older than ``min_reread`` seconds, so
+no caller can make the PACS read a study more often than that. A *negative* entry remembers that the PACS had
+no such study (404) or had it under two patients (409), for ``negative_ttl`` seconds.
 The clock is a parameter everywhere, so the rules are tested by a table, not by sleeping.
 """
 
@@ -23,6 +26,10 @@ class Policy:
     ttl: float = 300.0
     stale_while_revalidate: float = 600.0
     stale_if_error: float = 86_400.0
+    #: A forced read (``no-cache``) of an entry confirmed less than this long ago is served the entry instead.
+    min_reread: float = 5.0
+    #: How long a 404 or 409 is remembered; 0: not at all.
+    negative_ttl: float = 30.0
 
     @property
     def retention(self) -> float:
@@ -33,7 +40,8 @@ class Policy:
 class Action(Enum):
     SERVE = "serve"  # fresh
     SERVE_STALE = "serve-stale"  # stale, within stale-while-revalidate: serve and refresh in the background
-    FETCH = "fetch"  # missing, too old, or the client asked (Cache-Control: no-cache)
+    FETCH = "fetch"  # missing, too old, or the client asked (Cache-Control: no-cache) and min_reread has passed
+    REFUSE = "refuse"  # a remembered 404 or 409: answer it again
 
 
 #: What every cached read comes to, bound once: on Python 3.11, reading an Enum member through its class
@@ -54,6 +62,13 @@ class Entry:
     checked_at: float
     #: The study-level change signal at that time (see ``change_signal``).
     signal: str = ""
+    #: 200, or the status of a remembered negative answer (404, 409), whose ``body`` is then its diagnostics.
+    status: int = 200
+
+    @classmethod
+    def negative(cls, status: int, diagnostics: str, checked_at: float) -> Entry:
+        """A remembered 404 or 409 with the diagnostics the client was given."""
+        return cls(diagnostics.encode(), "", 0.0, checked_at, "", status)
 
     @property
     def etag(self) -> str:
@@ -72,7 +87,11 @@ class Entry:
 
     def pack(self) -> bytes:
         """Bytes for a shared store: a length-prefixed JSON header, then the body as it is."""
-        header = orjson.dumps({"v": self.version, "m": self.last_modified, "c": self.checked_at, "s": self.signal})
+        if self.status != 200:
+            # No "v": a replica of an earlier release cannot unpack it, so takes it for a miss, never for a study.
+            header = orjson.dumps({"e": self.status, "c": self.checked_at})
+        else:
+            header = orjson.dumps({"v": self.version, "m": self.last_modified, "c": self.checked_at, "s": self.signal})
         return struct.pack(">I", len(header)) + header + self.body
 
     @classmethod
@@ -81,6 +100,8 @@ class Entry:
         header fields are right and whose body is the rest of the prefix."""
         size = cls.head_size(packed)
         header = orjson.loads(packed[4:size])
+        if "e" in header:
+            return cls(packed[size:], "", 0.0, header["c"], "", header["e"])
         return cls(packed[size:], header["v"], header["m"], header["c"], header["s"])
 
     #: Bytes to read from a packed entry's start to get its header, nearly always.
@@ -94,20 +115,27 @@ class Entry:
 
 
 def decide(entry: Entry | None, now: float, policy: Policy, *, no_cache: bool = False) -> Action:
-    """What to do with a request for a cached study."""
-    if entry is None or no_cache:
+    """What to do with a request for a cached study; ``no_cache``: the client asked for a PACS read."""
+    if entry is None:
         return Action.FETCH
     age = now - entry.checked_at
+    # no-cache forces a read only of an entry confirmed min_reread ago or earlier, so however many clients ask, the
+    # PACS reads a study at most once per min_reread; a younger entry is answered as usual (never served stale).
+    if no_cache and age >= policy.min_reread:
+        return Action.FETCH
+    if entry.status != 200:
+        return Action.REFUSE if age < policy.negative_ttl else Action.FETCH
     if age < policy.ttl:
         return SERVE
-    if age < policy.ttl + policy.stale_while_revalidate:
+    if age < policy.ttl + policy.stale_while_revalidate and not no_cache:
         return Action.SERVE_STALE
     return Action.FETCH
 
 
 def usable_on_error(entry: Entry | None, now: float, policy: Policy) -> bool:
-    """Whether a stored entry may stand in for a PACS that just failed (stale-if-error)."""
-    return entry is not None and now - entry.checked_at < policy.ttl + policy.stale_if_error
+    """Whether a stored entry may stand in for a PACS that just failed (stale-if-error); a remembered 404 or 409
+    never does (it is no study to serve)."""
+    return entry is not None and entry.status == 200 and now - entry.checked_at < policy.ttl + policy.stale_if_error
 
 
 def due_for_refresh(checked_at: float, now: float, policy: Policy, horizon: float) -> bool:

@@ -20,7 +20,8 @@ from bridge.cache.freshness import due_for_refresh
 from bridge.cache.service import StudyCache
 from bridge.errors import BridgeError
 from bridge.mapping import tags
-from bridge.mapping.dicomjson import text, uid
+from bridge.mapping.dicomjson import uid
+from bridge.mapping.identity import Identity, identity_of
 from bridge.qido.source import Filters, QidoSource
 from bridge.telemetry import REFRESH_RUNS
 
@@ -63,13 +64,13 @@ async def warm(cache: StudyCache, source: QidoSource, filters: Filters, progress
     """Read every study matching ``filters`` into the cache (re-validating those already held)."""
     rows = await source.search_studies(filters, tags.STUDY_FIELDS)
     wanted_patient = filters.get("PatientID")
-    by_uid: dict[str, set[str | None]] = {}
+    by_uid: dict[str, set[Identity | None]] = {}
     for row in rows:
         study_uid = uid(row, tags.STUDY_INSTANCE_UID)
-        patient = text(row, tags.PATIENT_ID)
-        # The PACS's match is a superset (wildcards, case): a patient filter is checked exactly.
-        if study_uid is not None and (wanted_patient is None or patient == wanted_patient):
-            by_uid.setdefault(study_uid, set()).add(patient)
+        owner = identity_of(row)
+        # The PACS's match is a superset (wildcards, case): a patient filter is checked exactly, on raw values.
+        if study_uid is not None and (wanted_patient is None or (owner and owner.patient_id == wanted_patient)):
+            by_uid.setdefault(study_uid, set()).add(owner)
     # A StudyInstanceUID under several patients is not one study: it is never cached (reads answer 409).
     uids = sorted(u for u, patients in by_uid.items() if len(patients) == 1)
     return await _each(cache, uids, progress)
@@ -85,7 +86,7 @@ async def _each(cache: StudyCache, uids: list[str], progress: Progress | None) -
         async with gate:
             try:
                 stored = await cache.backend.get(study_key(study_uid))
-                if stored is None:
+                if stored is None or stored.status != 200:  # a remembered 404/409 has nothing to re-validate
                     await cache.fetch(study_uid, None)
                     summary.fetched += 1
                 else:

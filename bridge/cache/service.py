@@ -3,7 +3,13 @@
 A read consults the backend and the freshness rules (``bridge.cache.freshness``): fresh entries are served as
 stored bytes (no mapping, no serialization), stale ones are served while one background read refreshes them,
 and a PACS failure falls back to a stored entry within the stale-if-error window. Concurrent reads of the same
-study share one PACS fetch (single flight), so fifty cold reads cost the PACS what one costs.
+study share one PACS fetch (single flight), so fifty cold reads cost the PACS what one costs, and a forced read
+(``no-cache``) reads the PACS only if the entry is older than the policy's ``min_reread``.
+
+A read that ends in ``NotFound`` or ``Conflict`` is remembered as a negative entry in the study's place, for the
+policy's ``negative_ttl``: it is answered again, status and diagnostics, without the PACS. It replaces any entry
+the study had, since the PACS's latest answer is the one to give: a study now under two patients is never served
+from a copy read before. A failing PACS (``UpstreamError``) is never remembered.
 
 ``meta.versionId`` is a hash of the content and ``meta.lastUpdated`` the time that content was first seen, so
 both change exactly when the study does. Since when a study has had its content is a record of the backend, shared by
@@ -33,7 +39,7 @@ from bridge.cache.freshness import (
     decide,
     usable_on_error,
 )
-from bridge.errors import DeadlineExceeded, UpstreamError
+from bridge.errors import BridgeError, Conflict, DeadlineExceeded, NotFound, UpstreamError
 from bridge.mapping import tags
 from bridge.mapping.dicomjson import DicomJson, texts, uid, unsigned
 from bridge.mapping.imagingstudy import MappingOptions
@@ -100,7 +106,8 @@ class StudyCache:
         return stored
 
     async def read(self, study_uid: str, *, no_cache: bool = False) -> Read:
-        """The study as stored or freshly read; ``no_cache`` (``Cache-Control: no-cache``) forces a PACS read."""
+        """The study as stored or freshly read; ``no_cache`` (``Cache-Control: no-cache``) forces a PACS read
+        unless the stored entry is younger than ``min_reread``. Raises a remembered ``NotFound`` or ``Conflict``."""
         stored = await self.backend.get(study_key(study_uid))
         if stored is None:
             check_study_id(study_uid)  # a stored key was checked when it was stored
@@ -109,6 +116,9 @@ class StudyCache:
         if action is SERVE and stored is not None:
             STATS.cache_reads[HIT.label] += 1
             return Read(stored, HIT)
+        if action is Action.REFUSE and stored is not None:
+            STATS.cache_reads[HIT.label] += 1
+            raise remembered(stored)
         if action is Action.SERVE_STALE and stored is not None:
             self._load_once(study_uid, stored)  # one refresh per study, however many stale reads
             STATS.cache_reads[Outcome.STALE.label] += 1
@@ -174,7 +184,13 @@ class StudyCache:
             log.warning("read of study %s failed: %s", study_uid, getattr(exc, "diagnostics", repr(exc)))
 
     async def _load(self, study_uid: str, previous: Entry | None) -> Entry:
-        read = await read_study(self._source, study_uid, self._options)
+        try:
+            read = await read_study(self._source, study_uid, self._options)
+        except (NotFound, Conflict) as exc:
+            if self.policy.negative_ttl > 0:
+                negative = Entry.negative(exc.status, exc.diagnostics, self._clock())
+                await self.backend.put(study_key(study_uid), negative, self.policy.negative_ttl)
+            raise
         now = self._clock()
         version = content_version(read.resource)
         # Asked even when ``previous`` has this version: that keeps the record alive as long as the entry, and
@@ -187,6 +203,12 @@ class StudyCache:
         else:
             self.unstored.add(study_uid)
         return entry
+
+
+def remembered(entry: Entry) -> BridgeError:
+    """The error a negative entry remembers, as it was first raised."""
+    diagnostics = entry.body.decode()
+    return Conflict(diagnostics) if entry.status == Conflict.status else NotFound(diagnostics)
 
 
 def make_entry(resource: dict[str, Any], version: str, signal: str, last_modified: float, now: float) -> Entry:

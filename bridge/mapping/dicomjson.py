@@ -62,15 +62,6 @@ def text(ds: DicomJson, tag: str) -> str | None:
     return None
 
 
-def raw_text(ds: DicomJson, tag: str) -> str | None:
-    """The first value with only DICOM's padding removed (spaces, NUL): where identity is compared, a value the
-    bridge had to clean (control characters, odd spaces) must not pass for the cleaned one."""
-    value = first(ds, tag)
-    if not isinstance(value, str):
-        return text(ds, tag)
-    return value.strip(" \x00") or None
-
-
 def texts(ds: DicomJson, tag: str) -> list[str]:
     """Every non-blank string value, padding removed."""
     out = []

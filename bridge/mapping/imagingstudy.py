@@ -33,6 +33,7 @@ from bridge.mapping.dicomjson import (
     uid,
     unsigned,
 )
+from bridge.mapping.identity import raw, writable
 
 DICOM_UID_SYSTEM = "urn:dicom:uid"
 RFC3986 = "urn:ietf:rfc:3986"
@@ -194,10 +195,12 @@ def _issuer(designator: DicomJson) -> tuple[str | None, str | None]:
 
 def _subject(study: DicomJson, options: MappingOptions) -> dict[str, Any]:
     subject: dict[str, Any] = {"type": "Patient"}
-    patient_id = text(study, tags.PATIENT_ID)
+    # The identifier carries the PACS's raw values: a PatientID the bridge cleaned would name another patient
+    # (``P1\u00a0`` is not ``P1``). One that a FHIR string cannot hold as it is is written as absent.
+    patient_id = raw(study, tags.PATIENT_ID)
     if patient_id is not None:
         identifier: dict[str, Any] = {}
-        issuer = text(study, tags.ISSUER_OF_PATIENT_ID)
+        issuer = raw(study, tags.ISSUER_OF_PATIENT_ID)
         if issuer is None:
             if options.patient_id_system:
                 identifier["system"] = options.patient_id_system
@@ -205,10 +208,13 @@ def _subject(study: DicomJson, options: MappingOptions) -> dict[str, Any]:
             identifier["system"] = options.issuer_systems[issuer]
         elif _OID.match(issuer):
             identifier["system"] = f"urn:oid:{issuer}"
-        else:
+        elif assigner := text(study, tags.ISSUER_OF_PATIENT_ID):
             # An issuer we cannot turn into a URI: say who assigned the ID rather than invent a system.
-            identifier["assigner"] = {"display": issuer}
-        identifier["value"] = patient_id
+            identifier["assigner"] = {"display": assigner}
+        if writable(patient_id):
+            identifier["value"] = patient_id
+        else:
+            identifier["_value"] = {"extension": [{"url": DATA_ABSENT_REASON, "valueCode": "unsupported"}]}
         subject["identifier"] = identifier
     if name := person_name(study, tags.PATIENT_NAME):
         subject["display"] = name

@@ -3,6 +3,11 @@
 This serves the embedded default (pydicom's sample files) and ``BRIDGE_QIDO_URL=file:///folder``. The file
 client is synchronous and keeps an SQLite index bound to the thread that built it, so it lives on one
 dedicated worker thread: its calls never block the event loop and never cross threads.
+
+The file client indexes a file's study and series before its instance and gives up on the instance when the
+file has no File Meta Information (it reads the transfer syntax from there): the study then shows a series with
+no instances. After it has indexed, every file it skipped is read again here, and indexed with the transfer
+syntax pydicom detected, or reported with a warning naming the file.
 """
 
 from __future__ import annotations
@@ -15,6 +20,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+from pydicom import Dataset, dcmread
+from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
 from bridge.errors import UpstreamBadResponse, UpstreamUnavailable
 from bridge.mapping import tags
 from bridge.mapping.dicomjson import DicomJson
@@ -23,6 +31,16 @@ from bridge.qido.source import NO_FILTERS, Filters
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+#: The transfer syntax of a file without File Meta Information, from the encoding pydicom detected while
+#: reading it: (implicit VR, little endian). Implicit VR big endian is no transfer syntax at all.
+_ENCODINGS: dict[tuple[bool | None, bool | None], UID] = {
+    (True, True): ImplicitVRLittleEndian,
+    (False, True): ExplicitVRLittleEndian,
+    (False, False): ExplicitVRBigEndian,
+}
+#: What an instance needs to be listed in a study (the file client's index requires each).
+_REQUIRED = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
 
 
 def pydicom_samples() -> Path:
@@ -61,7 +79,9 @@ class FolderQidoSource:
                 logging.getLogger(name).setLevel(logging.ERROR)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return DICOMfileClient(url=self.description, in_memory=True, readonly=True)
+            client = DICOMfileClient(url=self.description, in_memory=True, readonly=True)
+            _index_skipped_files(client._db_manager)
+        return client
 
     async def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -70,17 +90,26 @@ class FolderQidoSource:
         if self._client is None:
             raise UpstreamUnavailable(f"{self.description} is not indexed yet")
 
-    async def search_studies(self, filters: Filters, fields: Sequence[str]) -> list[DicomJson]:
+    async def search_studies(
+        self, filters: Filters, fields: Sequence[str], *, limit: int | None = None, offset: int = 0
+    ) -> list[DicomJson]:
         rows = await self._call(lambda c: c.search_for_studies(search_filters=dict(filters)))
-        return merge_rows(rows, (tags.STUDY_INSTANCE_UID, tags.PATIENT_ID))
+        found = merge_rows(rows, (tags.STUDY_INSTANCE_UID, *tags.OWNER))
+        return found[offset : offset + limit] if limit is not None else found[offset:]
 
     async def search_series(
-        self, study_uid: str | None, fields: Sequence[str], expected: int | None = None, filters: Filters = NO_FILTERS
+        self,
+        study_uid: str | None,
+        fields: Sequence[str],
+        expected: int | None = None,
+        filters: Filters = NO_FILTERS,
+        *,
+        prove: bool = True,
     ) -> list[DicomJson]:
         rows = await self._call(
             lambda c: c.search_for_series(study_instance_uid=study_uid, search_filters=dict(filters))
         )
-        return merge_rows(rows, (tags.SERIES_INSTANCE_UID, tags.PATIENT_ID))
+        return merge_rows(rows, (tags.SERIES_INSTANCE_UID, *tags.OWNER))
 
     async def search_instances(
         self,
@@ -95,7 +124,7 @@ class FolderQidoSource:
                 study_instance_uid=study_uid, series_instance_uid=series_uid, search_filters=dict(filters)
             )
         )
-        return merge_rows(rows, (tags.SOP_INSTANCE_UID, tags.PATIENT_ID))
+        return merge_rows(rows, (tags.SOP_INSTANCE_UID, *tags.OWNER))
 
     async def series_metadata(self, study_uid: str, series_uid: str) -> list[DicomJson]:
         return await self._call(
@@ -122,3 +151,69 @@ class FolderQidoSource:
 
     async def _run(self, func: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, func)
+
+
+def _index_skipped_files(index: Any) -> None:
+    """Index the instances in files the file client skipped, or log a warning naming each file that holds an
+    instance which cannot be served. Files that hold no instance (DICOMDIRs, text) are passed over.
+
+    ``index`` is the client's private ``_DatabaseManager``: nothing public adds a file that is already in the
+    folder (``store_instances`` writes a copy into it). Its methods used here are the ones its own indexing
+    calls, unchanged since dicomweb-client 0.59.
+    """
+    base: Path = index.base_dir
+    indexed = set(index._get_indexed_file_paths())
+    known = set(index.get_instance_identifiers())
+    for path in sorted(base.glob("**/*")):
+        if path in indexed or path.name == "DICOMDIR" or not path.is_file():
+            continue
+        try:
+            # Not what the client reads (only its columns' tags), so a file it could not read may still be read.
+            dataset = dcmread(path, stop_before_pixels=True, force=True)
+            uids = {keyword: str(dataset.get(keyword) or "") for keyword in _REQUIRED}
+        except Exception:  # pydicom raises many kinds on what is not DICOM, and holds no instance then
+            log.debug("%s: not DICOM", path)
+            continue
+        sop_uid = uids["SOPInstanceUID"]
+        if not sop_uid:
+            continue  # not an instance: a DICOMDIR under another name, a sample dataset, a dump
+        if missing := [keyword for keyword, value in uids.items() if not value]:
+            log.warning("%s: instance %s is not served: it has no %s", path, sop_uid, " or ".join(missing))
+            continue
+        key = (uids["StudyInstanceUID"], uids["SeriesInstanceUID"], sop_uid)
+        if key in known:
+            continue  # another file holds the same instance (pydicom's samples re-encode some)
+        try:
+            _index_file(index, path.relative_to(base), dataset)
+        except Exception as exc:  # whatever the index makes of this file's values, the file is reported
+            log.warning("%s: instance %s is not served: %s", path, sop_uid, exc)
+        else:
+            known.add(key)
+            log.debug("%s: indexed instance %s, which the DICOM file client skipped", path, sop_uid)
+
+
+def _index_file(index: Any, relative_path: Path, dataset: Dataset) -> None:
+    """Add one file's study, series and instance rows to the index, as the file client's own indexing does."""
+    if "TransferSyntaxUID" not in dataset.file_meta:
+        # pydicom 2 has no original_encoding, only its two halves.
+        encoding = getattr(dataset, "original_encoding", None) or (dataset.read_implicit_vr, dataset.read_little_endian)
+        transfer_syntax = _ENCODINGS.get(encoding)
+        if transfer_syntax is None:
+            raise ValueError(f"its encoding (implicit VR, little endian: {encoding}) is no transfer syntax")
+        dataset.file_meta.TransferSyntaxUID = transfer_syntax
+    for element in list(dataset):
+        # pydicom keeps an IS that is no number as text, which the index would store and every query of the
+        # series then fail on: the value is left out instead.
+        if element.VR == "IS" and isinstance(element.value, str) and element.value.strip():
+            del dataset[element.tag]
+    instance = (
+        *index._extract_instance_metadata(dataset),
+        str(dataset.file_meta.TransferSyntaxUID),
+        str(relative_path),
+        # No frame offsets, as the client records for a file without pixel data: the bridge retrieves no frames.
+        -1,
+        None,
+    )
+    index._insert_into_db(
+        [index._extract_study_metadata(dataset)], [index._extract_series_metadata(dataset)], [instance]
+    )

@@ -26,6 +26,7 @@ from bridge.errors import (
 )
 from bridge.mapping import tags
 from bridge.mapping.dicomjson import DicomJson
+from bridge.qido.budget import current as current_budget
 from bridge.qido.paging import MAX_PAGES, MAX_REPEATS, RowMerger, has_more
 from bridge.qido.resilience import CircuitBreaker, State, backoff, remaining
 from bridge.qido.source import NO_FILTERS, Filters
@@ -105,17 +106,29 @@ class HttpQidoSource:
     async def close(self) -> None:
         await self._session.close()
 
-    async def search_studies(self, filters: Filters, fields: Sequence[str]) -> list[DicomJson]:
+    async def search_studies(
+        self, filters: Filters, fields: Sequence[str], *, limit: int | None = None, offset: int = 0
+    ) -> list[DicomJson]:
         # A StudyInstanceUID may be registered under two patients: keep one row each so that stays visible.
-        return await self._query("/studies", filters, fields, (tags.STUDY_INSTANCE_UID, tags.PATIENT_ID))
+        key = (tags.STUDY_INSTANCE_UID, *tags.OWNER)
+        # One UID's rows (one per patient holding it) need no proof of their end: no PACS caps an answer at one
+        # row, and every series and instance row of the study is checked against them anyway.
+        keyed = set(filters) == {"StudyInstanceUID"} and "," not in filters["StudyInstanceUID"]
+        return await self._query("/studies", filters, fields, key, prove=not keyed, window=(offset, limit))
 
     async def search_series(
-        self, study_uid: str | None, fields: Sequence[str], expected: int | None = None, filters: Filters = NO_FILTERS
+        self,
+        study_uid: str | None,
+        fields: Sequence[str],
+        expected: int | None = None,
+        filters: Filters = NO_FILTERS,
+        *,
+        prove: bool = True,
     ) -> list[DicomJson]:
         path = f"/studies/{study_uid}/series" if study_uid else "/series"
         # One series may be listed once per patient sharing its study UID: keep those apart, as for studies.
-        key = (tags.SERIES_INSTANCE_UID, tags.PATIENT_ID)
-        return await self._query(path, filters, fields, key, expected, missing_is_empty=True)
+        key = (tags.SERIES_INSTANCE_UID, *tags.OWNER)
+        return await self._query(path, filters, fields, key, expected, missing_is_empty=True, prove=prove)
 
     async def search_instances(
         self,
@@ -128,7 +141,7 @@ class HttpQidoSource:
         path = "/instances"
         if study_uid:
             path = f"/studies/{study_uid}{f'/series/{series_uid}' if series_uid else ''}/instances"
-        key = (tags.SOP_INSTANCE_UID, tags.PATIENT_ID)
+        key = (tags.SOP_INSTANCE_UID, *tags.OWNER)
         return await self._query(path, filters, fields, key, expected, missing_is_empty=True)
 
     async def series_metadata(self, study_uid: str, series_uid: str) -> list[DicomJson]:
@@ -151,32 +164,61 @@ class HttpQidoSource:
         expected: int | None = None,
         *,
         missing_is_empty: bool = False,
+        prove: bool = True,
+        window: tuple[int, int | None] = (0, None),
     ) -> list[DicomJson]:
-        """Every row of a query, following pages until the PACS has nothing more."""
+        """Every row of a query (from the ``window``'s offset, at most its limit of them), following pages until
+        the PACS has nothing more, within the request's budget (``bridge.qido.budget``).
+
+        Some PACSes cap an answer silently, without the ``Warning`` PS3.18 asks for. Where the PACS gave no count
+        for the level (``expected``), an answer that ended with rows is proved complete by one more request at
+        ``offset`` = rows so far, which must come back empty; a PACS that answers it with rows already read
+        ignores ``offset``, and what it sent cannot be proved complete: a 502, never a shorter list."""
         merged = RowMerger(key_tags)
         # Only what was asked for is kept: PACSes add their own defaults to every row (Orthanc: about fourteen
         # attributes per instance), and a 10,000-instance study's rows are most of a read's memory.
         wanted = tuple(dict.fromkeys([*fields, *key_tags])) if fields else None
-        offset = 0
+        offset, most = window
         repeats = 0
+        proving = False
+        budget = current_budget()
         for _ in range(MAX_PAGES):
-            query = query_string(filters, fields, self._page_size, offset=offset)
+            # A proof asks for one row past the end (Orthanc ignores an offset that comes without a limit).
+            limit = 1 if proving else _smallest(self._page_size, most - len(merged) if most is not None else None)
+            if budget is not None:
+                limit = budget.limit(limit)
+            query = query_string(filters, fields, limit, offset=offset)
             page, warning = await self._page(path, query, missing_is_empty=missing_is_empty)
+            if budget is not None:
+                budget.spend_rows(len(page), f"QIDO {path}")
             if wanted is not None:
                 page = [{tag: row[tag] for tag in wanted if tag in row} for row in page]
             offset += len(page)
             before = len(merged)
             merged.add(page)
+            if most is not None and len(merged) >= most:
+                return merged.rows[:most]
+            if proving and page and len(merged) > before:
+                proving = False
+                continue  # rows past what looked like the end: a silent cap; read on, page by page
+            if proving and page:
+                raise UpstreamBadResponse(
+                    f"the PACS answered QIDO {path} with {before} rows and no count of them, and answered the "
+                    f"request for the rows after those with the same rows again (it ignores offset): the bridge "
+                    "cannot tell whether it capped its answer, and refuses to present part of it as complete"
+                )
             repeats = repeats + 1 if page and len(merged) == before else 0
             if repeats >= MAX_REPEATS:
                 log.warning("PACS sends the same rows again and again for QIDO %s (ignores offset?)", path)
                 return merged.rows
             more = has_more(
-                page_rows=len(page), limit=self._page_size, warning=warning, total_rows=len(merged),
-                expected=expected,
-            )  # fmt: skip
-            if not more:
+                page_rows=len(page), limit=limit, warning=warning, total_rows=len(merged), expected=expected
+            )
+            if more:
+                continue
+            if not (prove and expected is None and page):
                 return merged.rows
+            proving = True  # the answer ended with rows, and nothing says they were all: ask past them
         raise UpstreamBadResponse(f"PACS kept paging past {MAX_PAGES} pages for QIDO {path}")
 
     async def _page(self, path: str, query: str, *, missing_is_empty: bool) -> tuple[list[DicomJson], str | None]:
@@ -186,6 +228,7 @@ class HttpQidoSource:
         url = URL(f"{url}?{query}", encoded=True) if query else url
         where = f"{'WADO-RS' if path.endswith('/metadata') else 'QIDO'} {path}"
         attempt = 0
+        budget = current_budget()
         while True:
             if not self.breaker.allow():
                 wait = self.breaker.retry_after()
@@ -194,6 +237,8 @@ class HttpQidoSource:
                     "bridge asks it again (circuit breaker open)",
                     retry_after=wait,
                 )
+            if budget is not None:
+                budget.spend_query(where)  # every attempt is a request the PACS answers
             try:
                 result = await self._request(url, where, missing_is_empty)
             except DeadlineExceeded:
@@ -282,6 +327,11 @@ class HttpQidoSource:
                 raise too_big
             chunks.append(chunk)
         return b"".join(chunks)
+
+
+def _smallest(*limits: int | None) -> int | None:
+    """The smallest of the limits that are set (0 and None: unset)."""
+    return min((limit for limit in limits if limit), default=None)
 
 
 def _retry_after(value: str | None) -> int | None:

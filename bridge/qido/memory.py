@@ -16,6 +16,7 @@ from pydicom.datadict import tag_for_keyword
 from bridge.errors import UpstreamError
 from bridge.mapping import tags
 from bridge.mapping.dicomjson import DicomJson, texts
+from bridge.qido.budget import current as current_budget
 from bridge.qido.source import NO_FILTERS, Filters
 
 
@@ -62,12 +63,21 @@ class MemoryQidoSource:
         self.fail_only: str | None = None
         self.calls: list[str] = []
 
-    async def search_studies(self, filters: Filters, fields: Sequence[str]) -> list[DicomJson]:
+    async def search_studies(
+        self, filters: Filters, fields: Sequence[str], *, limit: int | None = None, offset: int = 0
+    ) -> list[DicomJson]:
         self._called("studies")
-        return [row for row in self.studies if qido_match(row, filters)]
+        found = [row for row in self.studies if qido_match(row, filters)]
+        return self._spent(found[offset : offset + limit] if limit is not None else found[offset:], "studies")
 
     async def search_series(
-        self, study_uid: str | None, fields: Sequence[str], expected: int | None = None, filters: Filters = NO_FILTERS
+        self,
+        study_uid: str | None,
+        fields: Sequence[str],
+        expected: int | None = None,
+        filters: Filters = NO_FILTERS,
+        *,
+        prove: bool = True,
     ) -> list[DicomJson]:
         self._called(f"series {study_uid}")
         studies = [study_uid] if study_uid else list(self.series)
@@ -76,7 +86,7 @@ class MemoryQidoSource:
             for study in studies
             for row in self.series.get(study, [])
         ]
-        return [row for row in located if qido_match(row, filters)]
+        return self._spent([row for row in located if qido_match(row, filters)], "series")
 
     async def search_instances(
         self,
@@ -99,7 +109,7 @@ class MemoryQidoSource:
                 }
                 if qido_match(located, filters):
                     found.append(located if not study_uid else row)
-        return found
+        return self._spent(found, "instances")
 
     async def series_metadata(self, study_uid: str, series_uid: str) -> list[DicomJson]:
         self._called(f"metadata {series_uid}")
@@ -115,7 +125,15 @@ class MemoryQidoSource:
     async def close(self) -> None:
         pass
 
+    def _spent(self, rows: list[DicomJson], where: str) -> list[DicomJson]:
+        """The rows, charged to the request's budget as a PACS would charge it."""
+        if (budget := current_budget()) is not None:
+            budget.spend_rows(len(rows), where)
+        return rows
+
     def _called(self, what: str) -> None:
+        if (budget := current_budget()) is not None:
+            budget.spend_query(what)
         self.calls.append(what)
         if self.fail_with is not None and (self.fail_only is None or what.startswith(self.fail_only)):
             raise self.fail_with

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 
 from bridge.mapping import dicomjson
 from bridge.mapping.dicomjson import DicomJson
+from bridge.mapping.identity import raw
 
 #: Never follow more pages than this for one query, whatever the PACS says.
 MAX_PAGES = 10_000
@@ -32,9 +33,10 @@ def has_more(*, page_rows: int, limit: int | None, warning: str | None, total_ro
 
 
 class RowMerger:
-    """Rows merged by their key as they arrive: first seen wins, and attributes that only a later duplicate
-    carries (or carries with a value) are kept. A row is kept as given, and copied only when a duplicate adds
-    to it: the rows given are never changed."""
+    """Rows merged by their key as they arrive, compared on raw values (rows of ``P1`` and ``P1\u00a0`` are
+    never one): first seen wins, and attributes that only a later duplicate carries (or carries with a value)
+    are kept. A row is kept as given, and copied only when a duplicate adds to it: the rows given are never
+    changed."""
 
     def __init__(self, key_tags: Sequence[str]) -> None:
         self._key_tags = tuple(key_tags)
@@ -42,9 +44,9 @@ class RowMerger:
         self._copied: set[tuple[str | None, ...]] = set()
 
     def add(self, rows: Iterable[DicomJson]) -> None:
-        text, values, key_tags = dicomjson.text, dicomjson.values, self._key_tags
+        values, key_tags = dicomjson.values, self._key_tags
         for row in rows:
-            key = tuple([text(row, tag) for tag in key_tags])
+            key = tuple([raw(row, tag) for tag in key_tags])
             kept = self._rows.get(key)
             if kept is None:
                 self._rows[key] = row

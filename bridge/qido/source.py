@@ -34,15 +34,25 @@ class QidoSource(Protocol):
     #: Where the rows come from, for logs and messages: never with credentials.
     description: str
 
-    async def search_studies(self, filters: Filters, fields: Sequence[str]) -> list[DicomJson]:
-        """Every study row matching ``filters``, with ``fields`` included."""
+    async def search_studies(
+        self, filters: Filters, fields: Sequence[str], *, limit: int | None = None, offset: int = 0
+    ) -> list[DicomJson]:
+        """Every study row matching ``filters``, with ``fields`` included; with ``limit``, at most that many of
+        them from ``offset`` on, in the PACS's own order (a page of its answer)."""
         ...
 
     async def search_series(
-        self, study_uid: str | None, fields: Sequence[str], expected: int | None = None, filters: Filters = NO_FILTERS
+        self,
+        study_uid: str | None,
+        fields: Sequence[str],
+        expected: int | None = None,
+        filters: Filters = NO_FILTERS,
+        *,
+        prove: bool = True,
     ) -> list[DicomJson]:
         """Every series row of one study (of all studies with ``study_uid`` None) matching ``filters``;
-        ``expected`` is the PACS's own count, a hint for paging."""
+        ``expected`` is the PACS's own count, a hint for paging. Without a count, the end of the list is proved
+        by asking past it, unless ``prove`` is False (the caller will know the count when the answer is in)."""
         ...
 
     async def search_instances(

@@ -51,10 +51,12 @@ def _subsetted(resource: dict[str, Any]) -> dict[str, Any]:
 def searchset(
     base: str,
     query: SearchQuery,
-    total: int,
+    total: int | None,
     resources: list[dict[str, Any]],
     endpoint: dict[str, Any] | None,
     warnings: list[str],
+    *,
+    has_next: bool = False,
 ) -> dict[str, Any]:
     """The Bundle for one page: ``base`` is the FHIR base URL the links and fullUrls start with."""
     entries: list[dict[str, Any]] = [
@@ -71,18 +73,16 @@ def searchset(
             "issue": [{"severity": "warning", "code": "multiple-matches", "diagnostics": w} for w in warnings],
         }
         entries.append({"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": outcome, "search": {"mode": "outcome"}})
-    bundle: dict[str, Any] = {
-        "resourceType": "Bundle",
-        "type": "searchset",
-        "total": total,
-        "link": page_links(base, query, total),
-    }
+    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
+    if total is not None:  # a page read at the PACS knows whether there is more, not how much
+        bundle["total"] = total
+    bundle["link"] = page_links(base, query, has_next)
     if entries:
         bundle["entry"] = entries
     return bundle
 
 
-def page_links(base: str, query: SearchQuery, total: int) -> list[dict[str, str]]:
+def page_links(base: str, query: SearchQuery, has_next: bool) -> list[dict[str, str]]:
     """``self``, ``next`` and ``previous`` as GET URLs carrying exactly the parameters that were applied."""
 
     def url(offset: int) -> str:
@@ -92,7 +92,7 @@ def page_links(base: str, query: SearchQuery, total: int) -> list[dict[str, str]
         return f"{base}/ImagingStudy?{urlencode(params)}"
 
     links = [{"relation": "self", "url": url(query.offset)}]
-    if query.summary != "count" and query.count and query.offset + query.count < total:
+    if query.summary != "count" and query.count and has_next:
         links.append({"relation": "next", "url": url(query.offset + query.count)})
     if query.offset > 0 and query.count:
         links.append({"relation": "previous", "url": url(max(0, query.offset - query.count))})

@@ -16,9 +16,10 @@ import orjson
 
 from bridge.aio import gather_all
 from bridge.cache.service import StudyCache
-from bridge.errors import BridgeError, Conflict, NotFound
+from bridge.errors import BridgeError, Conflict, NotFound, TooCostly
 from bridge.mapping import tags
-from bridge.mapping.dicomjson import DicomJson, fhir_id, raw_text, text, uid
+from bridge.mapping.dicomjson import DicomJson, fhir_id, uid
+from bridge.mapping.identity import Identity, identity_of
 from bridge.mapping.imagingstudy import (
     MappingOptions,
     StudyRows,
@@ -26,17 +27,18 @@ from bridge.mapping.imagingstudy import (
     instance_element,
     series_element,
 )
+from bridge.qido.budget import Budget, BudgetExceeded, spending
 from bridge.qido.paging import RowMerger
 from bridge.qido.source import QidoSource
 from bridge.search.match import instance_matches, series_matches, study_matches, target_range
 from bridge.search.parameters import BY_NAME, Level
-from bridge.search.plan import PATIENT_PARAMETERS, UID_CHUNK, LevelQueries, plan_search
+from bridge.search.plan import PATIENT_PARAMETERS, UID_CHUNK, Filters, LevelQueries, Plan, plan_search
 from bridge.search.query import Criterion, SearchQuery, Token
 from bridge.studies import read_study
 
 log = logging.getLogger(__name__)
 
-Key = tuple[str, str | None]  # (StudyInstanceUID, PatientID)
+Key = tuple[str, Identity | None]  # (StudyInstanceUID, whose: None if the row does not say)
 
 
 @dataclass(frozen=True)
@@ -48,28 +50,67 @@ class Candidate:
 
     @property
     def key(self) -> Key:
-        return (self.summary["id"], text(self.row, tags.PATIENT_ID))
+        return (self.summary["id"], identity_of(self.row))
 
 
 @dataclass
 class SearchResult:
-    total: int
+    #: Every match across all pages; None where the page was read at the PACS and no count was made.
+    total: int | None
+    #: Whether a next page may hold more.
+    has_next: bool = False
     #: The page's studies: study-level resources, or complete ones when series were asked for.
     resources: list[dict[str, Any]] = field(default_factory=list)
     #: Warnings for the Bundle (studies left out and why).
     warnings: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What one search may cost the PACS to find its candidates (BRIDGE_SEARCH_MAX_QUERIES, _MAX_ROWS)."""
+
+    queries: int = 30
+    rows: int = 5000
+
+
+#: Criteria a PACS decides as the bridge would: with only these (or none), a page is read at the PACS with
+#: ``limit``/``offset``, in the PACS's order, and costs about one page of rows whatever its offset.
+EXACT_AT_PACS = frozenset({"modality", "status", "endpoint"})
+
+
 async def run_search(
-    source: QidoSource, query: SearchQuery, options: MappingOptions, *, complete: bool, cache: StudyCache | None = None
+    source: QidoSource,
+    query: SearchQuery,
+    options: MappingOptions,
+    *,
+    complete: bool,
+    cache: StudyCache | None = None,
+    limits: Limits = Limits(),
 ) -> SearchResult:
     """The page ``query`` asks for; ``complete`` reads every series and instance of the page's studies (through
-    ``cache`` when given)."""
+    ``cache`` when given). Finding the candidates runs under one budget (``limits``) across every level; the
+    page's studies are read as reads are (through the cache, one PACS read per study at a time)."""
     zone: dt.tzinfo = options.zone or dt.UTC
-    candidates, warnings = await find_candidates(source, query, options, zone)
-    candidates.sort(key=lambda c: _order(c, zone))
-    result = SearchResult(total=len(candidates), warnings=warnings)
-    page = candidates[query.offset : query.offset + query.count] if query.summary != "count" else []
+    plan = plan_search(query, max_queries=limits.queries)
+    if (needed := planned_requests(query, plan)) > limits.queries:
+        # Refused before the PACS is asked anything: the requests would be spent, and the search refused anyway.
+        raise TooCostly(
+            f"the search needs at least {needed} PACS requests, more than the {limits.queries} a search may make "
+            "(BRIDGE_SEARCH_MAX_QUERIES); use fewer OR values"
+        )
+    try:
+        with spending(Budget(limits.queries, limits.rows)):
+            if paged_at_pacs(query, plan):
+                page, more, warnings = await _pacs_page(source, query, plan, options, zone)
+                result = SearchResult(total=None, has_next=more, warnings=warnings)
+            else:
+                candidates, warnings = await find_candidates(source, query, plan, options, zone)
+                candidates.sort(key=lambda c: _order(c, zone))
+                end = query.offset + query.count
+                result = SearchResult(total=len(candidates), has_next=end < len(candidates), warnings=warnings)
+                page = candidates[query.offset : end] if query.summary != "count" else []
+    except BudgetExceeded as exc:
+        raise TooCostly(f"the search is too broad: {exc.diagnostics}; {narrowing(query)}") from None
     if not complete:
         result.resources = [c.summary for c in page]
         return result
@@ -82,72 +123,196 @@ async def run_search(
     return result
 
 
+def paged_at_pacs(query: SearchQuery, plan: Plan) -> bool:
+    """Whether the page can be read at the PACS: one study-level query, matched there as the bridge would match
+    it, and no count asked for (``_summary=count``, ``_count=0``, ``_total=accurate`` need every match)."""
+    return (
+        not plan.unsatisfiable
+        and plan.study_queries is not None
+        and len(plan.study_queries) == 1
+        and not plan.level_queries
+        and all(c.name in EXACT_AT_PACS and c.modifier is None for c in query.criteria)
+        and query.summary != "count"
+        and query.count > 0
+        and query.total != "accurate"
+    )
+
+
+def planned_requests(query: SearchQuery, plan: Plan) -> int:
+    """The fewest PACS requests a plan can cost: each list it asks for, and one request past the end of each
+    (no count proves those lists complete), plus a patient search's check of its studies' issuers."""
+    if plan.unsatisfiable:
+        return 0
+    lists = len(plan.study_queries or ()) + sum(len(level.queries) for level in plan.level_queries)
+    if any(c.name in PATIENT_PARAMETERS for c in query.criteria) and plan.study_queries is not None:
+        lists += len({filters.get("PatientID") for filters in plan.study_queries})
+    return 2 * lists
+
+
+def narrowing(query: SearchQuery) -> str:
+    """What to add to a search that costs the PACS too much."""
+    named = {c.name for c in query.criteria}
+    hints = []
+    if not named & PATIENT_PARAMETERS:
+        hints.append("a patient (patient=… or patient:identifier=…)")
+    if "started" not in named:
+        hints.append("a started range (started=ge…&started=le…)")
+    hints.append("fewer OR values" if any(len(c.values) > 1 for c in query.criteria) else "an identifier")
+    return "narrow it with " + ", or ".join(hints)
+
+
+async def _pacs_page(
+    source: QidoSource, query: SearchQuery, plan: Plan, options: MappingOptions, zone: dt.tzinfo
+) -> tuple[list[Candidate], bool, list[str]]:
+    """One page of study rows read at the PACS (one more than the page, to know whether there is a next one),
+    each checked exactly."""
+    assert plan.study_queries is not None
+    rows = await source.search_studies(
+        plan.study_queries[0], tags.STUDY_FIELDS, limit=query.count + 1, offset=query.offset
+    )
+    more = len(rows) > query.count
+    candidates = _matching(rows[: query.count], query, [], options, zone)
+    kept, warnings = _one_patient_each(candidates, scoped=False)
+    return kept, more, warnings
+
+
 async def find_candidates(
-    source: QidoSource, query: SearchQuery, options: MappingOptions, zone: dt.tzinfo
+    source: QidoSource, query: SearchQuery, plan: Plan, options: MappingOptions, zone: dt.tzinfo
 ) -> tuple[list[Candidate], list[str]]:
     """Every study that meets every criterion, checked exactly; studies whose UID spans patients set apart."""
-    plan = plan_search(query)
     if plan.unsatisfiable:
         return [], []
-    lower: set[Key] | None = None
-    for level_queries in plan.level_queries:
-        matched = await _lower_level_matches(source, level_queries, options)
-        lower = matched if lower is None else _intersect(lower, matched)
+    lower = [await _lower_level_matches(source, level_queries, options) for level_queries in plan.level_queries]
     if plan.study_queries is not None:
         rows = await _study_rows(source, plan.study_queries)
     else:
-        uids = sorted({key[0] for key in lower or set()})
+        uids = sorted(set.intersection(*(set(matches.studies) for matches in lower)) if lower else ())
         chunks = [uids[i : i + UID_CHUNK] for i in range(0, len(uids), UID_CHUNK)]
         rows = await _study_rows(source, tuple({"StudyInstanceUID": ",".join(chunk)} for chunk in chunks))
+    patient_criteria = [c for c in query.criteria if c.name in PATIENT_PARAMETERS]
+    warnings: list[str] = []
+    if patient_criteria and plan.study_queries is not None:
+        rows, warnings = await _without_merged_owners(source, rows, plan.study_queries)
+    candidates = _matching(rows, query, lower, options, zone)
+    if patient_criteria:
+        candidates, ambiguous = _unambiguous_patients(candidates, patient_criteria)
+        warnings += ambiguous
+    kept, more = _one_patient_each(candidates, scoped=query.patient_scoped)
+    return kept, warnings + more
+
+
+def _matching(
+    rows: list[DicomJson], query: SearchQuery, lower: list[LevelMatches], options: MappingOptions, zone: dt.tzinfo
+) -> list[Candidate]:
+    """The study rows that meet every criterion, checked exactly on the study-level resource each becomes."""
     study_criteria = [c for c in query.criteria if BY_NAME[c.name].level is Level.STUDY]
     candidates = []
     for row in rows:
         if uid(row, tags.STUDY_INSTANCE_UID) is None:
             continue
-        summary = imaging_study(StudyRows(row), options).resource
-        candidate = Candidate(row, summary)
-        if all(study_matches(c, summary, zone) for c in study_criteria) and (
-            lower is None or _admitted(candidate.key, lower)
+        candidate = Candidate(row, imaging_study(StudyRows(row), options).resource)
+        if all(study_matches(c, candidate.summary, zone) for c in study_criteria) and all(
+            matches.admits(candidate.key) for matches in lower
         ):
             candidates.append(candidate)
-    warnings: list[str] = []
-    patient_criteria = [c for c in study_criteria if c.name in PATIENT_PARAMETERS]
-    if patient_criteria:
-        candidates, warnings = _unambiguous_patients(candidates, patient_criteria)
-    kept, more = _one_patient_each(candidates, scoped=query.patient_scoped)
-    return kept, warnings + more
+    return candidates
+
+
+async def _without_merged_owners(
+    source: QidoSource, rows: list[DicomJson], study_queries: tuple[Filters, ...]
+) -> tuple[list[DicomJson], list[str]]:
+    """Study rows less those the PACS keeps for two issuers' patients at once, with a warning for each.
+
+    A PACS that keys patients by PatientID alone (Orthanc) answers one study row, with one issuer, for the
+    series of two hospitals' patients sharing a PatientID and a StudyInstanceUID. The study row cannot show it;
+    the series rows do: one series query per patient value, for what a patient search needs anyway."""
+    patient_values = sorted({filters["PatientID"] for filters in study_queries if "PatientID" in filters})
+    answers = await gather_all(
+        *(source.search_series(None, (tags.STUDY_INSTANCE_UID, *tags.OWNER), filters={"PatientID": value})
+          for value in patient_values)
+    )  # fmt: skip
+    named: dict[tuple[str, str | None], set[str | None]] = {}
+    for row in (row for series in answers for row in series):
+        if (owner := identity_of(row)) is not None and tags.ISSUER_OF_PATIENT_ID in row:
+            named.setdefault(_owner_key(row), set()).add(owner.issuer)
+    listed: dict[tuple[str, str | None], set[str | None]] = {}
+    for row in rows:
+        if (owner := identity_of(row)) is not None:
+            listed.setdefault(_owner_key(row), set()).add(owner.issuer)
+    merged = {key for key, issuers in named.items() if key in listed and issuers - listed[key]}
+    warnings = [
+        f"study {study_uid} holds series of PatientID {patient_id!r} from {len(named[key] | listed[key])} issuers "
+        "as one study in the PACS and was left out: the PACS cannot tell its patients apart"
+        for key in sorted(merged, key=str)
+        for study_uid, patient_id in [key]
+    ]
+    kept = [row for row in rows if _owner_key(row) not in merged]
+    return kept, warnings
+
+
+def _owner_key(row: DicomJson) -> tuple[str, str | None]:
+    """(StudyInstanceUID, raw PatientID) of a row."""
+    owner = identity_of(row)
+    return (uid(row, tags.STUDY_INSTANCE_UID) or "", owner.patient_id if owner else None)
 
 
 def _unambiguous_patients(candidates: list[Candidate], criteria: list[Criterion]) -> tuple[list[Candidate], list[str]]:
-    """Identity is decided on the PACS's raw PatientID and, unless the search names the identifier system, on
-    its being assigned by one issuer only: one PatientID from two hospitals is two patients."""
-    intact = [c for c in candidates if raw_text(c.row, tags.PATIENT_ID) == text(c.row, tags.PATIENT_ID)]
-    pinned = all(isinstance(v, Token) and v.system for c in criteria for v in c.values)
-    if pinned:
-        return intact, []
+    """Unless the search names the identifier system, a PatientID assigned by more than one issuer is
+    ambiguous: one PatientID from two hospitals is two patients. (Identity itself was decided on the raw
+    PatientID, which the summary's subject carries: ``P1\u00a0`` never matches ``P1``.)"""
+    if all(isinstance(v, Token) and v.system for c in criteria for v in c.values):
+        return candidates, []
     issuers: dict[str | None, set[str | None]] = {}
-    for candidate in intact:
-        issuers.setdefault(text(candidate.row, tags.PATIENT_ID), set()).add(
-            text(candidate.row, tags.ISSUER_OF_PATIENT_ID)
-        )
+    for candidate in candidates:
+        if (owner := candidate.key[1]) is not None:
+            issuers.setdefault(owner.patient_id, set()).add(owner.issuer)
     ambiguous = {patient for patient, found in issuers.items() if len(found) > 1}
     warnings = [
         f"PatientID {patient!r} is assigned by {len(issuers[patient])} issuers in the PACS; its studies were "
         "left out: search with patient:identifier=<system>|<value>"
         for patient in sorted(p for p in ambiguous if p is not None)
     ]
-    return [c for c in intact if text(c.row, tags.PATIENT_ID) not in ambiguous], warnings
+    kept = [c for c in candidates if c.key[1] is None or c.key[1].patient_id not in ambiguous]
+    return kept, warnings
 
 
 async def _study_rows(source: QidoSource, queries: tuple[dict[str, str], ...]) -> list[DicomJson]:
-    merged = RowMerger((tags.STUDY_INSTANCE_UID, tags.PATIENT_ID))
+    merged = RowMerger((tags.STUDY_INSTANCE_UID, *tags.OWNER))
     for rows in await gather_all(*(source.search_studies(filters, tags.STUDY_FIELDS) for filters in queries)):
         merged.add(rows)
     return merged.rows
 
 
-async def _lower_level_matches(source: QidoSource, plan: LevelQueries, options: MappingOptions) -> set[Key]:
-    """The (study, patient) keys of series or instance rows that meet one criterion exactly."""
+@dataclass
+class LevelMatches:
+    """The studies whose series or instance rows met one criterion, and whose rows they were. A row that leaves
+    out its issuer stands for its PatientID under any issuer, one that leaves out its PatientID for anyone."""
+
+    studies: dict[str, set[tuple[str | None, str | None, bool]]] = field(default_factory=dict)
+
+    def add(self, study_uid: str, row: DicomJson) -> None:
+        owner = identity_of(row)
+        found = self.studies.setdefault(study_uid, set())
+        if owner is None:
+            found.add((None, None, False))
+        else:
+            found.add((owner.patient_id, owner.issuer, tags.ISSUER_OF_PATIENT_ID in row or tags.PATIENT_ID not in row))
+
+    def admits(self, key: Key) -> bool:
+        study_uid, owner = key
+        found = self.studies.get(study_uid)
+        if found is None:
+            return False
+        if owner is None or (None, None, False) in found:
+            return True
+        return any(
+            patient_id == owner.patient_id and (not named or issuer == owner.issuer)
+            for patient_id, issuer, named in found
+        )
+
+
+async def _lower_level_matches(source: QidoSource, plan: LevelQueries, options: MappingOptions) -> LevelMatches:
+    """The studies (and whose part of each) with series or instance rows that meet one criterion exactly."""
     if plan.level is Level.SERIES:
         answers = await gather_all(
             *(source.search_series(None, tags.SERIES_FIELDS, filters=f)
@@ -158,12 +323,11 @@ async def _lower_level_matches(source: QidoSource, plan: LevelQueries, options: 
             *(source.search_instances(None, None, tags.INSTANCE_FIELDS, filters=f)
               for f in plan.queries)
         )  # fmt: skip
-    matched: set[Key] = set()
+    matched = LevelMatches()
     for row in (row for rows in answers for row in rows):
         study_uid = uid(row, tags.STUDY_INSTANCE_UID)
-        if study_uid is None or not _lower_row_matches(plan, row, options):
-            continue
-        matched.add((study_uid, text(row, tags.PATIENT_ID)))
+        if study_uid is not None and _lower_row_matches(plan, row, options):
+            matched.add(study_uid, row)
     return matched
 
 
@@ -175,20 +339,6 @@ def _lower_row_matches(plan: LevelQueries, row: DicomJson, options: MappingOptio
     if fhir_id(row, tags.SOP_INSTANCE_UID) is None or fhir_id(row, tags.SOP_CLASS_UID) is None:
         return False
     return instance_matches(plan.criterion, instance_element(row))
-
-
-def _intersect(left: set[Key], right: set[Key]) -> set[Key]:
-    return {key for key in left if _admitted(key, right)} | {key for key in right if _admitted(key, left)}
-
-
-def _admitted(key: Key, keys: set[Key]) -> bool:
-    """A (study, patient) key is in ``keys``; a side that does not know the patient matches by study alone."""
-    study_uid, patient = key
-    return (
-        key in keys
-        or (study_uid, None) in keys
-        or (patient is None and any(k[0] == study_uid for k in keys))
-    )  # fmt: skip
 
 
 def _one_patient_each(candidates: list[Candidate], *, scoped: bool) -> tuple[list[Candidate], list[str]]:
@@ -219,17 +369,17 @@ async def _complete(
     if cache is not None:
         try:
             cached: dict[str, Any] = orjson.loads((await cache.read(study_uid)).entry.body)
-        except Conflict:
-            pass  # the UID is shared by several patients: read this patient's part alone, below
-        except NotFound as exc:  # gone since the candidate query: say so rather than fail the page
-            return exc
+        except (Conflict, NotFound):
+            pass  # the UID is shared by several patients, or a remembered 404 is older than the candidate: read below
         else:
-            # Only if it is this patient's: a UID shared since it was cached must not show another's study.
-            if cached["subject"].get("identifier", {}).get("value") == patient:
+            # Only if it is this patient's (a UID shared since it was cached must not show another's study): its
+            # subject's identifier is the candidate's, value, system and issuer, and carries a value at all.
+            identifier = candidate.summary["subject"].get("identifier", {})
+            if "value" in identifier and cached["subject"].get("identifier") == identifier:
                 return cached
     try:
         return (await read_study(source, study_uid, options, patient=patient)).resource
-    except NotFound as exc:  # gone since the candidate query: say so rather than fail the page
+    except (NotFound, Conflict) as exc:  # gone since the candidate query, or its rows are not this patient's alone
         return exc
 
 

@@ -35,8 +35,8 @@ STATUS_SYSTEM = "http://hl7.org/fhir/imagingstudy-status"
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 # Studies are stored under their local date; the bridge reads instants: a day's slack on each side of a range.
 _SLACK = dt.timedelta(days=1)
-#: The most QIDO queries one search may fan out to.
-MAX_QUERIES = 50
+#: The most QIDO queries one search may fan out to at the study level, by default (BRIDGE_SEARCH_MAX_QUERIES).
+MAX_QUERIES = 30
 #: UIDs in one QIDO UID-list filter.
 UID_CHUNK = 50
 PATIENT_PARAMETERS = frozenset({"patient", "subject"})
@@ -64,8 +64,9 @@ class Plan:
     unsatisfiable: bool = False
 
 
-def plan_search(query: SearchQuery) -> Plan:
-    """The QIDO queries for a search (see the module docstring)."""
+def plan_search(query: SearchQuery, max_queries: int = MAX_QUERIES) -> Plan:
+    """The QIDO queries for a search (see the module docstring); more than ``max_queries`` at any one level is
+    refused before any is asked (the search's budget bounds them all together as they are asked)."""
     study: list[tuple[bool, list[Filters] | None]] = []
     lower: list[tuple[Criterion, list[Filters] | None]] = []
     for criterion in query.criteria:
@@ -80,7 +81,7 @@ def plan_search(query: SearchQuery) -> Plan:
     # independent check of identity, whatever its JSON makes of the value (Orthanc drops what its character
     # set cannot encode).
     study.sort(key=lambda item: not item[0])
-    study_queries = _combine(study)
+    study_queries = _combine(study, max_queries)
     if study_queries and any(len(q) > 1 and "StudyDate" in q for q in study_queries):
         # Another filter narrows already: let the bridge alone decide the date, so studies stored with a
         # malformed date (1997.04.24), which no PACS date range matches, are still found.
@@ -95,12 +96,14 @@ def plan_search(query: SearchQuery) -> Plan:
         # series query holding ModalitiesInStudy with nothing.
         queries = tuple({**narrowing, **alt} for alt in alternatives) if alternatives is not None else (narrowing,)
         level_queries.append(LevelQueries(criterion, level, queries))
+    if sum(len(level.queries) for level in level_queries) > max_queries:
+        raise TooCostly(f"the search needs more than {max_queries} series and instance queries; use fewer OR values")
     if study_queries is None and not level_queries:
         study_queries = ({},)  # no criteria at all: every study
     return Plan(study_queries, tuple(level_queries))
 
 
-def _combine(criteria: Sequence[tuple[bool, list[Filters] | None]]) -> tuple[Filters, ...] | None:
+def _combine(criteria: Sequence[tuple[bool, list[Filters] | None]], max_queries: int) -> tuple[Filters, ...] | None:
     """AND of criteria, each an OR of filter sets: one QIDO query, or a fan-out over ORs. A criterion that must
     narrow (patient) always takes part; any other OR after the first is left to the exact check rather than
     multiply the queries."""
@@ -111,8 +114,8 @@ def _combine(criteria: Sequence[tuple[bool, list[Filters] | None]]) -> tuple[Fil
     for must, alternatives in narrowing:
         if must or len(alternatives) == 1 or len(combos) == 1:
             combos = _unique([_merge(combo, alt) for combo in combos for alt in alternatives])
-        if len(combos) > MAX_QUERIES:
-            raise TooCostly(f"the search needs more than {MAX_QUERIES} PACS queries; use fewer OR values")
+        if len(combos) > max_queries:
+            raise TooCostly(f"the search needs more than {max_queries} PACS queries; use fewer OR values")
     return tuple(combos)
 
 

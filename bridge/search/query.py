@@ -134,6 +134,8 @@ class SearchQuery:
     summary: str | None = None
     elements: tuple[str, ...] | None = None
     include_endpoint: bool = False
+    #: ``_total``: ``accurate`` asks for a count even where a page could be read at the PACS without one.
+    total: str | None = None
     #: Result parameters as applied, for the links.
     applied: tuple[tuple[str, str], ...] = ()
     #: Parameters ignored under lenient handling (named in the self link's absence and the log).
@@ -407,11 +409,14 @@ def _with_result_parameters(
             raise InvalidRequest(f"_include={wanted} is not supported (supported: {INCLUDE_ENDPOINT})")
         else:
             ignored.append(f"_include={wanted}")
-    if "_total" in result and result["_total"] not in ("none", "estimate", "accurate"):
-        raise InvalidRequest("_total takes none, estimate or accurate")
+    total = result.get("_total")
+    if total is not None:
+        if total not in ("none", "estimate", "accurate"):
+            raise InvalidRequest("_total takes none, estimate or accurate")
+        applied.append(("_total", total))
     return SearchQuery(
         criteria=tuple(criteria), count=count, offset=offset, summary=summary, elements=elements,
-        include_endpoint=include, applied=tuple(applied), ignored=tuple(ignored),
+        include_endpoint=include, total=total, applied=tuple(applied), ignored=tuple(ignored),
     )  # fmt: skip
 
 

@@ -14,11 +14,12 @@ from aiohttp import web
 from bridge.mapping.endpoint import wado_endpoint
 from bridge.mapping.imagingstudy import MappingOptions
 from bridge.qido.source import QidoSource
+from bridge.search.execute import Limits
 from bridge.settings import Settings
 from bridge.web import contexts, observe
 from bridge.web.handlers import metadata, read_endpoint, read_imaging_study, search_imaging_study
 from bridge.web.hosts import HostCheck
-from bridge.web.keys import ENDPOINT, INTERACTIONS, MAPPING, SETTINGS, SOURCE
+from bridge.web.keys import ENDPOINT, INTERACTIONS, MAPPING, SEARCH_LIMITS, SETTINGS, SOURCE
 from bridge.web.server import admin_listener, probe_routes
 
 #: A POST _search form is a few kilobytes; nothing else has a body.
@@ -67,6 +68,7 @@ def create_app(settings: Settings, source: QidoSource | None = None) -> web.Appl
     app[SETTINGS] = settings
     app[ENDPOINT] = endpoint_of(settings)
     app[MAPPING] = mapping_options(settings)
+    app[SEARCH_LIMITS] = Limits(settings.search_max_queries, settings.search_max_rows)
     if source is None:
         app.cleanup_ctx.append(contexts.pacs_source)
     else:

@@ -77,7 +77,13 @@ def open_backend(settings: Settings) -> CacheBackend:
 
 
 def cache_policy(settings: Settings) -> Policy:
-    return Policy(settings.cache_ttl, settings.cache_stale_while_revalidate, settings.cache_stale_if_error)
+    return Policy(
+        ttl=settings.cache_ttl,
+        stale_while_revalidate=settings.cache_stale_while_revalidate,
+        stale_if_error=settings.cache_stale_if_error,
+        min_reread=settings.cache_min_reread,
+        negative_ttl=settings.cache_negative_ttl,
+    )
 
 
 async def _suggest_a_study(source: FolderQidoSource) -> None:

@@ -19,7 +19,7 @@ from bridge.search.execute import run_search
 from bridge.search.query import PatientRule, parse_search
 from bridge.web.capability import capability_statement
 from bridge.web.form import check_form_type, form_parameters
-from bridge.web.keys import CACHE, ENDPOINT, INTERACTIONS, MAPPING, SETTINGS, SOURCE
+from bridge.web.keys import CACHE, ENDPOINT, INTERACTIONS, MAPPING, SEARCH_LIMITS, SETTINGS, SOURCE
 from bridge.web.negotiation import CONTENT_TYPES, fhir_bytes_response, response_type
 
 log = logging.getLogger(__name__)
@@ -98,9 +98,11 @@ async def search_imaging_study(request: web.Request) -> web.Response:
     )  # fmt: skip
     if query.ignored:
         log.info("search ignored unknown parameters: %s", ", ".join(query.ignored))
-    result = await run_search(app[SOURCE], query, app[MAPPING], complete=needs_series(query), cache=app[CACHE])
+    result = await run_search(
+        app[SOURCE], query, app[MAPPING], complete=needs_series(query), cache=app[CACHE], limits=app[SEARCH_LIMITS]
+    )
     endpoint = app[ENDPOINT] or None
-    bundle = searchset(base, query, result.total, result.resources, endpoint, result.warnings)
+    bundle = searchset(base, query, result.total, result.resources, endpoint, result.warnings, has_next=result.has_next)
     response = fhir_bytes_response(media, orjson.dumps(bundle))
     # Patient data, and unlike a read no validator to revalidate with: no cache may keep it, the client's included.
     response.headers[hdrs.CACHE_CONTROL] = "private, no-store"

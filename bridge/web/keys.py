@@ -9,12 +9,14 @@ from aiohttp import web
 from bridge.cache.service import StudyCache
 from bridge.mapping.imagingstudy import MappingOptions
 from bridge.qido.source import QidoSource
+from bridge.search.execute import Limits
 from bridge.settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)
 SOURCE = web.AppKey("source", QidoSource)
 CACHE = web.AppKey("cache", StudyCache)
 MAPPING = web.AppKey("mapping", MappingOptions)
+SEARCH_LIMITS = web.AppKey("search_limits", Limits)
 ENDPOINT = web.AppKey("endpoint", dict[str, Any])  # empty when no WADO-RS address is known
 #: Resource type -> the FHIR interactions served, from the route table (for the CapabilityStatement).
 INTERACTIONS = web.AppKey("interactions", dict[str, list[str]])

@@ -30,6 +30,8 @@ class ToxicProxy:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
 
     def url(self, path: str = "") -> str:
         return f"http://127.0.0.1:{self.port}{path}"
@@ -44,8 +46,7 @@ class ToxicProxy:
             pass
         finally:
             self._tasks.discard(task)
-            with contextlib.suppress(Exception):
-                writer.close()
+            await _closed(writer)
 
     async def _one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, mode: str) -> None:
         if mode == "down":
@@ -64,12 +65,21 @@ class ToxicProxy:
         head, _, _ = request.partition(b"\r\n\r\n")
         lines = [line for line in head.split(b"\r\n") if not line.lower().startswith(b"connection:")]
         upstream_reader, upstream_writer = await asyncio.open_connection(*self.upstream)
-        upstream_writer.write(b"\r\n".join([*lines, b"Connection: close"]) + b"\r\n\r\n")
-        await upstream_writer.drain()
-        answer = await upstream_reader.read()
-        upstream_writer.close()
+        try:
+            upstream_writer.write(b"\r\n".join([*lines, b"Connection: close"]) + b"\r\n\r\n")
+            await upstream_writer.drain()
+            answer = await upstream_reader.read()
+        finally:
+            await _closed(upstream_writer)  # also when cancelled mid-read: no socket outlives the test
         if mode == "cut":
             headers, _, body = answer.partition(b"\r\n\r\n")
             answer = headers + b"\r\n\r\n" + body[: len(body) // 2]
         writer.write(answer)
         await writer.drain()
+
+
+async def _closed(writer: asyncio.StreamWriter) -> None:
+    """Close a connection and wait until its socket is closed, even in a task being cancelled."""
+    writer.close()
+    with contextlib.suppress(Exception, asyncio.CancelledError):
+        await asyncio.shield(writer.wait_closed())

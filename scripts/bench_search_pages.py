@@ -1,0 +1,169 @@
+#!/usr/bin/env python3
+"""What a search page costs the PACS, page 1 against page 50, in an Orthanc holding 20,000 studies.
+
+For each search (no criteria; ``modality=CT``) and page (1 and 50, 20 studies a page) it prints what the bridge
+asked of the PACS (requests and rows, counted by a proxy between the two) and how long the page took, against
+baselines measured in the same run:
+
+- the *QIDO floor*: the one QIDO query that returns that page's study rows (``limit``/``offset``), timed alone;
+- the *old way*: the same criteria asked without a limit, every matching study row, as the bridge did before it
+  paged at the PACS (every page cost that).
+
+Pages are asked with ``_elements=identifier,modality,started,numberOfSeries,numberOfInstances`` (answered from the
+study rows, so the figure is the search's own cost) and, once each, complete (every series and instance, each
+study read through the cache), the default.
+
+    .venv/bin/python scripts/bench_search_pages.py [--studies 20000] [--rounds 5]
+
+Needs Debian's orthanc and orthanc-dicomweb (scripts/test installs them). Loading takes a few minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import os
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from subprocess import DEVNULL
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchkit import free_port, wait_for
+
+from tests.support.dicomgen import encode, simple_study
+from tests.support.orthanc import OrthancServer
+
+PAGE = 20
+SUMMARY = "_elements=identifier,modality,started,numberOfSeries,numberOfInstances"
+SEARCHES = {"unnarrowed": ({}, ""), "modality=CT": ({"ModalitiesInStudy": "CT"}, "modality=CT")}
+
+
+@dataclass
+class Counter:
+    """Requests and rows that went through the proxy."""
+
+    requests: int = 0
+    rows: int = 0
+
+
+def counting_proxy(upstream: str, counter: Counter) -> web.Application:
+    """Forwards every request to ``upstream`` and counts the rows of each JSON answer."""
+    app = web.Application()
+
+    async def forward(request: web.Request) -> web.Response:
+        async with aiohttp.ClientSession() as session, session.get(
+            upstream + request.path_qs.removeprefix("/dicom-web"), headers={"Authorization": request.headers.get(
+                "Authorization", ""), "Accept": "application/dicom+json"}
+        ) as answer:  # fmt: skip
+            body = await answer.read()
+            counter.requests += 1
+            if answer.status == 200 and body.strip():
+                counter.rows += len(orjson.loads(body))
+            return web.Response(body=body, status=answer.status, content_type="application/dicom+json")
+
+    app.router.add_get("/dicom-web/{path:.*}", forward)
+    return app
+
+
+def load(orthanc: OrthancServer, count: int) -> None:
+    """``count`` studies of one CT or MR instance each, 2,000 patients, dates over ten years."""
+    started = time.perf_counter()
+    files = []
+    for n in range(count):
+        spec = simple_study(series=1, instances=1, modality=("CT", "MR")[n % 2], patient_id=f"BENCH-{n % 2000}",
+                            date=f"{2015 + n % 10}{1 + n % 12:02d}{1 + n % 28:02d}")  # fmt: skip
+        files.extend(encode(spec))
+    chunks = [files[i::4] for i in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(orthanc.upload_many, chunks))
+    print(f"loaded {count} studies in {time.perf_counter() - started:.0f} s")
+
+
+async def timed(session: aiohttp.ClientSession, url: str, **kwargs: object) -> tuple[float, bytes]:
+    started = time.perf_counter()
+    async with session.get(url, **kwargs) as response:  # type: ignore[arg-type]
+        body = await response.read()
+        assert response.status == 200, body[:300]
+    return time.perf_counter() - started, body
+
+
+async def measure(orthanc: OrthancServer, bridge: str, counter: Counter, rounds: int) -> None:
+    auth = {"Authorization": "Basic " + base64.b64encode(f"{orthanc.username}:{orthanc.password}".encode()).decode()}
+    async with aiohttp.ClientSession() as session:
+        for name, (filters, criteria) in SEARCHES.items():
+            query = "&".join(f"{k}={v}" for k, v in filters.items())
+            for page in (1, 50):
+                offset = (page - 1) * PAGE
+                floor_url = f"{orthanc.dicomweb_url}/studies?{query}&limit={PAGE}&offset={offset}"
+                bridge_url = f"{bridge}/fhir/ImagingStudy?{criteria}&{SUMMARY}&_count={PAGE}&_offset={offset}"
+                floors, bridges, costs = [], [], []
+                for round_ in range(rounds):
+                    floor = (await timed(session, floor_url, headers=auth))[0]
+                    before = (counter.requests, counter.rows)
+                    took, body = await timed(session, bridge_url)
+                    costs.append((counter.requests - before[0], counter.rows - before[1]))
+                    bridges.append(took)
+                    floors.append(floor)
+                    if round_ == 0:
+                        entries = len(orjson.loads(body).get("entry", []))
+                old = [(await timed(session, f"{orthanc.dicomweb_url}/studies?{query}", headers=auth))[0]
+                       for _ in range(min(rounds, 3))]  # fmt: skip
+                before = (counter.requests, counter.rows)
+                complete = (await timed(session, f"{bridge}/fhir/ImagingStudy?{criteria}&_count={PAGE}"
+                                                 f"&_offset={offset}"))[0]  # fmt: skip
+                complete_cost = (counter.requests - before[0], counter.rows - before[1])
+                ratios = [b / f for b, f in zip(bridges, floors, strict=True)]
+                requests, rows = costs[-1]
+                print(f"{name:12s} page {page:2d}: {entries} entries; PACS {requests} requests, {rows} rows "
+                      f"(goal ≤ {2 * PAGE}); bridge {statistics.median(bridges) * 1000:.0f} ms, QIDO floor "
+                      f"{statistics.median(floors) * 1000:.0f} ms, ratio {statistics.median(ratios):.2f}x "
+                      f"(per round {', '.join(f'{r:.2f}' for r in ratios)}); old way (every row) "
+                      f"{statistics.median(old) * 1000:.0f} ms")  # fmt: skip
+                print(f"{'':12s}   complete, cold cache: {complete * 1000:.0f} ms, PACS {complete_cost[0]} requests, "
+                      f"{complete_cost[1]} rows")  # fmt: skip
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--studies", type=int, default=20_000)
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp, OrthancServer(Path(tmp) / "orthanc") as orthanc:
+        load(orthanc, args.studies)
+        asyncio.run(_run(orthanc, tmp, args.rounds))
+    return 0
+
+
+async def _run(orthanc: OrthancServer, tmp: str, rounds: int) -> None:
+    counter = Counter()
+    runner = web.AppRunner(counting_proxy(orthanc.dicomweb_url, counter))
+    await runner.setup()
+    proxy_port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", proxy_port).start()
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+    env.update(BRIDGE_QIDO_URL=f"http://127.0.0.1:{proxy_port}/dicom-web", BRIDGE_PACS_USERNAME=orthanc.username,
+               BRIDGE_PACS_PASSWORD=orthanc.password, BRIDGE_PORT=str(port))  # fmt: skip
+    bridge = await asyncio.create_subprocess_exec(sys.executable, "-m", "bridge", "serve", env=env, cwd=tmp,
+                                                  stdout=DEVNULL, stderr=DEVNULL)  # fmt: skip
+    try:
+        await asyncio.to_thread(wait_for, f"http://127.0.0.1:{port}/healthz")
+        await measure(orthanc, f"http://127.0.0.1:{port}", counter, rounds)
+    finally:
+        bridge.terminate()
+        await asyncio.wait_for(bridge.wait(), timeout=30)
+        await runner.cleanup()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
