@@ -18,8 +18,9 @@ ENV BRIDGE_HOST=0.0.0.0 \
     BRIDGE_PORT=8080 \
     PYTHONUNBUFFERED=1
 EXPOSE 8080
-# /healthz says the process answers; /readyz (the PACS answers) is for the orchestrator's readiness probe.
+# /healthz says the process answers; /readyz (the PACS answers) is for the orchestrator's readiness probe. Both
+# are on BRIDGE_ADMIN_PORT instead when it is set.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
-  CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(f\"http://127.0.0.1:{os.environ['BRIDGE_PORT']}/healthz\", timeout=4)"]
+  CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen(f\"http://127.0.0.1:{os.environ.get('BRIDGE_ADMIN_PORT') or os.environ['BRIDGE_PORT']}/healthz\", timeout=4)"]
 ENTRYPOINT ["imaging-bridge"]
 CMD ["serve"]

@@ -23,7 +23,7 @@ from bridge.settings import Settings, load_settings
 from bridge.studies import read_study
 from bridge.web.app import create_app, mapping_options
 from bridge.web.contexts import cache_policy, open_backend
-from bridge.web.outcomes import MAX_FIELD_SIZE, MAX_LINE_SIZE
+from bridge.web.server import server_options
 
 log = logging.getLogger("bridge")
 
@@ -57,6 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "serve":
         host = args.host or settings.host
         port = args.port if args.port is not None else settings.port
+        settings = settings.model_copy(update={"host": host, "port": port})  # the names links may be built from
         app = create_app(settings)
         app.on_startup.append(_tune_gc)
         try:
@@ -66,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             # session, the cache and the refresher through their cleanup contexts.
             web.run_app(
                 app, host=host, port=port, print=_announce(host, port), access_log=None,
-                shutdown_timeout=settings.shutdown_timeout, max_line_size=MAX_LINE_SIZE, max_field_size=MAX_FIELD_SIZE,
+                shutdown_timeout=settings.shutdown_timeout, **server_options(settings),
             )  # fmt: skip
         except BridgeError as exc:  # the PACS source could not be opened
             print(f"imaging-bridge: {exc.diagnostics}", file=sys.stderr)

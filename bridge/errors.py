@@ -11,6 +11,8 @@ status and FHIR issue code the class declares (``bridge.web.outcomes``), so hand
     ├── NotFound              404  no such resource
     ├── NotAcceptable         406  a response format we do not serve
     ├── UnsupportedMediaType  415  a request body we do not read
+    ├── RequestTimeout        408  the client did not send its request body in time
+    ├── MisdirectedRequest    421  a Host this server does not answer for (links would carry it)
     ├── Conflict              409  the PACS holds contradicting data (one StudyInstanceUID, two patients)
     └── UpstreamError              the PACS failed us
         ├── UpstreamBadResponse   502  an HTTP error status or a body that is not DICOM JSON
@@ -31,6 +33,8 @@ class BridgeError(Exception):
     status: int = 500
     #: The FHIR ``IssueType`` code (http://hl7.org/fhir/issue-type) of the OperationOutcome.
     issue_code: str = "exception"
+    #: Whether the connection is closed after the answer.
+    close_connection: bool = False
 
     def __init__(self, diagnostics: str, *, retry_after: int | None = None) -> None:
         super().__init__(diagnostics)
@@ -70,6 +74,18 @@ class NotAcceptable(BridgeError):
 
 class UnsupportedMediaType(BridgeError):
     status = 415
+    issue_code = "not-supported"
+
+
+class RequestTimeout(BridgeError):
+    status = 408
+    issue_code = "timeout"
+    #: The connection holds the rest of a body never read: it cannot carry another request.
+    close_connection = True
+
+
+class MisdirectedRequest(BridgeError):
+    status = 421
     issue_code = "not-supported"
 
 

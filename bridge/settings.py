@@ -7,6 +7,8 @@ from it. Secrets are ``SecretStr`` so that they never show in ``repr`` or logs.
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import json
 import re
 from collections.abc import Mapping
@@ -16,7 +18,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from bridge.errors import ConfigError
 
@@ -55,6 +57,22 @@ def _redact(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
+_WILDCARDS = ("", "0.0.0.0", "::")
+_HOST_NAME = re.compile(r"(?:[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?\.)*[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?\.?")
+
+
+def host_name(name: str) -> str:
+    """A host name or address as a Host header carries it: lower case, an IPv6 address in brackets, no port."""
+    name = name.strip().lower()
+    try:
+        address = ipaddress.ip_address(name.removeprefix("[").removesuffix("]"))
+    except ValueError:
+        if not _HOST_NAME.fullmatch(name):
+            raise ValueError(f"{name!r} is not a host name or address (give names without scheme or port)") from None
+        return name.rstrip(".")
+    return f"[{address}]" if address.version == 6 else str(address)
+
+
 class Settings(BaseSettings):
     """Typed, immutable configuration. See the README's configuration table for each variable."""
 
@@ -66,8 +84,16 @@ class Settings(BaseSettings):
     wado_url: str | None = None
     #: The bridge's own public base URL (``https://host/fhir``) for links; unset: taken from each request.
     public_url: str | None = None
+    #: Host header names (any port) a request under /fhir may carry: the names links may be built from when
+    #: ``public_url`` is unset. None: loopback names and ``host`` (see ``link_hosts``).
+    allowed_hosts: Annotated[tuple[str, ...] | None, NoDecode] = None
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8080
+    #: A second listener for /healthz, /readyz (with the reason) and /metrics, which then leave the public one.
+    admin_port: Annotated[int, Field(ge=0, le=65535)] | None = None
+    admin_host: str = "127.0.0.1"
+    #: /readyz on the public listener says why the PACS is unavailable (its host and port, the error).
+    health_details: bool = False
     qido_timeout: Annotated[float, Field(gt=0, le=3600)] = 30.0
     qido_concurrency: Annotated[int, Field(ge=1, le=256)] = 8
     #: Retries of one PACS request after a connection failure or a 502/503 (jittered backoff, within the deadline).
@@ -77,6 +103,9 @@ class Settings(BaseSettings):
     breaker_cooldown: Annotated[float, Field(gt=0, le=3600)] = 30.0
     #: Seconds in-flight requests get to finish after SIGTERM, before the PACS session and cache are closed.
     shutdown_timeout: Annotated[float, Field(ge=0, le=600)] = 15.0
+    #: Seconds a client gets to send a request's headers (from its connection's start or its previous response,
+    #: so an idle keep-alive connection is closed after as long) and, separately, its body.
+    client_read_timeout: Annotated[float, Field(gt=0, le=3600)] = 15.0
     #: Seconds a whole client request may take, every PACS request and retry included.
     request_deadline: Annotated[float, Field(gt=0, le=3600)] = 60.0
     #: Rows asked per QIDO request (``limit``); 0 sends no limit and pages only when the PACS says there is more.
@@ -164,6 +193,17 @@ class Settings(BaseSettings):
     def _public_url(cls, value: str | None) -> str | None:
         return _check_http_url(value) if value else None
 
+    @field_validator("allowed_hosts", mode="before")
+    @classmethod
+    def _allowed_hosts(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [name for name in (part.strip() for part in value.split(",")) if name]
+            if not value:
+                return None
+        if isinstance(value, list | tuple):
+            return tuple(host_name(str(name)) for name in value)
+        return value
+
     @field_validator("patient_id_system")
     @classmethod
     def _system(cls, value: str | None) -> str | None:
@@ -236,6 +276,23 @@ class Settings(BaseSettings):
         if self.qido_url and not self.qido_url.startswith("file://"):
             return _redact(self.qido_url)
         return None
+
+    @property
+    def link_hosts(self) -> frozenset[str] | None:
+        """The Host names a request under /fhir may carry, or None for any (links then come from ``public_url``).
+
+        Without ``public_url`` links are built from the request's Host, which the client chooses: only names the
+        operator allows may shape them. By default those are the loopback names and ``host`` when it is one
+        address, not a wildcard; BRIDGE_ALLOWED_HOSTS replaces them (and applies with ``public_url`` too)."""
+        if self.allowed_hosts is not None:
+            return frozenset(self.allowed_hosts)
+        if self.public_url:
+            return None
+        names = {"localhost", "127.0.0.1", "[::1]"}
+        if self.host not in _WILDCARDS:
+            with contextlib.suppress(ValueError):  # not a name a Host header could carry: nothing to add
+                names.add(host_name(self.host))
+        return frozenset(names)
 
     @property
     def zone(self) -> ZoneInfo | None:

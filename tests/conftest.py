@@ -11,7 +11,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from bridge.qido.source import QidoSource
 from bridge.settings import Settings, load_settings
 from bridge.web.app import create_app
-from bridge.web.outcomes import SERVER_LIMITS
+from bridge.web.server import server_options
 from tests.support import catalog
 from tests.support.dicomgen import StudySpec, encode
 from tests.support.orthanc import OrthancServer
@@ -47,7 +47,7 @@ def orthanc_settings(orthanc: OrthancServer, **overrides: str) -> Settings:
 
 async def start_client(settings: Settings, source: QidoSource | None = None) -> TestClient:
     server = TestServer(create_app(settings, source))
-    await server.start_server(**SERVER_LIMITS)  # the same parser limits as `imaging-bridge serve`
+    await server.start_server(**server_options(settings))  # the same limits and timeouts as `imaging-bridge serve`
     client = TestClient(server)
     await client.start_server()
     return client

@@ -79,6 +79,40 @@ async def test_the_access_log_writes_json_lines_in_batches() -> None:
     }  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    ("path", "logged"),
+    [
+        ("/fhir/ImagingStudy/2.25.1", "/fhir/ImagingStudy/2.25.1"),
+        ("/fhir/ImagingStudy?patient=PAT-123&_count=5&modality=CT",
+         "/fhir/ImagingStudy?patient=***&_count=5&modality=CT"),
+        ("/fhir/ImagingStudy?subject%3Aidentifier=urn%3Aoid%3A1%7CPAT-123",
+         "/fhir/ImagingStudy?subject%3Aidentifier=***"),
+        ("/fhir/ImagingStudy?patient.identifier=PAT-123&based-on:identifier=ACC-9&identifier=ACC-9",
+         "/fhir/ImagingStudy?patient.identifier=***&based-on:identifier=***&identifier=***"),
+        ("/fhir/ImagingStudy?subject:Patient=PAT-123&patient:PAT-123=1&PAT-123&Patient=PAT-123",
+         "/fhir/ImagingStudy?subject:Patient=***&***&***&***"),  # unknown names may be identifiers themselves
+        ("/fhir/ImagingStudy?_id=2.25.1&started=ge2024&_elements=identifier&patient",
+         "/fhir/ImagingStudy?_id=***&started=***&_elements=identifier&patient"),
+    ],
+)  # fmt: skip
+async def test_the_access_log_keeps_patients_out_of_query_strings(path: str, logged: str) -> None:
+    stream = io.BytesIO()
+    log = AccessLog(stream)
+    log.record(1764255600.25, "r1", "GET", path, 200, 0.001)
+    await log.flush()
+    assert orjson.loads(stream.getvalue())["path"] == logged
+
+
+async def test_access_log_lines_are_one_line_each_whatever_the_path() -> None:
+    stream = io.BytesIO()
+    log = AccessLog(stream)
+    log.record(1764255600.25, "r1", "GET", "/fhir/x\u2028y\u2029\n", 404, 0.001)
+    log.record(1764255600.25, "r2", "GET", "/fhir/x", 404, 0.001)
+    await log.flush()
+    lines = stream.getvalue().decode().splitlines()
+    assert [orjson.loads(line)["id"] for line in lines] == ["r1", "r2"]
+
+
 async def test_clients_cannot_grow_the_metric_labels() -> None:
     client = await start_client(load_settings({"BRIDGE_QIDO_URL": "http://pacs/dicom-web"}), pacs())
     try:
@@ -103,7 +137,7 @@ async def test_a_broken_stdout_loses_lines_not_the_service() -> None:
 
 
 def test_the_bridges_own_log_lines_name_their_request_as_text_or_json() -> None:
-    from bridge.logs import TEXT_FORMAT, JsonFormatter, RequestIdFilter
+    from bridge.logs import JsonFormatter, RequestIdFilter, TextFormatter
 
     def formatted(formatter: logging.Formatter, exc_info: Any = None) -> str:
         record = logging.LogRecord(
@@ -114,7 +148,7 @@ def test_the_bridges_own_log_lines_name_their_request_as_text_or_json() -> None:
 
     token = REQUEST_ID.set("req-7")
     try:
-        assert formatted(logging.Formatter(TEXT_FORMAT)).endswith("WARNING bridge.studies [req-7]: series 1.2: x")
+        assert formatted(TextFormatter()).endswith("WARNING bridge.studies [req-7]: series 1.2: x")
         try:
             raise ValueError("boom")
         except ValueError:

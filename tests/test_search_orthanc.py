@@ -172,7 +172,6 @@ ODD = ["patients.odd", "patients.odd_twice"]
 PATIENT_CASES = {
     "Patient/id": ([("patient", "Patient/QSX-CASE")], CASE),
     "bare id": ([("patient", "QSX-CASE")], CASE),
-    "absolute URL": ([("patient", "https://ehr.example.org/fhir/Patient/QSX-CASE")], CASE),
     "lower-case twin": ([("patient", "Patient/qsx-case")], ["patients.case_lower"]),
     "subject": ([("subject", "Patient/QSX-CASE")], CASE),
     "OR of the case twins": ([("patient", "Patient/QSX-CASE,Patient/qsx-case")], [*CASE, "patients.case_lower"]),
@@ -255,6 +254,18 @@ async def test_patient_search(
     """Orthanc matches PatientID case-insensitively and the bridge widens unsafe characters to wildcards:
     the decoys come back from the PACS, and must not come back from the bridge."""
     assert await found_keys(client, params) == resolve(search_studies, expected)
+
+
+async def test_an_absolute_patient_reference_counts_only_on_this_server(
+    client: TestClient, search_studies: SearchCatalog
+) -> None:
+    own = str(client.make_url("/fhir/Patient/QSX-CASE"))
+    assert await found_keys(client, [("patient", own)]) == resolve(search_studies, CASE)
+    foreign = await client.get(
+        "/fhir/ImagingStudy", params={"patient": "https://ehr.example.org/fhir/Patient/QSX-CASE"}
+    )
+    assert foreign.status == 400
+    validate(await foreign.json(content_type=None))
 
 
 @pytest.mark.parametrize(("params", "expected"), cases(KINDS_CASES))
@@ -612,12 +623,13 @@ async def test_percent_encoded_wildcard_is_refused(client: TestClient) -> None:
 
 async def test_unknown_parameter_strict_and_lenient(client: TestClient, search_studies: SearchCatalog) -> None:
     params = [("patient", "QSX-CASE"), ("colour", "blue")]
-    strict = await client.get("/fhir/ImagingStudy", params=params, headers={"Prefer": "handling=strict"})
-    assert strict.status == 400
-    outcome = await strict.json(content_type=None)
-    validate(outcome)
-    assert "colour" in outcome["issue"][0]["diagnostics"]
-    for headers in ({}, {"Prefer": "handling=lenient"}):
+    for headers in ({}, {"Prefer": "handling=strict"}):
+        strict = await client.get("/fhir/ImagingStudy", params=params, headers=headers)
+        assert strict.status == 400
+        outcome = await strict.json(content_type=None)
+        validate(outcome)
+        assert "colour" in outcome["issue"][0]["diagnostics"]
+    for headers in ({"Prefer": "handling=lenient"}, {"Prefer": "respond-async, handling=lenient"}):
         bundle = await first_page(client, params, headers=headers)
         assert {resource_key(r) for r in matches(bundle)} == resolve(search_studies, CASE)
         applied = dict(parse_qsl(urlsplit(str(link(bundle, "self"))).query))
@@ -638,7 +650,9 @@ async def test_fhirpy_searches_and_pages(client: TestClient, search_studies: Sea
     async for _ in studies.search(patient=PAGING_PATIENT).limit(10):
         pages += 1
     assert pages == 45
-    assert await studies.search(patient=PAGING_PATIENT).count() == 45
+    # fhirpy's count() adds Aidbox's _totalMethod, unknown here: refused unless the client asks for leniency.
+    lenient = AsyncFHIRClient(base, extra_headers={"Accept": "application/fhir+json", "Prefer": "handling=lenient"})
+    assert await lenient.resources("ImagingStudy").search(patient=PAGING_PATIENT).count() == 45
     odd = await studies.search(Raw(**{"patient:identifier": ODD_PATIENT})).limit(1).fetch_all()
     assert {(r["id"], r["subject"]["identifier"]["value"]) for r in odd} == resolve(search_studies, ODD)
     ct = await studies.search(patient=KINDS_PATIENT, modality=f"{DCM}|CT").fetch_all()

@@ -12,9 +12,9 @@ from bridge.search.plan import plan_search
 from bridge.search.query import PatientRule, parse_search
 
 
-def plan(query: str) -> tuple[object, list[tuple[str, str, list[dict[str, str]]]]]:
+def plan(query: str, base: str | None = None) -> tuple[object, list[tuple[str, str, list[dict[str, str]]]]]:
     """The plan of a query string: (study queries, [(criterion, level, queries)])."""
-    result = plan_search(parse_search(parse_qsl(query, keep_blank_values=True)))
+    result = plan_search(parse_search(parse_qsl(query, keep_blank_values=True), base=base))
     if result.unsatisfiable:
         return "nothing", []
     study = [dict(q) for q in result.study_queries] if result.study_queries is not None else None
@@ -40,7 +40,6 @@ TRANSLATIONS = [
     (f"identifier=ACC-17,urn:oid:{UID}", [{"AccessionNumber": "ACC-17"}, {"StudyInstanceUID": UID}], []),
     ("patient=Patient/PAT-1", [{"PatientID": "PAT-1"}], []),
     ("patient=PAT-1", [{"PatientID": "PAT-1"}], []),
-    ("patient=https://ehr.example/fhir/Patient/PAT-1", [{"PatientID": "PAT-1"}], []),
     ("subject=Group/7", "nothing", []),
     ("patient:identifier=urn:oid:1.2.3|PAT-1", [{"PatientID": "PAT-1"}], []),
     ("patient.identifier=PAT-1", [{"PatientID": "PAT-1"}], []),
@@ -130,12 +129,18 @@ REFUSALS = [
     ("identifier=a|b|c", "a token is [system|]code"),
     ("identifier:of-type=ACSN|17", "identifier:of-type takes system|code|value"),
     ("based-on=ServiceRequest/1", "based-on:identifier"),
+    ("patient=https://ehr.example/fhir/Patient/PAT-1", "refers to another server"),  # not ours: not Patient/PAT-1
     ("patient=Patient/PAT 01/ä", "is not a reference"),  # a PatientID with "/" is reached by patient:identifier
     ("patient.name=Smith", "chained search patient.name is not supported"),
     ("_count=-1", "_count takes a whole number"),
     ("_count=ten", "_count takes a whole number"),
     ("_count=1&_count=2", "_count may be given once"),
     ("_offset=x", "_offset takes a whole number"),
+    # Digits str.isdigit() accepts: "²" made int() raise (a 500), "٣" was read as 3. ASCII digits alone.
+    ("_count=²", "_count takes a whole number"),
+    ("_offset=²", "_offset takes a whole number"),
+    ("_count=٣", "_count takes a whole number"),
+    ("_offset=\uff11", "_offset takes a whole number"),  # a full-width 1
     ("_summary=text", "_summary=text is not supported"),
     ("_elements=identifier,foo", "foo are not ImagingStudy elements"),
     ("_summary=true&_elements=identifier", "cannot be combined"),
@@ -151,13 +156,63 @@ def test_malformed_values_are_400_naming_the_problem(query: str, message: str) -
         parse_search(parse_qsl(query, keep_blank_values=True))
 
 
-def test_unknown_parameters_are_ignored_when_lenient_and_refused_when_strict() -> None:
+def test_unknown_parameters_are_refused_unless_lenient() -> None:
     params = [("foo", "bar"), ("_sort", "-started"), ("_include", "ImagingStudy:patient"), ("patient", "P1")]
-    lenient = parse_search(params)
+    lenient = parse_search(params, strict=False)
     assert lenient.ignored == ("foo", "_sort", "_include=ImagingStudy:patient")
     assert [c.name for c in lenient.criteria] == ["patient"]
-    with pytest.raises(InvalidRequest, match="unknown search parameter foo"):
-        parse_search(params, strict=True)
+    with pytest.raises(InvalidRequest, match="unknown search parameters: foo, _sort;"):
+        parse_search(params)
+
+
+BASE = "https://fhir.example.org/fhir"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "http://evil/fhir/Patient/P1",
+        "https://fhir.example.org.evil/fhir/Patient/P1",
+        "https://fhir.example.org/other/Patient/P1",  # this host, another base
+        "http://fhir.example.org/fhir/Patient/P1",  # another scheme
+        "https://fhir.example.org/fhir/Patient/P1#x",
+        "//evil/fhir/Patient/P1",
+        "/fhir/Patient/P1",
+        "http:/evil/Patient/P1",
+    ],
+)
+@pytest.mark.parametrize("name", ["patient", "subject"])
+def test_a_reference_to_another_server_is_refused(name: str, value: str) -> None:
+    with pytest.raises(InvalidRequest, match="refers to another server"):
+        parse_search([(name, value)], base=BASE)
+
+
+def test_an_endpoint_on_another_server_is_refused() -> None:
+    with pytest.raises(InvalidRequest, match="endpoint: 'http://evil/fhir/Endpoint/e1' refers to another server"):
+        parse_search([("endpoint", "http://evil/fhir/Endpoint/e1")], base=BASE)
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["P1", "Patient/P1", f"{BASE}/Patient/P1", "HTTPS://FHIR.example.org/fhir/Patient/P1", f"{BASE}/Patient/P1/"],
+)
+def test_local_references_are_accepted(value: str) -> None:
+    assert plan(f"patient={value}", base=BASE) == ([{"PatientID": "P1"}], [])
+
+
+def test_without_a_known_base_no_absolute_reference_is_accepted() -> None:
+    with pytest.raises(InvalidRequest, match="refers to another server"):
+        parse_search([("patient", f"{BASE}/Patient/P1")])
+
+
+def test_more_path_than_type_and_id_is_not_a_reference() -> None:
+    with pytest.raises(InvalidRequest, match="is not a reference"):
+        parse_search([("patient", "x/Patient/P1")])
+
+
+def test_an_unknown_name_differing_only_in_case_gets_a_suggestion() -> None:
+    with pytest.raises(InvalidRequest, match=r"Subject:IDENTIFIER \(did you mean subject:IDENTIFIER\?\)"):
+        parse_search([("Subject:IDENTIFIER", "x|1")])
 
 
 @pytest.mark.parametrize(("count", "expected"), [("0", 0), ("5", 5), ("100", 100), ("1000", 100)])

@@ -79,6 +79,15 @@ async def test_searchset_bundle(client: TestClient) -> None:
     assert link(body, "self") == "https://fhir.example.org/fhir/ImagingStudy?patient=P1&_count=5"
 
 
+async def test_search_bundles_are_not_stored_by_any_cache(client: TestClient) -> None:
+    got = await client.get("/fhir/ImagingStudy?patient=P1&_count=1")
+    posted = await client.post("/fhir/ImagingStudy/_search", data={"patient": "P1"})
+    read = await client.get("/fhir/ImagingStudy/2.25.1")
+    assert (got.status, posted.status, read.status) == (200, 200, 200)
+    assert got.headers["Cache-Control"] == posted.headers["Cache-Control"] == "private, no-store"
+    assert read.headers["Cache-Control"] == "private, no-cache"  # reads revalidate with their ETag
+
+
 async def test_following_next_visits_every_study_once_and_previous_goes_back(client: TestClient) -> None:
     seen: list[str] = []
     url: str | None = "/fhir/ImagingStudy?_count=5&started=ge2024-03"
@@ -151,11 +160,30 @@ async def test_post_search_takes_a_form_only(client: TestClient) -> None:
     validate(await response.json())
 
 
-async def test_unknown_parameters_lenient_by_default_strict_on_request(client: TestClient) -> None:
-    lenient = await bundle(client, "patient=P1&frobnicate=yes&_count=2")
+async def test_unknown_parameters_are_refused_by_default_and_ignored_on_request(client: TestClient) -> None:
+    for headers in ({}, {"Prefer": "handling=strict"}):
+        strict = await bundle(client, "patient=P1&frobnicate=yes", 400, headers=headers)
+        assert "frobnicate" in strict["issue"][0]["diagnostics"]
+    lenient = await bundle(client, "patient=P1&frobnicate=yes&_count=2", headers={"Prefer": "handling=lenient"})
+    assert ids(lenient) == ["2.25.12", "2.25.11"]
     assert "frobnicate" not in (link(lenient, "self") or "")
-    strict = await bundle(client, "patient=P1&frobnicate=yes", 400, headers={"Prefer": "handling=strict"})
-    assert "frobnicate" in strict["issue"][0]["diagnostics"]
+
+
+async def test_a_foreign_patient_reference_is_refused(client: TestClient, source: MemoryQidoSource) -> None:
+    body = await bundle(client, "patient=http://evil/fhir/Patient/P1", 400)
+    assert "'http://evil/fhir/Patient/P1' refers to another server" in body["issue"][0]["diagnostics"]
+    assert source.calls == []
+    own = await bundle(client, "patient=https://fhir.example.org/fhir/Patient/P1&_count=1")
+    assert own["total"] == 12
+
+
+@pytest.mark.parametrize("query", ["Patient=P2", "PATIENT=P2", "Patient=P2&PATIENT=P2"])
+async def test_a_misspelt_patient_is_refused_not_ignored(client: TestClient, query: str) -> None:
+    body = await bundle(client, query, 400)
+    diagnostics = body["issue"][0]["diagnostics"]
+    for name in {pair.split("=")[0] for pair in query.split("&")}:
+        assert f"{name} (did you mean patient?)" in diagnostics
+    assert "Prefer: handling=lenient" in diagnostics
 
 
 async def test_refusals_are_400_operation_outcomes(client: TestClient, source: MemoryQidoSource) -> None:
@@ -301,4 +329,46 @@ async def test_a_form_that_is_not_utf8_is_a_400(client: TestClient) -> None:
         headers={"Content-Type": "application/x-www-form-urlencoded"},
     )  # fmt: skip
     assert response.status == 400
-    assert "not a UTF-8 form" in (await response.json())["issue"][0]["diagnostics"]
+    assert "UTF-8" in (await response.json())["issue"][0]["diagnostics"]
+
+
+FORM = "application/x-www-form-urlencoded"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "patient=P2".encode("utf-16-le"),  # no BOM: valid UTF-8, full of NULs
+        "patient=P2".encode("utf-16"),  # with a BOM
+        "patient=P2".encode("utf-32-le"),
+        b"patient=%FF",  # a percent-escape that is not UTF-8
+    ],
+    ids=["utf-16-le", "utf-16-bom", "utf-32-le", "percent-ff"],
+)
+async def test_a_form_not_in_utf8_is_a_400(client: TestClient, source: MemoryQidoSource, body: bytes) -> None:
+    response = await client.post("/fhir/ImagingStudy/_search", data=body, headers={"Content-Type": FORM})
+    assert response.status == 400
+    validate(await response.json())
+    assert source.calls == []
+
+
+@pytest.mark.parametrize("charset", ["utf-16", "iso-8859-1", "x-no-such-charset"])
+async def test_a_form_in_another_charset_is_a_415(client: TestClient, charset: str) -> None:
+    response = await client.post(
+        "/fhir/ImagingStudy/_search", data="patient=P1".encode(charset if charset != "x-no-such-charset" else "ascii"),
+        headers={"Content-Type": f"{FORM}; charset={charset}"},
+    )  # fmt: skip
+    assert response.status == 415
+    body = await response.json()
+    validate(body)
+    assert f"charset={charset}" in body["issue"][0]["diagnostics"]
+
+
+@pytest.mark.parametrize("charset", ["", "; charset=utf-8", "; charset=UTF8"])
+async def test_a_utf8_form_is_read(client: TestClient, charset: str) -> None:
+    response = await client.post(
+        "/fhir/ImagingStudy/_search", data=b"patient=P1&_count=1&_elements=identifier\n",
+        headers={"Content-Type": FORM + charset},
+    )  # fmt: skip
+    assert response.status == 200, await response.text()
+    assert ids(await response.json()) == ["2.25.12"]

@@ -59,6 +59,11 @@ def test_defaults() -> None:
         ),
         pytest.param({"BRIDGE_ISSUER_SYSTEMS": ""}, {"issuer_systems": {}}, id="issuer-systems-empty"),
         pytest.param({"OTHER_PORT": "1", "PORT": "2"}, {"port": 8080}, id="unprefixed-ignored"),
+        pytest.param(
+            {"BRIDGE_ALLOWED_HOSTS": "FHIR.example.org, ::1,10.0.0.5,"},
+            {"allowed_hosts": ("fhir.example.org", "[::1]", "10.0.0.5")}, id="allowed-hosts-list",
+        ),
+        pytest.param({"BRIDGE_ALLOWED_HOSTS": " "}, {"allowed_hosts": None}, id="allowed-hosts-empty"),
     ],
 )  # fmt: skip
 def test_good_values(environ: dict[str, str], expected: dict[str, object]) -> None:
@@ -97,6 +102,8 @@ def test_good_values(environ: dict[str, str], expected: dict[str, object]) -> No
             "BRIDGE_PACS_TOKEN", id="token-with-username",
         ),
         pytest.param({"BRIDGE_LOG_LEVEL": "LOUD"}, "BRIDGE_LOG_LEVEL", id="log-level-unknown"),
+        pytest.param({"BRIDGE_ALLOWED_HOSTS": "https://x"}, "BRIDGE_ALLOWED_HOSTS", id="allowed-hosts-url"),
+        pytest.param({"BRIDGE_ALLOWED_HOSTS": "x:8080"}, "BRIDGE_ALLOWED_HOSTS", id="allowed-hosts-port"),
     ],
 )  # fmt: skip
 def test_bad_value_names_the_variable(environ: dict[str, str], variable: str) -> None:
@@ -211,3 +218,30 @@ def test_credentials_in_the_qido_url_move_to_the_secret_fields() -> None:
     assert settings.pacs_password is not None
     assert settings.pacs_password.get_secret_value() == "s@cret"
     assert settings.public_wado_url == "https://pacs.test/dicom-web"
+
+
+@pytest.mark.parametrize(
+    ("environ", "hosts"),
+    [
+        ({}, {"localhost", "127.0.0.1", "[::1]"}),
+        ({"BRIDGE_HOST": "0.0.0.0"}, {"localhost", "127.0.0.1", "[::1]"}),
+        ({"BRIDGE_HOST": "::"}, {"localhost", "127.0.0.1", "[::1]"}),
+        ({"BRIDGE_HOST": "bridge.lan"}, {"localhost", "127.0.0.1", "[::1]", "bridge.lan"}),
+        ({"BRIDGE_HOST": "fe80::1"}, {"localhost", "127.0.0.1", "[::1]", "[fe80::1]"}),
+        ({"BRIDGE_PUBLIC_URL": "https://fhir.example.org/fhir"}, None),  # links never come from the Host
+        ({"BRIDGE_PUBLIC_URL": "https://fhir.example.org/fhir", "BRIDGE_ALLOWED_HOSTS": "fhir.example.org"},
+         {"fhir.example.org"}),
+        ({"BRIDGE_ALLOWED_HOSTS": "a.example"}, {"a.example"}),
+    ],
+)  # fmt: skip
+def test_link_hosts(environ: dict[str, str], hosts: set[str] | None) -> None:
+    assert load_settings(environ).link_hosts == (frozenset(hosts) if hosts is not None else None)
+
+
+def test_allowed_hosts_are_a_comma_list_in_the_env_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "bridge.env").write_text("BRIDGE_ALLOWED_HOSTS=a.example,b.example\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("BRIDGE_ALLOWED_HOSTS", raising=False)
+
+    assert load_settings().allowed_hosts == ("a.example", "b.example")

@@ -11,6 +11,7 @@ import datetime as dt
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from bridge.errors import InvalidRequest, TooCostly
 from bridge.search.parameters import (
@@ -53,6 +54,8 @@ MAX_VALUES = 100
 MAX_LENGTH = 4000
 
 _DICOM_UNSAFE = re.compile(r"[*?\\]")
+#: ``str.isdigit`` and ``int`` accept other scripts' digits (``²``, ``٣``): a number here is ASCII digits alone.
+_WHOLE_NUMBER = re.compile(r"[0-9]{1,9}")
 _FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _DATE = re.compile(
     r"^(?P<prefix>eq|ne|gt|lt|ge|le|sa|eb|ap)?(?P<year>\d{4})(?:-(?P<month>\d{2})(?:-(?P<day>\d{2})"
@@ -146,14 +149,18 @@ class SearchQuery:
 def parse_search(
     params: Iterable[tuple[str, str]],
     *,
-    strict: bool = False,
+    strict: bool = True,
     zone: dt.tzinfo = dt.UTC,
     patients: PatientRule = PatientRule(),
+    base: str | None = None,
 ) -> SearchQuery:
-    """Parse query or form parameters. ``strict`` refuses unknown parameters (``Prefer: handling=strict``).
+    """Parse query or form parameters. Unknown parameters are refused, naming them all; ``strict=False``
+    (``Prefer: handling=lenient``) ignores them instead. Refusing is the default because an unknown parameter
+    ignored widens the search: ``?Patient=P2`` (a misspelt ``patient``) would return every patient's studies.
 
     ``zone`` is the zone of date search values without one (and of whole days): BRIDGE_TIMEZONE, else UTC.
-    ``patients`` turns ``Patient/<id>`` into the PatientID it stands for.
+    ``patients`` turns ``Patient/<id>`` into the PatientID it stands for. ``base`` is this server's FHIR base
+    URL: an absolute reference is accepted only under it (None: no absolute reference is).
     """
     criteria: list[Criterion] = []
     result: dict[str, str] = {}
@@ -173,8 +180,6 @@ def parse_search(
             raise InvalidRequest(f"chained search {key} is not supported (patient.identifier is)")
         parameter = BY_NAME.get(name)
         if parameter is None:
-            if strict:
-                raise InvalidRequest(f"unknown search parameter {key} (Prefer: handling=strict)")
             ignored.append(key)
             continue
         if modifier == "Patient" and name in ("patient", "subject"):
@@ -184,13 +189,30 @@ def parse_search(
             raise InvalidRequest(f"modifier :{modifier} is not supported on {name} (supported: {allowed})")
         if not raw:
             raise InvalidRequest(f"{key} has an empty value")
-        values = tuple(_parse_value(name, modifier or None, value, zone, patients) for value in _split(key, raw))
+        values = tuple(_parse_value(name, modifier or None, value, zone, patients, base) for value in _split(key, raw))
         criteria.append(Criterion(name, modifier or None, values, (key, raw)))
         if len(values) > MAX_VALUES or sum(len(c.values) for c in criteria) > MAX_VALUES:
             raise TooCostly(f"a search may hold at most {MAX_VALUES} values; {key} brings more")
         if sum(len(c.applied[1]) for c in criteria) > MAX_LENGTH:
             raise TooCostly(f"the search's values exceed {MAX_LENGTH} characters: too long to page by links")
+    if strict and ignored:
+        raise InvalidRequest(_unknown(ignored))
     return _with_result_parameters(criteria, result, ignored, strict)
+
+
+def _unknown(keys: Sequence[str]) -> str:
+    """What to say of unknown parameters: their names, a known name that differs only in case, the way out."""
+    known = {name.lower(): name for name in (*BY_NAME, *CHAINS, *RESULT_PARAMETERS, *FORMAT_PARAMETERS)}
+    named = []
+    for key in dict.fromkeys(keys):
+        name, colon, modifier = key.partition(":")
+        suggestion = known.get(name.lower())
+        named.append(f"{key} (did you mean {suggestion}{colon}{modifier}?)" if suggestion else key)
+    return (
+        f"unknown search parameter{'s' if len(named) > 1 else ''}: {', '.join(named)}; the parameters served are "
+        "listed in /fhir/metadata (names are case-sensitive). Send Prefer: handling=lenient to have unknown "
+        "parameters ignored"
+    )
 
 
 def _split(key: str, raw: str) -> list[str]:
@@ -205,7 +227,9 @@ def _split(key: str, raw: str) -> list[str]:
     return values
 
 
-def _parse_value(name: str, modifier: str | None, value: str, zone: dt.tzinfo, patients: PatientRule) -> Value:
+def _parse_value(
+    name: str, modifier: str | None, value: str, zone: dt.tzinfo, patients: PatientRule, base: str | None
+) -> Value:
     if modifier == "missing":
         if value not in ("true", "false"):
             raise InvalidRequest(f"{name}:missing takes true or false, not {value!r}")
@@ -213,13 +237,13 @@ def _parse_value(name: str, modifier: str | None, value: str, zone: dt.tzinfo, p
     if name == "started":
         return parse_date(value, zone)
     if name in ("patient", "subject") and modifier is None:
-        reference = _reference(name, value, default_type="Patient")
+        reference = _reference(name, value, "Patient", base)
         if reference.type != "Patient":
             return reference
         # Matched on the PatientID it stands for; an id outside the template stands for none ("").
         return Reference("Patient", patients.patient_id(reference.id) or "")
     if name == "endpoint":
-        return _reference(name, value, default_type="Endpoint")
+        return _reference(name, value, "Endpoint", base)
     if name == "based-on" and modifier is None:
         raise InvalidRequest("based-on is supported as based-on:identifier=[system|]accession (or :missing)")
     if name == "identifier" and modifier == "of-type":
@@ -242,18 +266,42 @@ def _token(name: str, value: str) -> Token:
     return Token(system if bar else None, code)
 
 
-def _reference(name: str, value: str, default_type: str) -> Reference:
-    """``id``, ``Type/id`` or an absolute ``…/Type/id`` URL."""
-    parts = value.rstrip("/").split("/")
-    if len(parts) == 1:
-        type_, id_ = default_type, parts[0]
-    else:
-        type_, id_ = parts[-2], parts[-1]
+def _reference(name: str, value: str, default_type: str, base: str | None) -> Reference:
+    """``id``, ``Type/id``, or ``[base]/Type/id`` where ``base`` is this server's own."""
+    parts = _relative(name, value, base).rstrip("/").split("/")
     if "_history" in parts:
         raise InvalidRequest(f"{name}: versioned references are not supported ({value!r})")
+    if len(parts) > 2:
+        raise InvalidRequest(f"{name}: {value!r} is not a reference (Type/id)")
+    type_, id_ = (default_type, parts[0]) if len(parts) == 1 else (parts[0], parts[1])
     if not re.fullmatch(r"[A-Z][A-Za-z]+", type_) or not id_:
         raise InvalidRequest(f"{name}: {value!r} is not a reference (Type/id)")
     return Reference(type_, id_)
+
+
+#: A scheme (``http:``) before the first slash: an absolute URL. ``P:1`` stays an id (PatientIDs may hold ``:``).
+_ABSOLUTE = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:[^/]*/|/")
+
+
+def _relative(name: str, value: str, base: str | None) -> str:
+    """The reference relative to this server: an absolute URL (or a path from the root) must be under ``base``.
+
+    Another server's ``http://other/fhir/Patient/P1`` names another server's patient, whose id may mean someone
+    else here: it is refused, never read as the local ``Patient/P1``."""
+    if not _ABSOLUTE.match(value):
+        return value
+    url, own = urlsplit(value), urlsplit(base or "")
+    root = own.path.rstrip("/") + "/"
+    if (
+        base is None
+        or (url.scheme.lower(), url.netloc.lower()) != (own.scheme.lower(), own.netloc.lower())
+        or not url.path.startswith(root)
+        or url.query
+        or url.fragment
+    ):
+        where = f"this server's base {base}" if base else "this server"
+        raise InvalidRequest(f"{name}: {value!r} refers to another server; only references to {where} are searched")
+    return url.path[len(root) :]
 
 
 def parse_date(value: str, zone: dt.tzinfo = dt.UTC) -> DateValue:
@@ -376,6 +424,6 @@ def _non_negative(result: dict[str, str], name: str, default: int) -> int:
     raw = result.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or len(raw) > 9:
+    if not _WHOLE_NUMBER.fullmatch(raw):
         raise InvalidRequest(f"{name} takes a whole number ≥ 0, not {raw!r}")
     return int(raw)

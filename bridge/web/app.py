@@ -17,15 +17,10 @@ from bridge.qido.source import QidoSource
 from bridge.search.execute import Limits
 from bridge.settings import Settings
 from bridge.web import contexts, observe
-from bridge.web.handlers import (
-    healthz,
-    metadata,
-    read_endpoint,
-    read_imaging_study,
-    readyz,
-    search_imaging_study,
-)
+from bridge.web.handlers import metadata, read_endpoint, read_imaging_study, search_imaging_study
+from bridge.web.hosts import HostCheck
 from bridge.web.keys import ENDPOINT, INTERACTIONS, MAPPING, SEARCH_LIMITS, SETTINGS, SOURCE
+from bridge.web.server import admin_listener, probe_routes
 
 #: A POST _search form is a few kilobytes; nothing else has a body.
 MAX_BODY = 64 * 1024
@@ -80,15 +75,17 @@ def create_app(settings: Settings, source: QidoSource | None = None) -> web.Appl
         app[SOURCE] = source
     app.cleanup_ctx.append(contexts.study_cache)
     app.cleanup_ctx.append(contexts.refresher)
+    if settings.admin_port is not None:
+        app.cleanup_ctx.append(admin_listener)  # the probes and metrics are served there, not here
 
-    envelope = observe.Envelope(access_log, settings.request_deadline)
+    hosts = settings.link_hosts
+    envelope = observe.Envelope(access_log, settings.request_deadline, HostCheck(hosts) if hosts is not None else None)
     routes = [
         ("GET", "/fhir/metadata", metadata),
         *((route.method, route.path, route.handler) for route in FHIR_ROUTES),
-        ("GET", "/healthz", healthz),
-        ("GET", "/readyz", readyz),
-        ("GET", "/metrics", observe.metrics),
     ]
+    if settings.admin_port is None:
+        routes += [("GET", path, handler) for path, handler in probe_routes(settings.health_details)]
     for method, path, handler in routes:
         observed = envelope(handler, path)
         if method == "GET":

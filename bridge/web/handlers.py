@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
+from collections.abc import Awaitable, Callable
 
 import orjson
 from aiohttp import hdrs, web
@@ -11,11 +13,12 @@ from multidict import CIMultiDict
 
 from bridge.cache.freshness import Entry
 from bridge.cache.service import HIT
-from bridge.errors import InvalidRequest, NotFound, UnsupportedMediaType, UpstreamError
+from bridge.errors import NotFound, RequestTimeout, UpstreamError
 from bridge.search.bundle import needs_series, searchset
 from bridge.search.execute import run_search
 from bridge.search.query import PatientRule, parse_search
 from bridge.web.capability import capability_statement
+from bridge.web.form import check_form_type, form_parameters
 from bridge.web.keys import CACHE, ENDPOINT, INTERACTIONS, MAPPING, SEARCH_LIMITS, SETTINGS, SOURCE
 from bridge.web.negotiation import CONTENT_TYPES, fhir_bytes_response, response_type
 
@@ -86,36 +89,45 @@ async def search_imaging_study(request: web.Request) -> web.Response:
     app = request.app
     params = [(key, value) for key, value in request.query.items()]
     if request.method == "POST":
-        if request.content_type != "application/x-www-form-urlencoded":
-            raise UnsupportedMediaType(
-                f"POST _search takes application/x-www-form-urlencoded, not {request.content_type or 'no body type'}"
-            )
-        try:
-            form = await request.post()
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise InvalidRequest(f"the POST _search body is not a UTF-8 form ({type(exc).__name__})") from None
-        params += [(key, value) for key, value in form.items() if isinstance(value, str)]
-    settings = app[SETTINGS]
+        check_form_type(request.content_type, request.charset)
+        params += form_parameters(await _body(request))
+    settings, base = app[SETTINGS], _base(request)
     query = parse_search(
-        params, strict=_strict(request), zone=settings.zone or dt.UTC, patients=PatientRule(settings.patient_reference)
-    )
+        params, strict=not _lenient(request), zone=settings.zone or dt.UTC,
+        patients=PatientRule(settings.patient_reference), base=base,
+    )  # fmt: skip
     if query.ignored:
         log.info("search ignored unknown parameters: %s", ", ".join(query.ignored))
     result = await run_search(
         app[SOURCE], query, app[MAPPING], complete=needs_series(query), cache=app[CACHE], limits=app[SEARCH_LIMITS]
     )
     endpoint = app[ENDPOINT] or None
-    bundle = searchset(
-        _base(request), query, result.total, result.resources, endpoint, result.warnings, has_next=result.has_next
-    )
-    return fhir_bytes_response(media, orjson.dumps(bundle))
+    bundle = searchset(base, query, result.total, result.resources, endpoint, result.warnings, has_next=result.has_next)
+    response = fhir_bytes_response(media, orjson.dumps(bundle))
+    # Patient data, and unlike a read no validator to revalidate with: no cache may keep it, the client's included.
+    response.headers[hdrs.CACHE_CONTROL] = "private, no-store"
+    return response
 
 
-def _strict(request: web.Request) -> bool:
-    """``Prefer: handling=strict`` (RFC 7240; lenient is the default)."""
+async def _body(request: web.Request) -> bytes:
+    """The request's body, sent within BRIDGE_CLIENT_READ_TIMEOUT seconds or a 408: a client trickling a byte at
+    a time would otherwise hold its connection and this handler for as long as it likes."""
+    timeout = request.app[SETTINGS].client_read_timeout
+    try:
+        async with asyncio.timeout(timeout):
+            return await request.read()
+    except TimeoutError:
+        raise RequestTimeout(
+            f"the request body was not received within {timeout:g} s (BRIDGE_CLIENT_READ_TIMEOUT)"
+        ) from None
+
+
+def _lenient(request: web.Request) -> bool:
+    """``Prefer: handling=lenient`` (RFC 7240; FHIR search "handling"): unknown parameters are then ignored
+    rather than refused, as they are by default."""
     preferences = request.headers.getall("Prefer", [])
     return any(
-        part.strip().lower().replace(" ", "") == "handling=strict"
+        part.strip().lower().replace(" ", "") == "handling=lenient"
         for header in preferences
         for part in header.replace(";", ",").split(",")
     )
@@ -145,11 +157,21 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"}, dumps=lambda v: orjson.dumps(v).decode())
 
 
-async def readyz(request: web.Request) -> web.Response:
-    """Ready: the PACS answers a trivial query."""
-    try:
-        await request.app[SOURCE].check()
-    except UpstreamError as exc:
-        body = {"status": "unavailable", "reason": exc.diagnostics}
-        return web.json_response(body, status=503, dumps=lambda v: orjson.dumps(v).decode())
-    return web.json_response({"status": "ready"}, dumps=lambda v: orjson.dumps(v).decode())
+def readiness(details: bool) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """GET /readyz: whether the PACS answers a trivial query. Why it does not (the PACS's host and port, the
+    error) is said only with ``details``: on the admin listener, or with BRIDGE_HEALTH_DETAILS; else it is
+    logged, for the operator, and not told to whoever asks."""
+
+    async def readyz(request: web.Request) -> web.Response:
+        try:
+            await request.app[SOURCE].check()
+        except UpstreamError as exc:
+            body = {"status": "unavailable"}
+            if details:
+                body["reason"] = exc.diagnostics
+            else:
+                log.warning("not ready: %s", exc.diagnostics)
+            return web.json_response(body, status=503, dumps=lambda v: orjson.dumps(v).decode())
+        return web.json_response({"status": "ready"}, dumps=lambda v: orjson.dumps(v).decode())
+
+    return readyz

@@ -5,6 +5,12 @@ buffer to a writer thread a few times a second, which formats the lines and writ
 through the ``logging`` module per request (handlers, formatters, locks, a write per line) halves a cached
 read's rate; building and serializing the line on the request's path cost a tenth of it.
 
+Query strings name patients (``patient=…``, ``identifier=…``), and an access log is kept and shipped widely: its
+lines keep the parameters' names (the shape of what was asked) and the values of those that say nothing of a
+patient (``_count``, ``modality``…); every other value is written ``***`` and a name the bridge does not know is
+left out whole. The audit log, not this one, is where identifiers belong. The writer thread does this, not the
+request.
+
 The request id (``X-Request-ID``, taken from the client when sane, made otherwise) is returned in the response,
 written in the log line, and sent to the PACS with every query made for the request.
 """
@@ -20,15 +26,19 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import IO
+from urllib.parse import unquote_plus
 
 import orjson
-from aiohttp import web
+from aiohttp import hdrs, web
 from multidict import istr
 from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from bridge.logs import json_line_safe
 from bridge.qido.resilience import DEADLINE
+from bridge.search.parameters import CHAINS, FORMAT_PARAMETERS, RESULT_PARAMETERS, SEARCH_PARAMETERS
 from bridge.telemetry import REGISTRY, REQUEST_ID, STATS
+from bridge.web.hosts import HostCheck
 from bridge.web.outcomes import check_size, error_response
 
 #: Case-insensitive once, not on every lookup (as aiohttp's ``hdrs`` names are).
@@ -76,7 +86,7 @@ class AccessLog:
         await asyncio.get_running_loop().run_in_executor(self._writer, self._write, batch)
 
     def _write(self, batch: list[Record]) -> None:
-        data = b"".join(map(_json_line, batch))
+        data = json_line_safe(b"".join(map(_json_line, batch)))
         stream = self._stream or sys.stdout.buffer
         try:
             stream.write(data)
@@ -90,9 +100,39 @@ Record = tuple[float, str, str, str, int, float]
 
 def _json_line(record: Record) -> bytes:
     when, request_id, method, path, status, seconds = record
-    line = {"time": round(when, 3), "id": request_id, "method": method, "path": path, "status": status,
+    line = {"time": round(when, 3), "id": request_id, "method": method, "path": redacted(path), "status": status,
             "ms": round(seconds * 1000, 2)}  # fmt: skip
     return orjson.dumps(line, option=orjson.OPT_APPEND_NEWLINE)
+
+
+#: Parameters whose values identify no one: kept, so that the log shows what was asked.
+_KEPT = frozenset({"_count", "_offset", "_summary", "_elements", "_include", "_total", "_format", "_pretty",
+                   "_sort", "modality", "status"})  # fmt: skip
+#: Every name the bridge knows (with its modifiers): shown, with its value as ``***``.
+_KNOWN = frozenset(
+    [*FORMAT_PARAMETERS, *RESULT_PARAMETERS, *CHAINS, "patient:Patient", "subject:Patient"]
+    + [f"{p.name}{m}" for p in SEARCH_PARAMETERS for m in ("", *(f":{modifier}" for modifier in p.modifiers))]
+)
+REDACTED = "***"
+
+
+def redacted(path: str) -> str:
+    """The raw path with its query's values redacted, but for ``_KEPT`` parameters; unknown names, which may be
+    anything (``?PAT-123``), are left out whole."""
+    head, mark, query = path.partition("?")
+    if not mark:
+        return path
+    pairs = []
+    for pair in query.split("&"):
+        key, equals, _ = pair.partition("=")
+        name = unquote_plus(key)
+        if name in _KEPT:
+            pairs.append(pair)
+        elif name in _KNOWN:
+            pairs.append(f"{key}={REDACTED}" if equals else key)
+        elif pair:
+            pairs.append(REDACTED)
+    return f"{head}?{'&'.join(pairs)}"
 
 
 ACCESS_LOG = web.AppKey("access_log", AccessLog)
@@ -110,21 +150,25 @@ class RequestIds:
 
 
 class Envelope:
-    """What every request goes through: its id, its deadline, error rendering (``bridge.web.outcomes``), metrics
-    and, if asked, the access log.
+    """What every request goes through: its id, its deadline, the Host check of FHIR routes (``hosts``, when
+    links are built from the Host), error rendering (``bridge.web.outcomes``), metrics and, if asked, the access
+    log.
 
     Applied to each route's handler when it is registered, rather than as an aiohttp middleware: the middleware
     chain adds two coroutine layers and a lookup to every request, which measurably slows a cached read."""
 
-    def __init__(self, access_log: AccessLog | None, deadline: float = 60.0) -> None:
+    def __init__(self, access_log: AccessLog | None, deadline: float = 60.0, hosts: HostCheck | None = None) -> None:
         self._access_log = access_log
         self._deadline = deadline
+        self._hosts = hosts
         self._new_id = RequestIds()
 
     def __call__(self, handler: Handler, route: str) -> Handler:
         """``handler`` wrapped; ``route`` names it in the metrics (its pattern, e.g. ``/fhir/ImagingStudy/{id}``)."""
         stats = STATS.route(route)
         access_log, deadline, new_id = self._access_log, self._deadline, self._new_id
+        # The Host shapes the links of FHIR answers only; probes and metrics answer whatever name they are asked by.
+        check_host = self._hosts if route.startswith("/fhir") else None
 
         async def observed(request: web.Request) -> web.StreamResponse:
             offered = request.headers.get(X_REQUEST_ID)
@@ -139,6 +183,8 @@ class Envelope:
             try:
                 try:
                     check_size(request)
+                    if check_host is not None:
+                        check_host(request.headers.get(hdrs.HOST))
                     response = await handler(request)
                 except Exception as exc:
                     response = error_response(request, exc)  # raises again what is not ours to answer
