@@ -56,7 +56,9 @@ TRANSLATIONS = [
     ("started=lt2024-03-05", [{"StudyDate": "-20240305"}], []),
     ("started=eb2024-03-05", [{"StudyDate": "-20240305"}], []),
     ("started=ne2024-03-05", [{}], []),  # QIDO cannot say "not": the bridge checks every row
-    ("started=ge2024-01&started=lt2024-02", [{"StudyDate": "20231231-"}], []),
+    ("started=ge2024-01&started=lt2024-02", [{"StudyDate": "20231231-20240201"}], []),  # both ends: one range
+    ("modality=CT&started=2024-03", [{"ModalitiesInStudy": "CT", "StudyDate": "20240229-20240401"}], []),
+    ("started=ge2024-03&started=le2024-01", [{"StudyDate": "20240229-20240201"}], []),  # nothing in both
     ("started:missing=true", [{}], []),
     ("started=2024-03-05T10:00:00%2B01:00", [{"StudyDate": "20240304-20240306"}], []),
     ("started=2024-03-05T10:00:00+01:00", [{"StudyDate": "20240304-20240306"}], []),  # "+" unencoded: a space
@@ -94,7 +96,7 @@ TRANSLATIONS = [
     ),
     # With another filter narrowing, the date is decided by the bridge alone: a study stored as 1997.04.24 is found.
     ("patient=PAT-1&started=1997-04-24", [{"PatientID": "PAT-1"}], []),
-    ("started=ge2010&started=lt2011", [{"StudyDate": "20091231-"}], []),
+    ("started=ge2010&started=lt2011", [{"StudyDate": "20091231-20110101"}], []),
     ("started=ge0001-01-01", [{"StudyDate": "00010101-"}], []),  # the calendar's ends do not overflow
     # Patient criteria always reach the PACS, whatever other ORs there are: its own match is a second check.
     ("modality=CT,MR&patient=P1,P2", [{"PatientID": "P1"}, {"PatientID": "P2"}], []),  # modality: exact check

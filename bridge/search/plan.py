@@ -40,6 +40,8 @@ MAX_QUERIES = 30
 #: UIDs in one QIDO UID-list filter.
 UID_CHUNK = 50
 PATIENT_PARAMETERS = frozenset({"patient", "subject"})
+#: Study-level filters that narrow a search to a few studies by themselves.
+NARROWING_KEYS = frozenset({"PatientID", "StudyInstanceUID", "AccessionNumber"})
 #: Study-level keys that series and instance queries accept everywhere.
 LOWER_LEVEL_KEYS = frozenset({"PatientID", "StudyInstanceUID"})
 _INSTANT = dt.timedelta(microseconds=1)  # ranges are [low, high): the last instant inside is high - 1 µs
@@ -82,10 +84,13 @@ def plan_search(query: SearchQuery, max_queries: int = MAX_QUERIES) -> Plan:
     # set cannot encode).
     study.sort(key=lambda item: not item[0])
     study_queries = _combine(study, max_queries)
-    if study_queries and any(len(q) > 1 and "StudyDate" in q for q in study_queries):
-        # Another filter narrows already: let the bridge alone decide the date, so studies stored with a
-        # malformed date (1997.04.24), which no PACS date range matches, are still found.
-        study_queries = tuple({k: v for k, v in q.items() if k != "StudyDate"} for q in study_queries)
+    if study_queries and any("StudyDate" in q and q.keys() & NARROWING_KEYS for q in study_queries):
+        # A patient, a UID or an accession number narrows to a few studies already: let the bridge alone decide
+        # the date, so studies stored with a malformed date (1997.04.24), which no PACS date range matches, are
+        # still found. (Not a modality: the date is what keeps such a search within its budget.)
+        study_queries = tuple(
+            {k: v for k, v in q.items() if k != "StudyDate" or not q.keys() & NARROWING_KEYS} for q in study_queries
+        )
     single = study_queries[0] if study_queries and len(study_queries) == 1 else {}
     narrowing = {key: value for key, value in single.items() if key in LOWER_LEVEL_KEYS}
     level_queries = []
@@ -122,10 +127,21 @@ def _combine(criteria: Sequence[tuple[bool, list[Filters] | None]], max_queries:
 def _merge(left: Filters, right: Filters) -> Filters:
     merged = dict(left)
     for key, value in right.items():
-        if key in merged and merged[key] != value:
-            continue  # two different filters on one attribute: keep the first, the exact check does the rest
-        merged[key] = value
+        if key == "StudyDate" and key in merged:
+            merged[key] = _both_ranges(merged[key], value)  # started=ge…&started=le…: one range, both ends
+        elif key not in merged:
+            merged[key] = value
+        # else: two different filters on one attribute: keep the first, the exact check does the rest
     return merged
+
+
+def _both_ranges(left: str, right: str) -> str:
+    """The DA range both ``low-high`` ranges cover (an empty end is open; an empty result matches nothing)."""
+    left_low, _, left_high = left.partition("-")
+    right_low, _, right_high = right.partition("-")
+    low = max(left_low, right_low)  # "" sorts first: an open end loses to a set one
+    high = min(h for h in (left_high, right_high) if h) if left_high or right_high else ""
+    return f"{low}-{high}"
 
 
 def alternatives_for(criterion: Criterion) -> list[Filters] | None:
