@@ -16,7 +16,7 @@ from bridge.aio import gather_all
 from bridge.errors import Conflict, InvalidRequest, NotFound, UpstreamError
 from bridge.mapping import tags
 from bridge.mapping.dicomjson import DicomJson, fhir_id, is_uid, items, text, uid, unsigned
-from bridge.mapping.identity import Identity, Owners, identity_of
+from bridge.mapping.identity import Identity, Owners, merged_issuers
 from bridge.mapping.imagingstudy import MappingOptions, SeriesRows, StudyRows, imaging_study
 from bridge.qido.paging import RowMerger
 from bridge.qido.source import QidoSource
@@ -52,7 +52,7 @@ async def fetch_study(source: QidoSource, study_uid: str, patient: Identity | No
         source.search_series(study_uid, tags.SERIES_FIELDS, prove=False),
     )
     study_rows = [row for row in study_rows if uid(row, tags.STUDY_INSTANCE_UID) == study_uid]
-    study = _the_study(study_rows, study_uid, patient)
+    study = _the_study(study_rows, study_uid, patient, Owners.of(study_rows, series_rows))
     expected = unsigned(study, tags.NUMBER_OF_STUDY_RELATED_SERIES)
     if expected is None or len(series_rows) < expected:
         # Fewer rows than the PACS counts (a silent cap: page up to the count), or no count to tell (prove the
@@ -108,8 +108,10 @@ async def _series_instances(
             if short:
                 log.warning("series %s: QIDO listed %d of %d instances; completed from WADO-RS metadata",
                             series_uid, len(rows), expected)  # fmt: skip
-            merged = RowMerger((tags.SOP_INSTANCE_UID,))
-            merged.add(rows)  # QIDO rows first; metadata adds the instances and attributes they lack
+            # QIDO rows first; metadata adds the instances and attributes they lack. Keyed by PatientID too: a
+            # PACS that kept an instance re-sent under a corrected PatientID lists its UID under both.
+            merged = RowMerger((tags.SOP_INSTANCE_UID, tags.PATIENT_ID))
+            merged.add(rows)
             merged.add(metadata)
             rows = merged.rows
     return _checked_instances(rows, series_uid, scope)
@@ -132,11 +134,13 @@ async def _series_from_metadata(
             by_series.setdefault(series_uid, []).append(instance)
     log.warning("study %s: QIDO listed %d of %d series; %d more from WADO-RS metadata",
                 study_uid, len(known), expected, len(by_series))  # fmt: skip
-    # An instance's metadata carries its series' attributes too: the first one stands for the series row.
-    return [
-        SeriesRows(instances[0], _checked_instances(instances, series_uid, scope))
-        for series_uid, instances in by_series.items()
-    ]
+    # An instance's metadata carries its series' attributes too: the first one stands for the series row, and is
+    # checked as one (a scoped read must not take in another holder's series).
+    found = []
+    for series_uid, instances in by_series.items():
+        if scope.admits(instances[0], f"series {series_uid}"):
+            found.append(SeriesRows(instances[0], _checked_instances(instances, series_uid, scope)))
+    return found
 
 
 def _titled(row: DicomJson) -> bool:
@@ -150,7 +154,9 @@ class Scope:
 
     patient: Identity | None
     owners: Owners
-    #: A scoped read was asked for one patient: other patients' rows are left out, not a conflict.
+    #: The patients holding the StudyInstanceUID with a study row of their own.
+    holders: frozenset[Identity | None] = frozenset()
+    #: A scoped read was asked for one patient: the other holders' rows are left out, not a conflict.
     scoped: bool = False
     #: The patient of each series whose UID one patient alone holds: its instance rows are that patient's too
     #: when they do not say (they were asked for under the series' path).
@@ -162,30 +168,31 @@ class Scope:
         return len(self.owners.identities) > 1
 
     def admits(self, row: DicomJson, what: str, series_uid: str | None = None) -> bool:
-        """Whether a row (an instance row of ``series_uid``) belongs to the scope; a row of another patient is a
-        ``Conflict`` when not scoped."""
+        """Whether a row (an instance row of ``series_uid``) belongs to the scope. Another holder's row is left
+        out of a scoped read; any other row that is not the patient's refuses the study (``Conflict``): leaving
+        it out would present a shorter study as complete, keeping it would show it as another's."""
         owner = self.owners.attribute(row)
         if owner is None and series_uid is not None:
             owner = self.series_owners.get(series_uid)
         if owner is None:
             if self.shared:
-                # Leaving it out would present a shorter study as complete; guessing could show it as another's.
                 raise Conflict(
                     f"{what} does not say which of the patients sharing its StudyInstanceUID it belongs to "
-                    "(no PatientID, or no IssuerOfPatientID for a PatientID that two issuers assigned)"
+                    "(no PatientID, or no IssuerOfPatientID for a PatientID that two issuers assign)"
                 )
             return True
-        if self.patient is None or owner == self.patient:
+        if owner == self.patient or (self.patient is None and not self.shared):
             return True
-        if self.scoped:
+        if self.scoped and owner in self.holders:
             return False
         raise Conflict(f"the PACS lists {what} under a different patient than its study; refusing to merge them")
 
 
-def _the_study(rows: list[DicomJson], study_uid: str, patient: Identity | None) -> DicomJson:
+def _the_study(rows: list[DicomJson], study_uid: str, patient: Identity | None, owners: Owners) -> DicomJson:
     """The study row (of ``patient``, when a scoped read asks for one)."""
-    patients = {identity_of(row) for row in rows}
-    matching = rows if patient is None else [row for row in rows if identity_of(row) == patient]
+    patients = {owners.attribute(row) for row in rows}
+    wanted = owners.canonical(patient) if patient is not None else None
+    matching = rows if patient is None else [row for row in rows if owners.attribute(row) == wanted]
     if not matching:
         raise NotFound(f"the PACS has no study with StudyInstanceUID {study_uid}")
     if patient is None and len(patients) > 1:
@@ -200,28 +207,27 @@ def _the_study(rows: list[DicomJson], study_uid: str, patient: Identity | None) 
 def _scope(
     study_uid: str, study: DicomJson, study_rows: list[DicomJson], series_rows: list[DicomJson], *, scoped: bool
 ) -> Scope:
-    """The scope the series and instance rows are read in. A series naming a PatientID of a study row with an
-    issuer that no study row has means the PACS keeps two issuers' patients as one study: none of its rows can
+    """The scope the series and instance rows are read in. Series that give a PatientID issuers the study rows
+    do not (two at least, in all) mean the PACS keeps two issuers' patients as one study: none of its rows can
     then be trusted to say whose it is, so the study is refused."""
-    study_owners = Owners.of(study_rows)
     owners = Owners.of(study_rows, series_rows)
-    patient_ids = {identity.patient_id for identity in study_owners.identities}
-    merged = sorted(
-        str(identity) for identity in owners.identities - study_owners.identities
-        if identity.patient_id in patient_ids
-    )  # fmt: skip
-    if merged:
+    if merged_issuers(study_rows, series_rows):
         raise Conflict(
-            f"the PACS holds study {study_uid} as one study, but its series name patients the study does not "
-            f"({', '.join(merged)}): one PatientID from two issuers; refusing to merge two patients"
+            f"the PACS holds study {study_uid} as one study, but its series give a PatientID of it issuers its "
+            "study row does not: one PatientID from two issuers is two patients; refusing to merge them"
         )
     series_owners: dict[str, Identity | None] = {}
     for row in series_rows:
         if (series_uid := fhir_id(row, tags.SERIES_INSTANCE_UID)) is not None:
             owner = owners.attribute(row)
             series_owners[series_uid] = owner if series_owners.get(series_uid, owner) == owner else None
-    known = {series_uid: owner for series_uid, owner in series_owners.items() if owner is not None}
-    return Scope(identity_of(study), owners, scoped=scoped, series_owners=known)
+    return Scope(
+        owners.attribute(study),
+        owners,
+        holders=frozenset(owners.attribute(row) for row in study_rows),
+        scoped=scoped,
+        series_owners={series_uid: owner for series_uid, owner in series_owners.items() if owner is not None},
+    )
 
 
 def _checked_series(rows: list[DicomJson], study_uid: str, scope: Scope) -> list[tuple[str, DicomJson]]:

@@ -148,7 +148,7 @@ async def test_read_of_one_patient_id_from_two_issuers_merged_into_one_study_row
     add_part(source, "P1", "2.25.900.1", issuer="HOSP-A")
     add_part(source, "P1", "2.25.900.2", issuer="HOSP-B", study_row=False)
     body = await get(client, f"/fhir/ImagingStudy/{UID}", 409)
-    assert "HOSP-B" in body["issue"][0]["diagnostics"]
+    assert "one PatientID from two issuers" in body["issue"][0]["diagnostics"]
 
 
 async def test_issuer_pinned_search_finds_its_own_part_of_a_shared_uid(
@@ -192,4 +192,43 @@ async def test_patient_search_reports_a_study_the_pacs_keeps_for_two_issuers_as_
     bundle = await get(client, f"/fhir/ImagingStudy?patient:identifier={system}|P1")
     assert matches(bundle) == []  # the study row names HOSP-A alone: neither hospital's search may trust it
     outcome = next(e["resource"] for e in bundle["entry"] if e["search"]["mode"] == "outcome")
-    assert "from 2 issuers as one study" in outcome["issue"][0]["diagnostics"]
+    assert "from two issuers as one study" in outcome["issue"][0]["diagnostics"]
+
+
+async def test_rows_with_an_empty_patient_id_or_issuer_belong_to_the_study_rows_patient(
+    client: TestClient, source: MemoryQidoSource
+) -> None:
+    # Some PACSes return an attribute asked for with includefield empty where they do not index it.
+    add_part(source, "P1", "2.25.900.1", issuer="HOSP-A")
+    empty = {PATIENT_ID: {"vr": "LO"}, ISSUER: {"vr": "LO"}}
+    source.series[UID][0].update(empty)
+    source.instances[(UID, "2.25.900.1")][0].update(empty)
+    resource = await get(client, f"/fhir/ImagingStudy/{UID}")
+    assert resource["numberOfInstances"] == 1
+    found = matches(await get(client, "/fhir/ImagingStudy?patient=P1"))
+    assert [r["numberOfInstances"] for r in found] == [1]
+
+
+async def test_a_study_whose_series_alone_give_an_issuer_is_one_patients(
+    client: TestClient, source: MemoryQidoSource
+) -> None:
+    # Files of one study differ: Orthanc built the study row from a file without IssuerOfPatientID.
+    add_part(source, "P1", "2.25.900.1", issuer=None)
+    add_part(source, "P1", "2.25.900.2", issuer="HOSP-A", study_row=False)
+    resource = await get(client, f"/fhir/ImagingStudy/{UID}")
+    assert series_uids(resource) == ["2.25.900.1", "2.25.900.2"]
+
+
+async def test_an_instance_of_an_invisible_twin_inside_a_study_refuses_it_to_reads_and_searches(
+    client: TestClient, source: MemoryQidoSource
+) -> None:
+    add_part(source, "P1", "2.25.900.1")
+    source.instances[(UID, "2.25.900.1")].append(
+        {"00080018": el("UI", "2.25.900.1.2"), "00080016": el("UI", CT), PATIENT_ID: el("LO", "P1\u00a0")}
+    )
+    await get(client, f"/fhir/ImagingStudy/{UID}", 409)
+    for query in ("patient=P1", "_id=2.25.900"):
+        bundle = await get(client, f"/fhir/ImagingStudy?{query}")
+        assert matches(bundle) == []  # not shown with one of its two instances, as if complete
+        outcome = next(e["resource"] for e in bundle["entry"] if e["search"]["mode"] == "outcome")
+        assert "different patient" in outcome["issue"][0]["diagnostics"]

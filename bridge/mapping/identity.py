@@ -2,19 +2,20 @@
 
 Identity is decided on raw values, with only DICOM's own padding removed (trailing and leading spaces, a NUL
 pad). The bridge cleans values for display (a no-break space becomes a space, control characters go), and
-``P1\\u00a0`` or ``\\tP1`` cleaned is ``P1``: compared after cleaning, two patients become one. So nothing here
+``P1\u00a0`` or ``\tP1`` cleaned is ``P1``: compared after cleaning, two patients become one. So nothing here
 cleans, and ``bridge.mapping.dicomjson.text`` is never used for identity.
 
-One PatientID assigned by two issuers (two hospitals) is two patients. Some PACSes leave IssuerOfPatientID out
-of series and instance rows; a row without it is attributed by PatientID alone, unless its PatientID is known
-under more than one issuer, when it cannot be attributed at all.
+One PatientID assigned by two issuers (two hospitals) is two patients. A row that gives no issuer (PACSes leave
+out what a file does not hold, or what they do not index at a level; files of one study differ, secondary
+captures often lacking it) says nothing against one: within a study it belongs to its PatientID's one issuer,
+and where two issuers assign that PatientID it cannot be attributed at all. A row without a PatientID value
+names no patient.
 """
 
 from __future__ import annotations
 
-import functools
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from bridge.mapping import tags
@@ -39,19 +40,16 @@ def raw(ds: DicomJson, tag: str) -> str | None:
 class Identity:
     """A patient as the PACS names it: the raw PatientID and IssuerOfPatientID (None where there is none)."""
 
-    patient_id: str | None
+    patient_id: str
     issuer: str | None
-
-    def __str__(self) -> str:
-        shown = repr(self.patient_id) if self.patient_id is not None else "no PatientID"
-        return f"{shown} (issuer {self.issuer!r})" if self.issuer is not None else shown
 
 
 def identity_of(row: DicomJson) -> Identity | None:
-    """The row's patient; None when the row does not name one (no PatientID attribute at all)."""
-    if tags.PATIENT_ID not in row:
+    """The patient a row names, as it names it; None when it names none (no PatientID value)."""
+    patient_id = raw(row, tags.PATIENT_ID)
+    if patient_id is None:
         return None
-    return Identity(raw(row, tags.PATIENT_ID), raw(row, tags.ISSUER_OF_PATIENT_ID))
+    return Identity(patient_id, raw(row, tags.ISSUER_OF_PATIENT_ID))
 
 
 def writable(value: str) -> bool:
@@ -61,45 +59,53 @@ def writable(value: str) -> bool:
 
 @dataclass(frozen=True)
 class Owners:
-    """The patients a study's rows name, and how to attribute a row that leaves its issuer out.
+    """The patients the rows of one study name: each PatientID with the issuers rows give it."""
 
-    A study row without IssuerOfPatientID has none (PACSes leave out what the files do not hold); a series or
-    instance row without it says nothing about it (some PACSes return it at the study level only).
-    """
-
-    identities: frozenset[Identity]
+    issuers: Mapping[str, frozenset[str]]
 
     @classmethod
-    def of(cls, study_rows: Iterable[DicomJson], lower_rows: Iterable[DicomJson] = ()) -> Owners:
-        found = {identity for row in study_rows if (identity := identity_of(row)) is not None}
-        unnamed: set[str | None] = set()
-        for row in lower_rows:
-            identity = identity_of(row)
-            if identity is None:
-                continue
-            if tags.ISSUER_OF_PATIENT_ID in row:
-                found.add(identity)
-            else:
-                unnamed.add(identity.patient_id)
-        known = {identity.patient_id for identity in found}
-        found |= {Identity(patient_id, None) for patient_id in unnamed - known}
-        return cls(frozenset(found))
+    def of(cls, *row_lists: Iterable[DicomJson]) -> Owners:
+        issuers: dict[str, set[str]] = {}
+        for row in (row for rows in row_lists for row in rows):
+            if (found := identity_of(row)) is not None:
+                named = issuers.setdefault(found.patient_id, set())
+                if found.issuer is not None:
+                    named.add(found.issuer)
+        return cls({patient_id: frozenset(named) for patient_id, named in issuers.items()})
+
+    @property
+    def identities(self) -> frozenset[Identity]:
+        """Every patient the rows name."""
+        return frozenset(
+            Identity(patient_id, issuer)
+            for patient_id, named in self.issuers.items()
+            for issuer in (named or {None})
+        )  # fmt: skip
 
     def attribute(self, row: DicomJson) -> Identity | None:
-        """The patient a row belongs to; None when it cannot be told (no PatientID, or no issuer for a
-        PatientID that more than one issuer assigned)."""
+        """The patient a row belongs to; None when it names none, or gives no issuer for a PatientID that two
+        issuers assign."""
         found = identity_of(row)
-        if found is None or tags.ISSUER_OF_PATIENT_ID in row:
-            return found
-        issuers = self._issuers.get(found.patient_id, ())
-        if len(issuers) > 1:
-            return None
-        return Identity(found.patient_id, next(iter(issuers), None))
+        return None if found is None else self.canonical(found)
 
-    @functools.cached_property
-    def _issuers(self) -> dict[str | None, set[str | None]]:
-        """PatientID -> its issuers: asked once per instance row of a read."""
-        issuers: dict[str | None, set[str | None]] = {}
-        for identity in self.identities:
-            issuers.setdefault(identity.patient_id, set()).add(identity.issuer)
-        return issuers
+    def canonical(self, identity: Identity) -> Identity | None:
+        """The patient an identity stands for among these rows (an issuer-less one for its PatientID's one
+        issuer); None when it cannot be told."""
+        if identity.issuer is not None:
+            return identity
+        named = self.issuers.get(identity.patient_id, frozenset())
+        if len(named) > 1:
+            return None
+        return Identity(identity.patient_id, next(iter(named), None))
+
+
+def merged_issuers(study_rows: Iterable[DicomJson], series_rows: Iterable[DicomJson]) -> list[str]:
+    """The PatientIDs of a study whose series give issuers its study rows do not, two at least in all: the PACS
+    keeps two issuers' patients as one study (Orthanc keys patients by PatientID alone)."""
+    study_rows = list(study_rows)
+    in_study = Owners.of(study_rows).issuers
+    in_all = Owners.of(study_rows, series_rows).issuers
+    return sorted(
+        patient_id for patient_id, named in in_all.items()
+        if patient_id in in_study and len(named) > 1 and named != in_study[patient_id]
+    )  # fmt: skip

@@ -19,7 +19,7 @@ from bridge.cache.service import StudyCache
 from bridge.errors import BridgeError, Conflict, NotFound, TooCostly
 from bridge.mapping import tags
 from bridge.mapping.dicomjson import DicomJson, fhir_id, uid
-from bridge.mapping.identity import Identity, identity_of
+from bridge.mapping.identity import Identity, Owners, identity_of, merged_issuers
 from bridge.mapping.imagingstudy import (
     MappingOptions,
     StudyRows,
@@ -32,7 +32,7 @@ from bridge.qido.paging import RowMerger
 from bridge.qido.source import QidoSource
 from bridge.search.match import instance_matches, series_matches, study_matches, target_range
 from bridge.search.parameters import BY_NAME, Level
-from bridge.search.plan import PATIENT_PARAMETERS, UID_CHUNK, Filters, LevelQueries, Plan, plan_search
+from bridge.search.plan import PATIENT_PARAMETERS, UID_CHUNK, LevelQueries, Plan, plan_search
 from bridge.search.query import Criterion, SearchQuery, Token
 from bridge.studies import read_study
 
@@ -218,7 +218,7 @@ async def find_candidates(
     patient_criteria = [c for c in query.criteria if c.name in PATIENT_PARAMETERS]
     warnings: list[str] = []
     if patient_criteria and plan.study_queries is not None:
-        rows, warnings = await _without_merged_owners(source, rows, plan.study_queries)
+        rows, warnings = await _without_merged_owners(source, rows)
     candidates = _matching(rows, query, lower, options, zone)
     if patient_criteria:
         candidates, ambiguous = _unambiguous_patients(candidates, patient_criteria)
@@ -244,42 +244,33 @@ def _matching(
     return candidates
 
 
-async def _without_merged_owners(
-    source: QidoSource, rows: list[DicomJson], study_queries: tuple[Filters, ...]
-) -> tuple[list[DicomJson], list[str]]:
+async def _without_merged_owners(source: QidoSource, rows: list[DicomJson]) -> tuple[list[DicomJson], list[str]]:
     """Study rows less those the PACS keeps for two issuers' patients at once, with a warning for each.
 
     A PACS that keys patients by PatientID alone (Orthanc) answers one study row, with one issuer, for the
     series of two hospitals' patients sharing a PatientID and a StudyInstanceUID. The study row cannot show it;
-    the series rows do: one series query per patient value, for what a patient search needs anyway."""
-    patient_values = sorted({filters["PatientID"] for filters in study_queries if "PatientID" in filters})
+    the series rows do: one series query per fifty of the candidates' UIDs."""
+    uids = sorted({study_uid for row in rows if (study_uid := uid(row, tags.STUDY_INSTANCE_UID))})
+    fields = (tags.STUDY_INSTANCE_UID, tags.SERIES_INSTANCE_UID, *tags.OWNER)
     answers = await gather_all(
-        *(source.search_series(None, (tags.STUDY_INSTANCE_UID, *tags.OWNER), filters={"PatientID": value})
-          for value in patient_values)
+        *(source.search_series(None, fields, filters={"StudyInstanceUID": ",".join(uids[i : i + UID_CHUNK])})
+          for i in range(0, len(uids), UID_CHUNK))
     )  # fmt: skip
-    named: dict[tuple[str, str | None], set[str | None]] = {}
+    series_of: dict[str, list[DicomJson]] = {}
     for row in (row for series in answers for row in series):
-        if (owner := identity_of(row)) is not None and tags.ISSUER_OF_PATIENT_ID in row:
-            named.setdefault(_owner_key(row), set()).add(owner.issuer)
-    listed: dict[tuple[str, str | None], set[str | None]] = {}
+        series_of.setdefault(uid(row, tags.STUDY_INSTANCE_UID) or "", []).append(row)
+    study_rows_of: dict[str, list[DicomJson]] = {}
     for row in rows:
-        if (owner := identity_of(row)) is not None:
-            listed.setdefault(_owner_key(row), set()).add(owner.issuer)
-    merged = {key for key, issuers in named.items() if key in listed and issuers - listed[key]}
+        study_rows_of.setdefault(uid(row, tags.STUDY_INSTANCE_UID) or "", []).append(row)
+    merged = {
+        study_uid for study_uid, own in study_rows_of.items() if merged_issuers(own, series_of.get(study_uid, ()))
+    }
     warnings = [
-        f"study {study_uid} holds series of PatientID {patient_id!r} from {len(named[key] | listed[key])} issuers "
-        "as one study in the PACS and was left out: the PACS cannot tell its patients apart"
-        for key in sorted(merged, key=str)
-        for study_uid, patient_id in [key]
+        f"study {study_uid} holds series of one PatientID from two issuers as one study in the PACS and was left "
+        "out: the PACS cannot tell its patients apart"
+        for study_uid in sorted(merged)
     ]
-    kept = [row for row in rows if _owner_key(row) not in merged]
-    return kept, warnings
-
-
-def _owner_key(row: DicomJson) -> tuple[str, str | None]:
-    """(StudyInstanceUID, raw PatientID) of a row."""
-    owner = identity_of(row)
-    return (uid(row, tags.STUDY_INSTANCE_UID) or "", owner.patient_id if owner else None)
+    return [row for row in rows if uid(row, tags.STUDY_INSTANCE_UID) not in merged], warnings
 
 
 def _unambiguous_patients(candidates: list[Candidate], criteria: list[Criterion]) -> tuple[list[Candidate], list[str]]:
@@ -288,15 +279,12 @@ def _unambiguous_patients(candidates: list[Candidate], criteria: list[Criterion]
     PatientID, which the summary's subject carries: ``P1\u00a0`` never matches ``P1``.)"""
     if all(isinstance(v, Token) and v.system for c in criteria for v in c.values):
         return candidates, []
-    issuers: dict[str | None, set[str | None]] = {}
-    for candidate in candidates:
-        if (owner := candidate.key[1]) is not None:
-            issuers.setdefault(owner.patient_id, set()).add(owner.issuer)
-    ambiguous = {patient for patient, found in issuers.items() if len(found) > 1}
+    issuers = Owners.of(c.row for c in candidates).issuers  # an issuer-less row says nothing against one
+    ambiguous = {patient for patient, named in issuers.items() if len(named) > 1}
     warnings = [
         f"PatientID {patient!r} is assigned by {len(issuers[patient])} issuers in the PACS; its studies were "
         "left out: search with patient:identifier=<system>|<value>"
-        for patient in sorted(p for p in ambiguous if p is not None)
+        for patient in sorted(ambiguous)
     ]
     kept = [c for c in candidates if c.key[1] is None or c.key[1].patient_id not in ambiguous]
     return kept, warnings
@@ -322,7 +310,7 @@ class LevelMatches:
         if owner is None:
             found.add((None, None, False))
         else:
-            found.add((owner.patient_id, owner.issuer, tags.ISSUER_OF_PATIENT_ID in row or tags.PATIENT_ID not in row))
+            found.add((owner.patient_id, owner.issuer, owner.issuer is not None))
 
     def admits(self, key: Key) -> bool:
         study_uid, owner = key
