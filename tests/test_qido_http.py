@@ -273,22 +273,32 @@ async def test_expected_count_pages_series_too(pacs: aioresponses, source: HttpQ
 
 
 @pytest.mark.parametrize(
-    ("page_size", "fake", "expected"),
+    ("page_size", "fake"),
     [
-        pytest.param(2, FakePacs(instances(6), honour_offset=False), None, id="full-pages"),
-        pytest.param(0, FakePacs(instances(6), cap=2, warn=True, honour_offset=False), None, id="warning-forever"),
-        pytest.param(0, FakePacs(instances(6), cap=2, honour_offset=False), 6, id="count-never-reached"),
+        pytest.param(2, FakePacs(instances(6), honour_offset=False), id="full-pages"),
+        pytest.param(0, FakePacs(instances(6), cap=2, warn=True, honour_offset=False), id="warning-forever"),
     ],
 )
-async def test_pacs_ignoring_offset_terminates_with_the_distinct_rows(
-    pacs: aioresponses, make_source: MakeSource, page_size: int, fake: FakePacs, expected: int | None
+async def test_pacs_ignoring_offset_without_a_count_is_a_502_not_the_first_page(
+    pacs: aioresponses, make_source: MakeSource, page_size: int, fake: FakePacs
 ) -> None:
     pacs.get(INSTANCES, callback=fake, repeat=True)
 
-    rows = await make_source(page_size=page_size).search_instances("1.2.3", "4.5", (), expected=expected)
-
-    assert uids(rows) == uids(fake.rows[:2])
+    with pytest.raises(UpstreamBadResponse, match="ignores offset"):
+        await make_source(page_size=page_size).search_instances("1.2.3", "4.5", ())
     assert len(fake.asked) == 1 + MAX_REPEATS  # the same page again and again: it stops there
+
+
+async def test_pacs_ignoring_offset_with_a_count_stops_with_the_distinct_rows(
+    pacs: aioresponses, make_source: MakeSource
+) -> None:
+    fake = FakePacs(instances(6), cap=2, honour_offset=False)
+    pacs.get(INSTANCES, callback=fake, repeat=True)
+
+    rows = await make_source(page_size=0).search_instances("1.2.3", "4.5", (), expected=6)
+
+    assert uids(rows) == uids(fake.rows[:2])  # short of the count: the study read completes it from WADO-RS
+    assert len(fake.asked) == 1 + MAX_REPEATS
 
 
 async def test_many_pages_stay_under_the_page_guard(pacs: aioresponses, make_source: MakeSource) -> None:

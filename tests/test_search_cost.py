@@ -177,3 +177,24 @@ async def test_a_narrow_search_within_the_budget_is_answered_with_its_total(
     bundle = await search(client, "patient=P3&modality=MR&_elements=identifier")
     assert bundle["total"] == 30
     assert len(double.requests) <= 6
+
+
+async def test_lists_asked_at_once_share_the_row_budget(double: PacsDouble) -> None:
+    async with serving(double) as url:
+        settings = load_settings({
+            "BRIDGE_QIDO_URL": url, "BRIDGE_SEARCH_MAX_QUERIES": "40", "BRIDGE_SEARCH_MAX_ROWS": "50",
+        })  # fmt: skip
+        client = await start_client(settings)
+        try:
+            # Six patients of thirty studies each, asked at once: 180 rows, where the budget is 50.
+            body = await search(client, "patient=" + ",".join(f"P{n}" for n in range(6)), 400)
+        finally:
+            await client.close()
+    assert body["issue"][0]["code"] == "too-costly"
+    assert sum(double.rows_sent) <= 50 + len(double.requests)  # each request may see one row past its share
+
+
+async def test_a_page_from_a_pacs_that_caps_and_ignores_offset_is_a_502(client: TestClient, double: PacsDouble) -> None:
+    double.cap, double.honours_offset = 5, False
+    body = await search(client, "_count=10&_elements=identifier", 502)
+    assert "ignores offset" in body["issue"][0]["diagnostics"]

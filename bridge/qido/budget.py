@@ -30,21 +30,32 @@ class Budget:
 
     queries: int
     rows: int
+    #: Rows the requests in flight may still bring (their ``limit``s), not yet charged.
+    reserved: int = 0
+    #: Requests asked at once (``sharing``), between which the rows left are divided.
+    share: int = 1
 
     def spend_query(self, where: str) -> None:
         if self.queries <= 0:
             raise BudgetExceeded(f"it needs more PACS requests than a search may make (at {where})")
         self.queries -= 1
 
+    def reserve(self, asked: int | None) -> int:
+        """The ``limit`` to send: no more than asked, nor than this request's share of the rows that are neither
+        charged nor reserved, plus one (to see them run out). Give it back with ``release``."""
+        granted = max(1, (self.rows - self.reserved) // self.share + 1)
+        if asked:
+            granted = min(granted, asked)
+        self.reserved += granted
+        return granted
+
+    def release(self, granted: int) -> None:
+        self.reserved -= granted
+
     def spend_rows(self, count: int, where: str) -> None:
         self.rows -= count
         if self.rows < 0:
             raise BudgetExceeded(f"it matches more rows at the PACS than a search may read (at {where})")
-
-    def limit(self, asked: int | None) -> int | None:
-        """The ``limit`` to send: no more than asked, and one row past what is left (to see it run out)."""
-        within = self.rows + 1
-        return within if asked is None else min(asked, within)
 
 
 BUDGET: ContextVar[Budget | None] = ContextVar("pacs_budget", default=None)
@@ -62,3 +73,18 @@ def spending(budget: Budget) -> Iterator[Budget]:
         yield budget
     finally:
         BUDGET.reset(token)
+
+
+@contextlib.contextmanager
+def sharing(requests: int) -> Iterator[None]:
+    """The block asks ``requests`` lists at once: they divide the rows left between them, rather than the first
+    one asked taking them all."""
+    budget = BUDGET.get()
+    if budget is None:
+        yield
+        return
+    before, budget.share = budget.share, max(1, requests)
+    try:
+        yield
+    finally:
+        budget.share = before

@@ -26,6 +26,7 @@ from bridge.errors import (
 )
 from bridge.mapping import tags
 from bridge.mapping.dicomjson import DicomJson
+from bridge.mapping.identity import raw
 from bridge.qido.budget import current as current_budget
 from bridge.qido.paging import MAX_PAGES, MAX_REPEATS, RowMerger, has_more
 from bridge.qido.resilience import CircuitBreaker, State, backoff, remaining
@@ -190,14 +191,25 @@ class HttpQidoSource:
         repeats = 0
         proving = False
         budget = current_budget()
+        # Rows kept as listed are never merged, so a repeat is told by the rows' UIDs and patients instead.
+        seen: set[tuple[str | None, ...]] | None = set() if not key_tags else None
+        ignores_offset = UpstreamBadResponse(
+            f"the PACS answered QIDO {path} with rows and no count of them, and answered the request for the rows "
+            "after those with the same rows again (it ignores offset): the bridge cannot tell whether it capped its "
+            "answer, and refuses to present part of it as complete"
+        )
         for _ in range(MAX_PAGES):
             # A window is rows [start, start + most) of the PACS's answer, however many of them merge. A proof
             # asks for one row past the end.
             limit = 1 if proving else _smallest(self._page_size, most - (offset - start) if most is not None else None)
             if budget is not None:
-                limit = budget.limit(limit)
+                limit = budget.reserve(limit)
             query = query_string(filters, fields, limit, offset=offset)
-            page, warning = await self._page(path, query, missing_is_empty=missing_is_empty)
+            try:
+                page, warning = await self._page(path, query, missing_is_empty=missing_is_empty)
+            finally:
+                if budget is not None:
+                    budget.release(limit or 0)
             if budget is not None:
                 budget.spend_rows(len(page), f"QIDO {path}")
             if wanted is not None:
@@ -205,19 +217,18 @@ class HttpQidoSource:
             offset += len(page)
             before = len(merged)
             merged.add(page)
+            new = len(merged) - before if seen is None else _unseen(page, seen)
             if most is not None and offset - start >= most:
-                return merged.rows
-            if proving and page and len(merged) > before:
+                return merged.rows[:most]  # also when the PACS ignored the limit
+            if proving and new:
                 proving = False
                 continue  # rows past what looked like the end: a silent cap; read on, page by page
             if proving and page:
-                raise UpstreamBadResponse(
-                    f"the PACS answered QIDO {path} with {before} rows and no count of them, and answered the "
-                    f"request for the rows after those with the same rows again (it ignores offset): the bridge "
-                    "cannot tell whether it capped its answer, and refuses to present part of it as complete"
-                )
-            repeats = repeats + 1 if page and len(merged) == before else 0
+                raise ignores_offset
+            repeats = repeats + 1 if page and not new else 0
             if repeats >= MAX_REPEATS:
+                if prove and expected is None:
+                    raise ignores_offset  # a Warning or a full page said there was more, and nothing says how much
                 log.warning("PACS sends the same rows again and again for QIDO %s (ignores offset?)", path)
                 return merged.rows
             more = has_more(
@@ -239,6 +250,8 @@ class HttpQidoSource:
         attempt = 0
         budget = current_budget()
         while True:
+            if budget is not None:
+                budget.spend_query(where)  # every attempt is a request; before the breaker hands out a probe
             if not self.breaker.allow():
                 wait = self.breaker.retry_after()
                 raise UpstreamUnavailable(
@@ -246,8 +259,6 @@ class HttpQidoSource:
                     "bridge asks it again (circuit breaker open)",
                     retry_after=wait,
                 )
-            if budget is not None:
-                budget.spend_query(where)  # every attempt is a request the PACS answers
             try:
                 result = await self._request(url, where, missing_is_empty)
             except DeadlineExceeded:
@@ -336,6 +347,17 @@ class HttpQidoSource:
                 raise too_big
             chunks.append(chunk)
         return b"".join(chunks)
+
+
+def _unseen(page: list[DicomJson], seen: set[tuple[str | None, ...]]) -> int:
+    """How many of a page's rows have UIDs and a patient not seen before (and remember them)."""
+    keys = {tuple(raw(row, tag) for tag in _ROW_KEY) for row in page}
+    fresh = len(keys - seen)
+    seen |= keys
+    return fresh
+
+
+_ROW_KEY = (tags.STUDY_INSTANCE_UID, tags.SERIES_INSTANCE_UID, tags.SOP_INSTANCE_UID, *tags.OWNER)
 
 
 def _smallest(*limits: int | None) -> int | None:

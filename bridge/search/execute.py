@@ -27,7 +27,7 @@ from bridge.mapping.imagingstudy import (
     instance_element,
     series_element,
 )
-from bridge.qido.budget import Budget, BudgetExceeded, spending
+from bridge.qido.budget import Budget, BudgetExceeded, sharing, spending
 from bridge.qido.paging import RowMerger
 from bridge.qido.source import QidoSource
 from bridge.search.match import instance_matches, series_matches, study_matches, target_range
@@ -73,11 +73,13 @@ class Limits:
     rows: int = 5000
 
 
-#: Criteria that put no filter on the PACS's study query: with only these (or none), a page is read at the PACS
+#: Criteria that put no filter on the PACS's study query and match every study the PACS has (``status`` names
+#: ``available`` or is unsatisfiable; not ``endpoint``: another server's Endpoint would page through the whole
+#: archive to show nothing): with only these (or none), a page is read at the PACS
 #: with ``limit``/``offset``, in the PACS's order, and costs about one page of rows whatever its offset. Not
 #: ``modality``: Orthanc (1.10) applies ``limit`` before ``offset`` to a ModalitiesInStudy query
 #: (``limit=5&offset=5`` answers nothing), so its pages past the first would come back empty, as if at the end.
-EXACT_AT_PACS = frozenset({"status", "endpoint"})
+EXACT_AT_PACS = frozenset({"status"})
 
 
 async def run_search(
@@ -181,11 +183,13 @@ async def _pacs_page(
     uids = sorted({study_uid for row in rows if (study_uid := uid(row, tags.STUDY_INSTANCE_UID))})
     chunks = [uids[i : i + UID_CHUNK] for i in range(0, len(uids), UID_CHUNK)]
     listed: dict[str, list[Identity | None]] = {}
-    for chunk in await gather_all(
-        *(source.search_studies({"StudyInstanceUID": ",".join(c)}, (tags.STUDY_INSTANCE_UID, *tags.OWNER),
-                                as_listed=True)
-          for c in chunks)
-    ):  # fmt: skip
+    with sharing(len(chunks)):
+        answers = await gather_all(
+            *(source.search_studies({"StudyInstanceUID": ",".join(c)}, (tags.STUDY_INSTANCE_UID, *tags.OWNER),
+                                    as_listed=True)
+              for c in chunks)
+        )  # fmt: skip
+    for chunk in answers:
         for row in chunk:
             listed.setdefault(uid(row, tags.STUDY_INSTANCE_UID) or "", []).append(identity_of(row))
     warnings = []
@@ -252,10 +256,11 @@ async def _without_merged_owners(source: QidoSource, rows: list[DicomJson]) -> t
     the series rows do: one series query per fifty of the candidates' UIDs."""
     uids = sorted({study_uid for row in rows if (study_uid := uid(row, tags.STUDY_INSTANCE_UID))})
     fields = (tags.STUDY_INSTANCE_UID, tags.SERIES_INSTANCE_UID, *tags.OWNER)
-    answers = await gather_all(
-        *(source.search_series(None, fields, filters={"StudyInstanceUID": ",".join(uids[i : i + UID_CHUNK])})
-          for i in range(0, len(uids), UID_CHUNK))
-    )  # fmt: skip
+    chunks = [uids[i : i + UID_CHUNK] for i in range(0, len(uids), UID_CHUNK)]
+    with sharing(len(chunks)):
+        answers = await gather_all(
+            *(source.search_series(None, fields, filters={"StudyInstanceUID": ",".join(chunk)}) for chunk in chunks)
+        )
     series_of: dict[str, list[DicomJson]] = {}
     for row in (row for series in answers for row in series):
         series_of.setdefault(uid(row, tags.STUDY_INSTANCE_UID) or "", []).append(row)
@@ -292,7 +297,9 @@ def _unambiguous_patients(candidates: list[Candidate], criteria: list[Criterion]
 
 async def _study_rows(source: QidoSource, queries: tuple[dict[str, str], ...]) -> list[DicomJson]:
     merged = RowMerger((tags.STUDY_INSTANCE_UID, *tags.OWNER))
-    for rows in await gather_all(*(source.search_studies(filters, tags.STUDY_FIELDS) for filters in queries)):
+    with sharing(len(queries)):
+        answers = await gather_all(*(source.search_studies(filters, tags.STUDY_FIELDS) for filters in queries))
+    for rows in answers:
         merged.add(rows)
     return merged.rows
 
@@ -327,16 +334,13 @@ class LevelMatches:
 
 async def _lower_level_matches(source: QidoSource, plan: LevelQueries, options: MappingOptions) -> LevelMatches:
     """The studies (and whose part of each) with series or instance rows that meet one criterion exactly."""
-    if plan.level is Level.SERIES:
-        answers = await gather_all(
-            *(source.search_series(None, tags.SERIES_FIELDS, filters=f)
-              for f in plan.queries)
-        )  # fmt: skip
-    else:
-        answers = await gather_all(
-            *(source.search_instances(None, None, tags.INSTANCE_FIELDS, filters=f)
-              for f in plan.queries)
-        )  # fmt: skip
+    with sharing(len(plan.queries)):
+        if plan.level is Level.SERIES:
+            answers = await gather_all(*(source.search_series(None, tags.SERIES_FIELDS, filters=f)
+                                         for f in plan.queries))  # fmt: skip
+        else:
+            answers = await gather_all(*(source.search_instances(None, None, tags.INSTANCE_FIELDS, filters=f)
+                                         for f in plan.queries))  # fmt: skip
     matched = LevelMatches()
     for row in (row for rows in answers for row in rows):
         study_uid = uid(row, tags.STUDY_INSTANCE_UID)

@@ -84,6 +84,8 @@ def plan_search(query: SearchQuery, max_queries: int = MAX_QUERIES) -> Plan:
     # set cannot encode).
     study.sort(key=lambda item: not item[0])
     study_queries = _combine(study, max_queries)
+    if study_queries and all(_empty_range(q.get("StudyDate")) for q in study_queries):
+        return Plan(None, (), unsatisfiable=True)  # started=ge2025&started=le2020: no date is in both
     if study_queries and any("StudyDate" in q and q.keys() & NARROWING_KEYS for q in study_queries):
         # A patient, a UID or an accession number narrows to a few studies already: let the bridge alone decide
         # the date, so studies stored with a malformed date (1997.04.24), which no PACS date range matches, are
@@ -133,6 +135,11 @@ def _merge(left: Filters, right: Filters) -> Filters:
             merged[key] = value
         # else: two different filters on one attribute: keep the first, the exact check does the rest
     return merged
+
+
+def _empty_range(value: str | None) -> bool:
+    low, _, high = (value or "").partition("-")
+    return bool(low and high and low > high)
 
 
 def _both_ranges(left: str, right: str) -> str:
