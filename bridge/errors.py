@@ -6,6 +6,7 @@ status and FHIR issue code the class declares (``bridge.web.outcomes``), so hand
     BridgeError
     ├── InvalidRequest        400  the client's request is malformed
     │   ├── TooCostly         400  well-formed, but more than the bridge will ask of the PACS
+    │   │   └── BudgetExceeded  400  found so while asking (bridge.qido.budget): said again with what to narrow
     │   ├── UriTooLong        414  a URL longer than the bridge reads
     │   └── HeadersTooLarge   431  a header, or all of them, larger than the bridge reads
     ├── NotFound              404  no such resource
@@ -50,6 +51,10 @@ class InvalidRequest(BridgeError):
 
 class TooCostly(InvalidRequest):
     issue_code = "too-costly"
+
+
+class BudgetExceeded(TooCostly):
+    """A request's PACS budget ran out while it was being answered; the message says which part."""
 
 
 class UriTooLong(InvalidRequest):

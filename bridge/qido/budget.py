@@ -17,11 +17,7 @@ from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
 
-from bridge.errors import TooCostly
-
-
-class BudgetExceeded(TooCostly):
-    """The request would cost the PACS more than its budget; the message says which part ran out."""
+from bridge.errors import BudgetExceeded
 
 
 @dataclass

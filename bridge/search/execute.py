@@ -16,7 +16,7 @@ import orjson
 
 from bridge.aio import gather_all
 from bridge.cache.service import StudyCache
-from bridge.errors import BridgeError, Conflict, NotFound, TooCostly
+from bridge.errors import BridgeError, BudgetExceeded, Conflict, NotFound, TooCostly
 from bridge.mapping import tags
 from bridge.mapping.dicomjson import DicomJson, fhir_id, uid
 from bridge.mapping.identity import Identity, Owners, identity_of, merged_issuers
@@ -27,7 +27,7 @@ from bridge.mapping.imagingstudy import (
     instance_element,
     series_element,
 )
-from bridge.qido.budget import Budget, BudgetExceeded, sharing, spending
+from bridge.qido.budget import Budget, sharing, spending
 from bridge.qido.paging import RowMerger
 from bridge.qido.source import QidoSource
 from bridge.search.match import instance_matches, series_matches, study_matches, target_range
