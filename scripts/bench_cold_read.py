@@ -11,7 +11,7 @@ measured in the same run:
 
 The bridge is measured as a user runs it: ``imaging-bridge serve`` with its defaults (access log on), told only
 where the PACS is (URL, credentials) and which port to take. Beside it, in the same rounds, a second bridge with
-the access log off (``BRIDGE_ACCESS_LOG=false``): the way this script measured until 2026-11-28, kept so both
+the access log off (``BRIDGE_ACCESS_LOG=false``): the way this script measured until 2026-12-01, kept so both
 figures are seen in one run.
 
     .venv/bin/python scripts/bench_cold_read.py [--instances 10000] [--rounds 9]
@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import functools
 import os
 import re
 import statistics
@@ -33,7 +32,6 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -125,6 +123,8 @@ class Bridge:
                                             env={**env, "BRIDGE_PORT": str(port)}, stdout=stdout,
                                             stderr=subprocess.DEVNULL)  # fmt: skip
         self.colds: list[float] = []
+        #: For each cold read, the mean of the floor reads just before and just after it.
+        self.floors: list[float] = []
         self.cpu: list[float] = []
         self.read_at = 0.0  # when the PACS last read the study for this bridge (time.monotonic)
 
@@ -190,17 +190,18 @@ def main() -> int:
                 counts.append((fifty, pacs_requests(bridge.metrics) - before))
                 bridge.cpu.clear()
 
-            floors: list[float] = []
+            def read_floor() -> float:
+                return asyncio.run(qido_floor(orthanc.dicomweb_url, auth, spec.uid))
 
-            def read_floor() -> None:
-                floors.append(asyncio.run(qido_floor(orthanc.dicomweb_url, auth, spec.uid)))
-
-            steps: list[Callable[[], None]] = [read_floor, *(functools.partial(_read, b) for b in bridges)]
-            # Side by side, in an order rotated every round: Orthanc's own time varies by a third between reads,
-            # so each round's ratio is taken, and their median is the figure.
-            for round_ in range(args.rounds):
-                for k in range(len(steps)):
-                    steps[(round_ + k) % len(steps)]()
+            # Orthanc's own time varies by a third from one read to the next, so each bridge read is taken between
+            # two floor reads, and its ratio is to their mean (floor, bridge, floor, other bridge, floor, ...). The
+            # figure is the median of those ratios.
+            floors = [read_floor()]
+            for _ in range(args.rounds):
+                for bridge in bridges:
+                    bridge.colds.append(bridge.cold_read())
+                    floors.append(read_floor())
+                    bridge.floors.append((floors[-2] + floors[-1]) / 2)
             rss = {bridge.name: peak_rss_mib(bridge.process.pid) for bridge in bridges}
             naives = [naive(orthanc.dicomweb_url, orthanc.username, orthanc.password, spec.uid) for _ in range(2)]
         finally:
@@ -209,14 +210,14 @@ def main() -> int:
         logged = len(default.log.read_bytes().splitlines())
 
     floor = statistics.median(floors)
-    print(f"study: 4 series x {per_series} instances; {args.rounds} rounds, medians")
+    print(f"study: 4 series x {per_series} instances; {args.rounds} reads by each bridge, medians")
     print(f"QIDO floor                 {floor * 1000:8.0f} ms   ({', '.join(f'{f * 1000:.0f}' for f in floors)})")
     for bridge in bridges:
-        ratios = [c / f for c, f in zip(bridge.colds, floors, strict=True)]
+        ratios = [c / f for c, f in zip(bridge.colds, bridge.floors, strict=True)]
         print(f"\nbridge, {bridge.name}{' (as a user runs it)' if bridge is default else ' (the old way)'}")
         print(f"  cold read                {statistics.median(bridge.colds) * 1000:8.0f} ms   "
               f"({', '.join(f'{c * 1000:.0f}' for c in bridge.colds)})")  # fmt: skip
-        print(f"  ratio cold / floor       {statistics.median(ratios):8.2f}x   (per round: "
+        print(f"  ratio cold / floor       {statistics.median(ratios):8.2f}x   (per read: "
               f"{', '.join(f'{r:.2f}' for r in ratios)}; goal ≤ 1.10x)")  # fmt: skip
         print(f"  CPU per read             {statistics.median(bridge.cpu) * 1000:8.0f} ms")
         print(f"  peak RSS                 {rss[bridge.name]:8.0f} MiB  (goal ≤ 128 MiB)")
@@ -226,10 +227,6 @@ def main() -> int:
     print(f"naive (dicomweb-client + fhir.resources) {statistics.median(naives) * 1000:.0f} ms "
           f"= {statistics.median(naives) / floor:.2f}x the floor")  # fmt: skip
     return 0
-
-
-def _read(bridge: Bridge) -> None:
-    bridge.colds.append(bridge.cold_read())
 
 
 async def _concurrently(url: str, count: int) -> None:
