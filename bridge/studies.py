@@ -246,8 +246,17 @@ def _checked_series(rows: list[DicomJson], study_uid: str, scope: Scope) -> list
     return checked
 
 
+#: What ``row.get`` gives for an attribute a row does not have.
+_ABSENT = object()
+
+
 def _checked_instances(rows: list[DicomJson], series_uid: str, scope: Scope) -> list[DicomJson]:
     checked = []
+    # Whose an instance row is depends, within one series, on its PatientID and IssuerOfPatientID alone; and the
+    # rows of a series nearly always hold the very same two objects (the HTTP source keeps an attribute its rows
+    # repeat once: ``bridge.qido.paging.RowTrimmer``). A row holding the objects of the row admitted before it is
+    # admitted without asking again, which took the check from a tenth of a large read's CPU time to next to none.
+    admitted: tuple[object, object] | None = None
     for row in rows:
         row_series = text(row, tags.SERIES_INSTANCE_UID)
         instance_uid = fhir_id(row, tags.SOP_INSTANCE_UID)
@@ -259,6 +268,10 @@ def _checked_instances(rows: list[DicomJson], series_uid: str, scope: Scope) -> 
             log.warning("series %s: instance %r has no usable SOPInstanceUID or SOPClassUID; dropped",
                         series_uid, text(row, tags.SOP_INSTANCE_UID))  # fmt: skip
             continue
-        if scope.admits(row, f"instance {instance_uid}", series_uid):
+        owner = (row.get(tags.PATIENT_ID, _ABSENT), row.get(tags.ISSUER_OF_PATIENT_ID, _ABSENT))
+        if admitted is not None and owner[0] is admitted[0] and owner[1] is admitted[1]:
             checked.append(row)
+        elif scope.admits(row, f"instance {instance_uid}", series_uid):
+            checked.append(row)
+            admitted = owner
     return checked

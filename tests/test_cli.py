@@ -90,3 +90,31 @@ def test_serve_with_no_configuration_answers_imaging_study_json(tmp_path: Path) 
         process.terminate()
         _, stderr = process.communicate(timeout=15)
     assert "Traceback" not in stderr
+
+
+def test_a_bridge_in_front_of_an_http_pacs_does_not_import_pydicom(tmp_path: Path) -> None:
+    # ``import pydicom`` imports numpy and requests too: 18 MiB of a 75 MiB process, which a bridge reading an
+    # HTTP PACS needs nothing of (it names SOP Classes from pydicom's UID table, read on its own).
+    script = """
+import asyncio, sys
+from bridge.cli import main
+from bridge.mapping.imagingstudy import sop_class_name
+from bridge.qido.factory import open_source
+from bridge.settings import load_settings
+from bridge.web.app import create_app
+
+settings = load_settings({"BRIDGE_QIDO_URL": "http://pacs.internal/dicom-web"})
+create_app(settings)
+
+async def opened():
+    await (await open_source(settings)).close()
+
+asyncio.run(opened())
+assert sop_class_name("1.2.840.10008.5.1.4.1.1.2") == "CT Image Storage"
+print(sorted({"pydicom", "numpy", "requests", "PIL", "dicomweb_client"} & set(sys.modules)))
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, env=clean_env(), cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

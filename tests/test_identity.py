@@ -232,3 +232,32 @@ async def test_an_instance_of_an_invisible_twin_inside_a_study_refuses_it_to_rea
         assert matches(bundle) == []  # not shown with one of its two instances, as if complete
         outcome = next(e["resource"] for e in bundle["entry"] if e["search"]["mode"] == "outcome")
         assert "different patient" in outcome["issue"][0]["diagnostics"]
+
+
+@pytest.mark.parametrize(
+    ("patient_id", "issuer"),
+    [
+        pytest.param(None, None, id="another-patient-id"),
+        pytest.param("P1", "HOSP-B", id="the-same-patient-id-object-from-another-issuer"),
+    ],
+)
+async def test_rows_sharing_their_owner_objects_are_checked_again_when_one_differs(
+    client: TestClient, source: MemoryQidoSource, patient_id: str | None, issuer: str | None
+) -> None:
+    # The HTTP source hands a series' rows the very same PatientID and IssuerOfPatientID objects (RowTrimmer), and
+    # the check is answered once for them: a row holding another object, even just the issuer, is checked anew.
+    add_part(source, "P1", "2.25.900.1", issuer="HOSP-A")
+    rows = source.instances[(UID, "2.25.900.1")]
+    shared = rows[0]
+    for n in range(2, 5):
+        rows.append({**shared, "00080018": el("UI", f"2.25.900.1.{n}")})  # the same owner objects
+    odd = {**shared, "00080018": el("UI", "2.25.900.1.5")}
+    if patient_id is None:
+        odd[PATIENT_ID] = el("LO", "P2")
+    else:
+        odd[ISSUER] = el("LO", issuer)
+    rows.insert(3, odd)
+
+    body = await get(client, f"/fhir/ImagingStudy/{UID}", 409)
+
+    assert "different patient" in body["issue"][0]["diagnostics"]

@@ -15,6 +15,7 @@ from zoneinfo import ZoneInfo
 import orjson
 import pytest
 
+from bridge import terminology
 from bridge.mapping.imagingstudy import MappingOptions, SeriesRows, StudyRows, imaging_study
 from tests.support.fhircheck import validate
 
@@ -62,3 +63,13 @@ def test_mapping_is_deterministic_whatever_the_row_order() -> None:
 def test_a_row_without_a_study_uid_is_refused() -> None:
     with pytest.raises(ValueError, match="StudyInstanceUID"):
         imaging_study(StudyRows({"0020000D": {"vr": "UI", "Value": ["not a uid"]}}), MappingOptions())
+
+
+def test_uid_names_are_pydicoms() -> None:
+    # Read from pydicom's data module without importing pydicom (bridge.terminology): the same names.
+    from pydicom.uid import UID, UID_dictionary
+
+    for uid in UID_dictionary:
+        assert terminology.uid_name(uid) == UID(uid).name
+    assert terminology.uid_name("1.2.840.10008.5.1.4.1.1.2") == "CT Image Storage"
+    assert terminology.uid_name("1.2.3.4") is None

@@ -10,14 +10,11 @@ The rules come from ``docs/mapping.md``. Two principles decide the hard cases:
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
-
-from pydicom.uid import UID
 
 from bridge import terminology
 from bridge.mapping import tags
@@ -50,7 +47,6 @@ SUBSETTED = {
 FALLBACK_MODALITY = "OT"
 
 _OID = re.compile(r"^[0-2](\.(0|[1-9][0-9]*))+$")
-_STRICT_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:\S+$")
 # A FHIR code: no leading/trailing whitespace, no runs of whitespace.
 _CODE = re.compile(r"^[^\s]+( [^\s]+)*$")
@@ -325,14 +321,9 @@ def _instance(row: DicomJson) -> dict[str, Any]:
     return instance
 
 
-@functools.lru_cache(maxsize=1024)
 def sop_class_name(sop_class: str) -> str | None:
-    """The name DICOM gives a SOP Class UID, or None. Only a well-formed UID is looked up: pydicom warns about
-    a malformed one (once per instance of a 10,000-instance study), and none of those has a name anyway."""
-    if not _STRICT_UID.match(sop_class):
-        return None
-    name = UID(sop_class).name
-    return name if name != sop_class else None
+    """The name DICOM gives a SOP Class UID, or None."""
+    return terminology.uid_name(sop_class)
 
 
 def _title(row: DicomJson) -> str | None:

@@ -18,10 +18,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
-
-from pydicom import Dataset, dcmread
-from pydicom.uid import UID, ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from bridge.errors import UpstreamBadResponse, UpstreamUnavailable
 from bridge.mapping import tags
@@ -29,15 +26,21 @@ from bridge.mapping.dicomjson import DicomJson
 from bridge.qido.paging import merge_rows
 from bridge.qido.source import NO_FILTERS, Filters
 
+if TYPE_CHECKING:
+    from pydicom import Dataset
+
+# pydicom is imported where a folder is read, not with this module: importing it imports numpy and requests too,
+# a quarter of the memory of a bridge that reads an HTTP PACS and never opens a file.
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 #: The transfer syntax of a file without File Meta Information, from the encoding pydicom detected while
 #: reading it: (implicit VR, little endian). Implicit VR big endian is no transfer syntax at all.
-_ENCODINGS: dict[tuple[bool | None, bool | None], UID] = {
-    (True, True): ImplicitVRLittleEndian,
-    (False, True): ExplicitVRLittleEndian,
-    (False, False): ExplicitVRBigEndian,
+_ENCODINGS: dict[tuple[bool | None, bool | None], str] = {
+    (True, True): "1.2.840.10008.1.2",  # Implicit VR Little Endian
+    (False, True): "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
+    (False, False): "1.2.840.10008.1.2.2",  # Explicit VR Big Endian
 }
 #: What an instance needs to be listed in a study (the file client's index requires each).
 _REQUIRED = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
@@ -167,6 +170,8 @@ def _index_skipped_files(index: Any) -> None:
     folder (``store_instances`` writes a copy into it). Its methods used here are the ones its own indexing
     calls, unchanged since dicomweb-client 0.59.
     """
+    from pydicom import dcmread
+
     base: Path = index.base_dir
     indexed = set(index._get_indexed_file_paths())
     known = set(index.get_instance_identifiers())
@@ -201,12 +206,14 @@ def _index_skipped_files(index: Any) -> None:
 def _index_file(index: Any, relative_path: Path, dataset: Dataset) -> None:
     """Add one file's study, series and instance rows to the index, as the file client's own indexing does."""
     if "TransferSyntaxUID" not in dataset.file_meta:
+        from pydicom.uid import UID
+
         # pydicom 2 has no original_encoding, only its two halves.
         encoding = getattr(dataset, "original_encoding", None) or (dataset.read_implicit_vr, dataset.read_little_endian)
         transfer_syntax = _ENCODINGS.get(encoding)
         if transfer_syntax is None:
             raise ValueError(f"its encoding (implicit VR, little endian: {encoding}) is no transfer syntax")
-        dataset.file_meta.TransferSyntaxUID = transfer_syntax
+        dataset.file_meta.TransferSyntaxUID = UID(transfer_syntax)
     for element in list(dataset):
         # pydicom keeps an IS that is no number as text, which the index would store and every query of the
         # series then fail on: the value is left out instead.

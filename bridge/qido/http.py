@@ -28,7 +28,7 @@ from bridge.mapping import tags
 from bridge.mapping.dicomjson import DicomJson
 from bridge.mapping.identity import raw
 from bridge.qido.budget import current as current_budget
-from bridge.qido.paging import MAX_PAGES, MAX_REPEATS, RowMerger, has_more
+from bridge.qido.paging import MAX_PAGES, MAX_REPEATS, RowMerger, RowTrimmer, has_more
 from bridge.qido.resilience import CircuitBreaker, State, backoff, remaining
 from bridge.qido.source import NO_FILTERS, Filters
 from bridge.telemetry import BREAKER_OPEN, PACS_REQUESTS, REQUEST_ID
@@ -183,9 +183,9 @@ class HttpQidoSource:
         ``offset`` = rows so far, which must come back empty; a PACS that answers it with rows already read
         ignores ``offset``, and what it sent cannot be proved complete: a 502, never a shorter list."""
         merged = RowMerger(key_tags)
-        # Only what was asked for is kept: PACSes add their own defaults to every row (Orthanc: about fourteen
-        # attributes per instance), and a 10,000-instance study's rows are most of a read's memory.
-        wanted = tuple(dict.fromkeys([*fields, *key_tags])) if fields else None
+        # Only what was asked for is kept, and attributes the rows repeat are held once (``RowTrimmer``): a
+        # 10,000-instance study's rows are most of a read's memory.
+        trimmer = RowTrimmer(tuple(dict.fromkeys([*fields, *key_tags])), unique=key_tags[:1]) if fields else None
         start, most = window
         offset = start
         repeats = 0
@@ -212,8 +212,8 @@ class HttpQidoSource:
                     budget.release(limit or 0)
             if budget is not None:
                 budget.spend_rows(len(page), f"QIDO {path}")
-            if wanted is not None:
-                page = [{tag: row[tag] for tag in wanted if tag in row} for row in page]
+            if trimmer is not None:
+                page = trimmer.trim(page)
             offset += len(page)
             before = len(merged)
             merged.add(page)

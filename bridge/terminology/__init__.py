@@ -2,8 +2,9 @@
 
 - ``body-part-snomed.csv``: Body Part Examined (0018,0015) defined terms -> SNOMED CT (PS3.16 Annex L);
 - ``modality-codes.csv``: CID 33 modality codes -> DICOM code meanings;
-- ``laterality.csv``: Laterality code strings -> SNOMED CT (CID 244).
+- ``laterality.csv``: Laterality code strings -> SNOMED CT (CID 244);
 
+and the names of UIDs (SOP Classes for ``sopClass.display``), from pydicom's UID dictionary (PS3.6 Annex A).
 The tables are read once, on first use.
 """
 
@@ -11,7 +12,9 @@ from __future__ import annotations
 
 import csv
 import functools
+import importlib.util
 from importlib import resources
+from pathlib import Path
 from typing import NamedTuple
 
 SNOMED = "http://snomed.info/sct"
@@ -63,3 +66,25 @@ def modality_display(code: str) -> str | None:
 def laterality(code: str) -> Concept | None:
     """The SNOMED concept for a laterality code string (R, L, B)."""
     return _lateralities().get(code.strip().upper())
+
+
+def uid_name(uid: str) -> str | None:
+    """The name DICOM gives a UID (a SOP Class, a transfer syntax…), or None for a UID it does not name."""
+    return _uid_names().get(uid)
+
+
+@functools.cache
+def _uid_names() -> dict[str, str]:
+    """pydicom's UID dictionary, read from its data module alone. ``import pydicom`` imports numpy and requests
+    as well: 18 MiB of a 75 MiB process that, reading an HTTP PACS, uses nothing else of pydicom."""
+    spec = importlib.util.find_spec("pydicom")  # finds the package without importing it
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    table = Path(locations[0], "_uid_dict.py") if locations else None
+    loader = importlib.util.spec_from_file_location("bridge.terminology._uid_dict", table) if table else None
+    if table is None or not table.is_file() or loader is None or loader.loader is None:
+        from pydicom._uid_dict import UID_dictionary  # a pydicom laid out otherwise: the whole package, then
+
+        return {uid: entry[0] for uid, entry in UID_dictionary.items()}
+    module = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(module)  # a dictionary literal, nothing more
+    return {uid: entry[0] for uid, entry in module.UID_dictionary.items()}
