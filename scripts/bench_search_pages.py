@@ -52,8 +52,8 @@ SEARCHES = {
     "unnarrowed": ({}, "", True),
     "modality=CT": ({"ModalitiesInStudy": "CT"}, "modality=CT", False),
     "modality=CT, one month": (
-        {"ModalitiesInStudy": "CT", "StudyDate": "20240229-20240401"},
-        "modality=CT&started=2024-03",
+        {"ModalitiesInStudy": "CT", "StudyDate": "20240331-20240501"},
+        "modality=CT&started=2024-04",
         False,
     ),
 }
