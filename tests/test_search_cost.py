@@ -153,7 +153,7 @@ async def test_criteria_the_pacs_cannot_page_read_no_more_than_the_budget(
     "criteria",
     [
         "patient=" + ",".join(f"P{n}" for n in range(7)),  # more queries than the budget
-        "patient=P1,P2",  # two queries, but each with its proof and its issuers' check: eight requests
+        "patient=P1,P2,P3",  # three lists and the issuers' check, each with its proof: eight requests
     ],
 )
 async def test_an_or_list_beyond_the_budget_is_refused_before_the_pacs_is_asked(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +33,7 @@ from bridge.qido.paging import RowMerger
 from bridge.qido.source import QidoSource
 from bridge.search.match import instance_matches, series_matches, study_matches, target_range
 from bridge.search.parameters import BY_NAME, Level
-from bridge.search.plan import PATIENT_PARAMETERS, UID_CHUNK, LevelQueries, Plan, plan_search
+from bridge.search.plan import PATIENT_PARAMETERS, LevelQueries, Plan, plan_search, uid_lists
 from bridge.search.query import Criterion, SearchQuery, Token
 from bridge.studies import read_study
 
@@ -144,12 +145,13 @@ def paged_at_pacs(query: SearchQuery, plan: Plan) -> bool:
 
 def planned_requests(query: SearchQuery, plan: Plan) -> int:
     """The fewest PACS requests a plan can cost: each list it asks for, and one request past the end of each
-    (no count proves those lists complete), plus a patient search's check of its studies' issuers."""
+    (no count proves those lists complete), plus a patient search's check of its studies' issuers (one series
+    list at least)."""
     if plan.unsatisfiable:
         return 0
     lists = len(plan.study_queries or ()) + sum(len(level.queries) for level in plan.level_queries)
     if any(c.name in PATIENT_PARAMETERS for c in query.criteria) and plan.study_queries is not None:
-        lists += len({filters.get("PatientID") for filters in plan.study_queries})
+        lists += 1
     return 2 * lists
 
 
@@ -180,21 +182,16 @@ async def _pacs_page(
     rows = await source.search_studies(
         plan.study_queries[0], tags.STUDY_FIELDS, limit=query.count, offset=query.offset, as_listed=True
     )
-    uids = sorted({study_uid for row in rows if (study_uid := uid(row, tags.STUDY_INSTANCE_UID))})
-    chunks = [uids[i : i + UID_CHUNK] for i in range(0, len(uids), UID_CHUNK)]
-    listed: dict[str, list[Identity | None]] = {}
-    with sharing(len(chunks)):
+    lists = uid_lists("StudyInstanceUID", sorted(_by_study(rows)))
+    with sharing(len(lists)):
         answers = await gather_all(
-            *(source.search_studies({"StudyInstanceUID": ",".join(c)}, (tags.STUDY_INSTANCE_UID, *tags.OWNER),
-                                    as_listed=True)
-              for c in chunks)
+            *(source.search_studies(filters, (tags.STUDY_INSTANCE_UID, *tags.OWNER), as_listed=True)
+              for filters in lists)
         )  # fmt: skip
-    for chunk in answers:
-        for row in chunk:
-            listed.setdefault(uid(row, tags.STUDY_INSTANCE_UID) or "", []).append(identity_of(row))
+    listed = _by_study(row for rows in answers for row in rows)
     warnings = []
-    for study_uid in (u for u in uids if len(listed.get(u, ())) > 1):
-        patients = len(set(listed[study_uid]))
+    for study_uid in sorted(u for u, held in listed.items() if len(held) > 1):
+        patients = len({identity_of(row) for row in listed[study_uid]})
         warnings.append(
             f"study {study_uid} is registered under {patients} patients in the PACS and was left out; "
             "search with patient=… to get each patient's part of it"
@@ -217,8 +214,7 @@ async def find_candidates(
         rows = await _study_rows(source, plan.study_queries)
     else:
         uids = sorted(set.intersection(*(set(matches.studies) for matches in lower)) if lower else ())
-        chunks = [uids[i : i + UID_CHUNK] for i in range(0, len(uids), UID_CHUNK)]
-        rows = await _study_rows(source, tuple({"StudyInstanceUID": ",".join(chunk)} for chunk in chunks))
+        rows = await _study_rows(source, tuple(uid_lists("StudyInstanceUID", uids)))
     patient_criteria = [c for c in query.criteria if c.name in PATIENT_PARAMETERS]
     warnings: list[str] = []
     if patient_criteria and plan.study_queries is not None:
@@ -254,28 +250,28 @@ async def _without_merged_owners(source: QidoSource, rows: list[DicomJson]) -> t
     A PACS that keys patients by PatientID alone (Orthanc) answers one study row, with one issuer, for the
     series of two hospitals' patients sharing a PatientID and a StudyInstanceUID. The study row cannot show it;
     the series rows do: one series query per fifty of the candidates' UIDs."""
-    uids = sorted({study_uid for row in rows if (study_uid := uid(row, tags.STUDY_INSTANCE_UID))})
+    studies = _by_study(rows)
+    lists = uid_lists("StudyInstanceUID", sorted(studies))
     fields = (tags.STUDY_INSTANCE_UID, tags.SERIES_INSTANCE_UID, *tags.OWNER)
-    chunks = [uids[i : i + UID_CHUNK] for i in range(0, len(uids), UID_CHUNK)]
-    with sharing(len(chunks)):
-        answers = await gather_all(
-            *(source.search_series(None, fields, filters={"StudyInstanceUID": ",".join(chunk)}) for chunk in chunks)
-        )
-    series_of: dict[str, list[DicomJson]] = {}
-    for row in (row for series in answers for row in series):
-        series_of.setdefault(uid(row, tags.STUDY_INSTANCE_UID) or "", []).append(row)
-    study_rows_of: dict[str, list[DicomJson]] = {}
-    for row in rows:
-        study_rows_of.setdefault(uid(row, tags.STUDY_INSTANCE_UID) or "", []).append(row)
-    merged = {
-        study_uid for study_uid, own in study_rows_of.items() if merged_issuers(own, series_of.get(study_uid, ()))
-    }
+    with sharing(len(lists)):
+        answers = await gather_all(*(source.search_series(None, fields, filters=filters) for filters in lists))
+    series_of = _by_study(row for series in answers for row in series)
+    merged = {study_uid for study_uid, own in studies.items() if merged_issuers(own, series_of.get(study_uid, ()))}
     warnings = [
         f"study {study_uid} holds series of one PatientID from two issuers as one study in the PACS and was left "
         "out: the PACS cannot tell its patients apart"
         for study_uid in sorted(merged)
     ]
     return [row for row in rows if uid(row, tags.STUDY_INSTANCE_UID) not in merged], warnings
+
+
+def _by_study(rows: Iterable[DicomJson]) -> dict[str, list[DicomJson]]:
+    """Rows by their StudyInstanceUID (rows without a usable one left out)."""
+    grouped: dict[str, list[DicomJson]] = {}
+    for row in rows:
+        if (study_uid := uid(row, tags.STUDY_INSTANCE_UID)) is not None:
+            grouped.setdefault(study_uid, []).append(row)
+    return grouped
 
 
 def _unambiguous_patients(candidates: list[Candidate], criteria: list[Criterion]) -> tuple[list[Candidate], list[str]]:

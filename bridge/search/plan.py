@@ -203,9 +203,12 @@ def _value_filters(name: str, value: object) -> list[Filters]:
 
 
 def _uid_list(key: str, uids: list[str]) -> list[Filters]:
-    """UID lists are comma-separated in QIDO: one query per ``UID_CHUNK`` OR values (URLs have limits)."""
-    valid = [uid for uid in dict.fromkeys(uids) if _UID.match(uid)]
-    return [{key: ",".join(valid[i : i + UID_CHUNK])} for i in range(0, len(valid), UID_CHUNK)]
+    return uid_lists(key, [uid for uid in dict.fromkeys(uids) if _UID.match(uid)])
+
+
+def uid_lists(key: str, uids: Sequence[str]) -> list[Filters]:
+    """UID lists are comma-separated in QIDO: one filter set per ``UID_CHUNK`` UIDs (URLs have limits)."""
+    return [{key: ",".join(uids[i : i + UID_CHUNK])} for i in range(0, len(uids), UID_CHUNK)]
 
 
 def _date_filter(values: list[DateValue]) -> list[Filters] | None:
