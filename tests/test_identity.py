@@ -261,3 +261,12 @@ async def test_rows_sharing_their_owner_objects_are_checked_again_when_one_diffe
     body = await get(client, f"/fhir/ImagingStudy/{UID}", 409)
 
     assert "different patient" in body["issue"][0]["diagnostics"]
+
+
+async def test_a_series_criterion_matches_series_rows_that_give_no_issuer(
+    client: TestClient, source: MemoryQidoSource
+) -> None:
+    # Some PACSes return IssuerOfPatientID at the study level only: the series row says nothing against it.
+    add_part(source, "P1", "2.25.900.1", issuer="HOSP-A", lower_issuer=False)
+    found = matches(await get(client, "/fhir/ImagingStudy?series=2.25.900.1&_elements=identifier"))
+    assert [r["id"] for r in found] == [UID]

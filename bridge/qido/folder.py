@@ -103,7 +103,7 @@ class FolderQidoSource:
         as_listed: bool = False,
     ) -> list[DicomJson]:
         rows = await self._call(lambda c: c.search_for_studies(search_filters=dict(filters)))
-        found = merge_rows(rows, (tags.STUDY_INSTANCE_UID, *tags.OWNER) if not as_listed else ())
+        found = rows if as_listed else merge_rows(rows, (tags.STUDY_INSTANCE_UID, *tags.OWNER))
         return found[offset : offset + limit] if limit is not None else found[offset:]
 
     async def search_series(

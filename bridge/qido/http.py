@@ -26,7 +26,6 @@ from bridge.errors import (
 )
 from bridge.mapping import tags
 from bridge.mapping.dicomjson import DicomJson
-from bridge.mapping.identity import raw
 from bridge.qido.budget import current as current_budget
 from bridge.qido.paging import MAX_PAGES, MAX_REPEATS, RowMerger, RowTrimmer, has_more
 from bridge.qido.resilience import CircuitBreaker, State, backoff, remaining
@@ -117,12 +116,14 @@ class HttpQidoSource:
         as_listed: bool = False,
     ) -> list[DicomJson]:
         # A StudyInstanceUID may be registered under two patients: keep one row each so that stays visible.
-        key = (tags.STUDY_INSTANCE_UID, *tags.OWNER) if not as_listed else ()
+        key = (tags.STUDY_INSTANCE_UID, *tags.OWNER)
         # Rows asked for by UID (one per patient holding each) need no proof of their end: a list holds at most
         # fifty UIDs (the planner's chunks), no PACS caps an answer below that, and every series and instance
         # row of a study read is checked against them anyway.
         keyed = set(filters) == {"StudyInstanceUID"}
-        return await self._query("/studies", filters, fields, key, prove=not keyed, window=(offset, limit))
+        return await self._query(
+            "/studies", filters, fields, key, prove=not keyed, window=(offset, limit), as_listed=as_listed
+        )
 
     async def search_series(
         self,
@@ -174,15 +175,22 @@ class HttpQidoSource:
         missing_is_empty: bool = False,
         prove: bool = True,
         window: tuple[int, int | None] = (0, None),
+        as_listed: bool = False,
     ) -> list[DicomJson]:
         """Every row of a query (from the ``window``'s offset, at most its limit of them), following pages until
-        the PACS has nothing more, within the request's budget (``bridge.qido.budget``).
+        the PACS has nothing more, within the request's budget (``bridge.qido.budget``); merged by ``key_tags``,
+        or with ``as_listed`` every row as the PACS listed it.
 
         Some PACSes cap an answer silently, without the ``Warning`` PS3.18 asks for. Where the PACS gave no count
         for the level (``expected``), an answer that ended with rows is proved complete by one more request at
         ``offset`` = rows so far, which must come back empty; a PACS that answers it with rows already read
         ignores ``offset``, and what it sent cannot be proved complete: a 502, never a shorter list."""
-        merged = RowMerger(key_tags)
+        merged = RowMerger(key_tags)  # with ``as_listed`` too: a repeat is still told by a page bringing no new key
+        listed: list[DicomJson] | None = [] if as_listed else None
+
+        def answer() -> list[DicomJson]:
+            return listed if listed is not None else merged.rows
+
         # Only what was asked for is kept, and attributes the rows repeat are held once (``RowTrimmer``): a
         # 10,000-instance study's rows are most of a read's memory.
         trimmer = RowTrimmer(tuple(dict.fromkeys([*fields, *key_tags])), unique=key_tags[:1]) if fields else None
@@ -191,8 +199,6 @@ class HttpQidoSource:
         repeats = 0
         proving = False
         budget = current_budget()
-        # Rows kept as listed are never merged, so a repeat is told by the rows' UIDs and patients instead.
-        seen: set[tuple[str | None, ...]] | None = set() if not key_tags else None
         ignores_offset = UpstreamBadResponse(
             f"the PACS answered QIDO {path} with rows and no count of them, and answered the request for the rows "
             "after those with the same rows again (it ignores offset): the bridge cannot tell whether it capped its "
@@ -217,9 +223,11 @@ class HttpQidoSource:
             offset += len(page)
             before = len(merged)
             merged.add(page)
-            new = len(merged) - before if seen is None else _unseen(page, seen)
+            if listed is not None:
+                listed.extend(page)
+            new = len(merged) - before
             if most is not None and offset - start >= most:
-                return merged.rows[:most]  # also when the PACS ignored the limit
+                return answer()[:most]  # also when the PACS ignored the limit
             if proving and new:
                 proving = False
                 continue  # rows past what looked like the end: a silent cap; read on, page by page
@@ -230,14 +238,14 @@ class HttpQidoSource:
                 if prove and expected is None:
                     raise ignores_offset  # a Warning or a full page said there was more, and nothing says how much
                 log.warning("PACS sends the same rows again and again for QIDO %s (ignores offset?)", path)
-                return merged.rows
+                return answer()
             more = has_more(
                 page_rows=len(page), limit=limit, warning=warning, total_rows=len(merged), expected=expected
             )
             if more:
                 continue
             if not (prove and expected is None and page):
-                return merged.rows
+                return answer()
             proving = True  # the answer ended with rows, and nothing says they were all: ask past them
         raise UpstreamBadResponse(f"PACS kept paging past {MAX_PAGES} pages for QIDO {path}")
 
@@ -347,17 +355,6 @@ class HttpQidoSource:
                 raise too_big
             chunks.append(chunk)
         return b"".join(chunks)
-
-
-def _unseen(page: list[DicomJson], seen: set[tuple[str | None, ...]]) -> int:
-    """How many of a page's rows have UIDs and a patient not seen before (and remember them)."""
-    keys = {tuple(raw(row, tag) for tag in _ROW_KEY) for row in page}
-    fresh = len(keys - seen)
-    seen |= keys
-    return fresh
-
-
-_ROW_KEY = (tags.STUDY_INSTANCE_UID, tags.SERIES_INSTANCE_UID, tags.SOP_INSTANCE_UID, *tags.OWNER)
 
 
 def _smallest(*limits: int | None) -> int | None:

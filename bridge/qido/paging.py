@@ -41,14 +41,11 @@ class RowMerger:
 
     def __init__(self, key_tags: Sequence[str]) -> None:
         self._key_tags = tuple(key_tags)
-        self._rows: dict[tuple[str | int | None, ...], DicomJson] = {}
-        self._copied: set[tuple[str | int | None, ...]] = set()
+        self._rows: dict[tuple[str | None, ...], DicomJson] = {}
+        self._copied: set[tuple[str | None, ...]] = set()
 
     def add(self, rows: Iterable[DicomJson]) -> None:
         values, key_tags = dicomjson.values, self._key_tags
-        if not key_tags:  # no key: every row as listed
-            self._rows.update(((len(self._rows),), row) for row in rows)
-            return
         for row in rows:
             key = tuple([raw(row, tag) for tag in key_tags])
             kept = self._rows.get(key)

@@ -302,29 +302,26 @@ async def _study_rows(source: QidoSource, queries: tuple[dict[str, str], ...]) -
 
 @dataclass
 class LevelMatches:
-    """The studies whose series or instance rows met one criterion, and whose rows they were. A row that leaves
-    out its issuer stands for its PatientID under any issuer, one that leaves out its PatientID for anyone."""
+    """The studies whose series or instance rows met one criterion, and whose rows they were (None: a row that
+    names no patient, which stands for anyone). A row that gives no issuer stands for its PatientID under any."""
 
-    studies: dict[str, set[tuple[str | None, str | None, bool]]] = field(default_factory=dict)
+    studies: dict[str, set[Identity | None]] = field(default_factory=dict)
 
     def add(self, study_uid: str, row: DicomJson) -> None:
-        owner = identity_of(row)
-        found = self.studies.setdefault(study_uid, set())
-        if owner is None:
-            found.add((None, None, False))
-        else:
-            found.add((owner.patient_id, owner.issuer, owner.issuer is not None))
+        self.studies.setdefault(study_uid, set()).add(identity_of(row))
 
     def admits(self, key: Key) -> bool:
         study_uid, owner = key
         found = self.studies.get(study_uid)
         if found is None:
             return False
-        if owner is None or (None, None, False) in found:
+        if owner is None or None in found:
             return True
         return any(
-            patient_id == owner.patient_id and (not named or issuer == owner.issuer)
-            for patient_id, issuer, named in found
+            row_owner is not None
+            and row_owner.patient_id == owner.patient_id
+            and row_owner.issuer in (None, owner.issuer)
+            for row_owner in found
         )
 
 
