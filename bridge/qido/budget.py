@@ -3,8 +3,8 @@
 A search's cost depends on its parameters (OR lists fan out, series- and instance-level criteria query those
 levels, a criterion the PACS cannot narrow reads every study row), so each search runs under a ``Budget``. The
 QIDO source charges it before each request and for every row it reads, and asks no more rows of the PACS than
-the budget has left (plus one, to see that it would be exceeded). Running out is a ``BudgetExceeded``: the search
-says what to narrow rather than ask on.
+the budget has left (plus one, to see that it would be exceeded), divided between the lists asked at once
+(``sharing``). Running out is a ``BudgetExceeded``: the search says what to narrow rather than ask on.
 
 The budget lives in a context variable, like the request's deadline: the tasks a search starts share it, and
 nothing has to pass it along.

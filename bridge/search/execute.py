@@ -74,12 +74,11 @@ class Limits:
     rows: int = 5000
 
 
-#: Criteria that put no filter on the PACS's study query and match every study the PACS has (``status`` names
-#: ``available`` or is unsatisfiable; not ``endpoint``: another server's Endpoint would page through the whole
-#: archive to show nothing): with only these (or none), a page is read at the PACS
+#: Criteria that put no filter on the PACS's study query: with only these (or none), a page is read at the PACS
 #: with ``limit``/``offset``, in the PACS's order, and costs about one page of rows whatever its offset. Not
-#: ``modality``: Orthanc (1.10) applies ``limit`` before ``offset`` to a ModalitiesInStudy query
-#: (``limit=5&offset=5`` answers nothing), so its pages past the first would come back empty, as if at the end.
+#: ``endpoint`` (another server's Endpoint would page through the whole archive to show nothing), nor
+#: ``modality``: Orthanc 1.10 applies ``limit`` before ``offset`` to a ModalitiesInStudy query
+#: (``limit=5&offset=5`` answers nothing), so pages past the first would come back empty, as if at the end.
 EXACT_AT_PACS = frozenset({"status"})
 
 
