@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bridge.aio import gather_all
+from bridge.datatypes import is_uid
 from bridge.errors import Conflict, InvalidRequest, NotFound, UpstreamError
 from bridge.mapping import tags
-from bridge.mapping.dicomjson import DicomJson, fhir_id, is_uid, items, text, uid, unsigned
+from bridge.mapping.dicomjson import DicomJson, fhir_id, items, text, uid, unsigned
 from bridge.mapping.identity import Identity, Owners, merged_issuers
 from bridge.mapping.imagingstudy import MappingOptions, SeriesRows, StudyRows, imaging_study
 from bridge.qido.paging import RowMerger

@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestClient
 from fhirpy import AsyncFHIRClient
 from fhirpy.base.searchset import Raw
 
-from bridge.mapping.dicomjson import is_uid
+from bridge.datatypes import is_uid
 from tests.conftest import orthanc_settings, start_client
 from tests.support import search_catalog
 from tests.support.dicomgen import MR_IMAGE, StudySpec, encode

@@ -10,14 +10,11 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from bridge.datatypes import is_fhir_id, is_uid
+
 #: One dataset in the DICOM JSON model: tag -> {"vr": ..., "Value": [...]}.
 DicomJson = dict[str, Any]
 
-# Digits and dots. PS3.5 9.1 also forbids leading zeros in a component, but old modalities wrote them and
-# archives keep them: such a UID still names a study, and is still a valid FHIR id.
-_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
-# A FHIR id (series.uid, instance.uid): broken UIDs that still fit it are kept rather than losing the instance.
-_FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 # C0/C1 control characters other than tab, CR and LF have no place in a FHIR string.
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 # Whitespace other than space, tab, CR, LF (no-break space is common in Latin-1 data): made a plain space,
@@ -97,12 +94,7 @@ def uid(ds: DicomJson, tag: str) -> str | None:
 def fhir_id(ds: DicomJson, tag: str) -> str | None:
     """The first value if it can stand as a FHIR id: a UID, or a broken one that still fits ``[A-Za-z0-9-.]{1,64}``."""
     value = text(ds, tag)
-    return value if value is not None and _FHIR_ID.match(value) else None
-
-
-def is_uid(value: str) -> bool:
-    """True for a usable DICOM UID: digits and dots, at most 64 characters."""
-    return len(value) <= 64 and bool(_UID.match(value))
+    return value if value is not None and is_fhir_id(value) else None
 
 
 def person_name(ds: DicomJson, tag: str) -> str | None:

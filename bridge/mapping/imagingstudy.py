@@ -17,6 +17,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from bridge import terminology
+from bridge.datatypes import OID, URI
 from bridge.mapping import tags
 from bridge.mapping.datetimes import fhir_datetime
 from bridge.mapping.dicomjson import (
@@ -31,10 +32,8 @@ from bridge.mapping.dicomjson import (
     unsigned,
 )
 from bridge.mapping.identity import raw, writable
+from bridge.terminology import DICOM_UID_SYSTEM, RFC3986, V2_0203
 
-DICOM_UID_SYSTEM = "urn:dicom:uid"
-RFC3986 = "urn:ietf:rfc:3986"
-V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
 PARTICIPATION_TYPE = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
 DATA_ABSENT_REASON = "http://hl7.org/fhir/StructureDefinition/data-absent-reason"
 #: Marks a resource that leaves elements out (here: the series of a study-level result).
@@ -46,8 +45,6 @@ SUBSETTED = {
 #: The modality of a series whose PACS row has none (ImagingStudy.series.modality is 1..1).
 FALLBACK_MODALITY = "OT"
 
-_OID = re.compile(r"^[0-2](\.(0|[1-9][0-9]*))+$")
-_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:\S+$")
 # A FHIR code: no leading/trailing whitespace, no runs of whitespace.
 _CODE = re.compile(r"^[^\s]+( [^\s]+)*$")
 
@@ -182,9 +179,9 @@ def _issuer(designator: DicomJson) -> tuple[str | None, str | None]:
     """A Hierarchic Designator -> (identifier system URI, assigner display)."""
     universal = text(designator, tags.UNIVERSAL_ENTITY_ID)
     kind = (text(designator, tags.UNIVERSAL_ENTITY_ID_TYPE) or "").upper()
-    if universal and kind == "ISO" and _OID.match(universal):
+    if universal and kind == "ISO" and OID.match(universal):
         return f"urn:oid:{universal}", None
-    if universal and kind in ("URI", "URL") and _URI.match(universal):
+    if universal and kind in ("URI", "URL") and URI.match(universal):
         return universal, None
     return None, text(designator, tags.LOCAL_NAMESPACE_ENTITY_ID) or universal
 
@@ -202,7 +199,7 @@ def _subject(study: DicomJson, options: MappingOptions) -> dict[str, Any]:
                 identifier["system"] = options.patient_id_system
         elif issuer in options.issuer_systems:
             identifier["system"] = options.issuer_systems[issuer]
-        elif _OID.match(issuer):
+        elif OID.match(issuer):
             identifier["system"] = f"urn:oid:{issuer}"
         elif assigner := text(study, tags.ISSUER_OF_PATIENT_ID):
             # An issuer we cannot turn into a URI: say who assigned the ID rather than invent a system.

@@ -19,6 +19,13 @@ from typing import NamedTuple
 
 SNOMED = "http://snomed.info/sct"
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
+#: The identifier system of DICOM UIDs (values ``urn:oid:<uid>``), and of SOP Classes as ``uri`` codes.
+DICOM_UID_SYSTEM = "urn:dicom:uid"
+RFC3986 = "urn:ietf:rfc:3986"
+#: HL7 v2 table 0203, identifier types (ACSN: accession number).
+V2_0203 = "http://terminology.hl7.org/CodeSystem/v2-0203"
+ACCESSION_TYPE = (V2_0203, "ACSN")
+IMAGINGSTUDY_STATUS = "http://hl7.org/fhir/imagingstudy-status"
 
 
 class Concept(NamedTuple):
