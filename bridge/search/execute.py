@@ -31,10 +31,13 @@ from bridge.mapping.imagingstudy import (
 from bridge.qido.budget import Budget, sharing, spending
 from bridge.qido.paging import RowMerger
 from bridge.qido.source import QidoSource
-from bridge.search.match import instance_matches, series_matches, study_matches, target_range
-from bridge.search.parameters import BY_NAME, Level
-from bridge.search.plan import PATIENT_PARAMETERS, LevelQueries, Plan, plan_search, uid_lists
-from bridge.search.query import Criterion, SearchQuery, Token
+from bridge.search.dates import target_range
+from bridge.search.filters import uid_lists
+from bridge.search.match import instance_matches, series_matches, study_matches
+from bridge.search.parameters import PATIENT_PARAMETERS, Level
+from bridge.search.plan import LevelQueries, Plan, plan_search
+from bridge.search.query import Criterion, SearchQuery
+from bridge.search.values import Token
 from bridge.studies import read_study
 
 log = logging.getLogger(__name__)
@@ -74,14 +77,6 @@ class Limits:
     rows: int = 5000
 
 
-#: Criteria that put no filter on the PACS's study query: with only these (or none), a page is read at the PACS
-#: with ``limit``/``offset``, in the PACS's order, and costs about one page of rows whatever its offset. Not
-#: ``endpoint`` (another server's Endpoint would page through the whole archive to show nothing), nor
-#: ``modality``: Orthanc 1.10 applies ``limit`` before ``offset`` to a ModalitiesInStudy query
-#: (``limit=5&offset=5`` answers nothing), so pages past the first would come back empty, as if at the end.
-EXACT_AT_PACS = frozenset({"status"})
-
-
 async def run_search(
     source: QidoSource,
     query: SearchQuery,
@@ -109,7 +104,7 @@ async def run_search(
                 result = SearchResult(total=None, has_next=more, warnings=warnings)
             else:
                 candidates, warnings = await find_candidates(source, query, plan, options, zone)
-                candidates.sort(key=lambda c: _order(c, zone))
+                candidates.sort(key=lambda c: _order(c, zone, oldest_first=query.sort == "started"))
                 end = query.offset + query.count
                 result = SearchResult(total=len(candidates), has_next=end < len(candidates), warnings=warnings)
                 page = candidates[query.offset : end] if query.summary != "count" else []
@@ -128,17 +123,21 @@ async def run_search(
 
 
 def paged_at_pacs(query: SearchQuery, plan: Plan) -> bool:
-    """Whether the page can be read at the PACS: one study-level query, matched there as the bridge would match
-    it, and no count asked for (``_summary=count``, ``_count=0``, ``_total=accurate`` need every match)."""
+    """Whether the page can be read at the PACS, in the PACS's order: one study-level query, matched there as the
+    bridge would match it (only parameters whose row says so, each bare: not ``modality``, for Orthanc 1.10
+    applies ``limit`` before ``offset`` to a ModalitiesInStudy query, so pages past the first would come back
+    empty, as if at the end), no count asked for (``_summary=count``, ``_count=0``, ``_total=accurate`` need every
+    match) and no order (``_sort`` needs every match too)."""
     return (
         not plan.unsatisfiable
         and plan.study_queries is not None
         and len(plan.study_queries) == 1
         and not plan.level_queries
-        and all(c.name in EXACT_AT_PACS and c.modifier is None for c in query.criteria)
+        and all(c.parameter.paged_at_pacs and not c.modifier for c in query.criteria)
         and query.summary != "count"
         and query.count > 0
         and query.total != "accurate"
+        and query.sort is None
     )
 
 
@@ -230,7 +229,7 @@ def _matching(
     rows: list[DicomJson], query: SearchQuery, lower: list[LevelMatches], options: MappingOptions, zone: dt.tzinfo
 ) -> list[Candidate]:
     """The study rows that meet every criterion, checked exactly on the study-level resource each becomes."""
-    study_criteria = [c for c in query.criteria if BY_NAME[c.name].level is Level.STUDY]
+    study_criteria = [c for c in query.criteria if c.parameter.level is Level.STUDY]
     candidates = []
     for row in rows:
         if uid(row, tags.STUDY_INSTANCE_UID) is None:
@@ -393,9 +392,11 @@ async def _complete(
         return exc
 
 
-def _order(candidate: Candidate, zone: dt.tzinfo) -> tuple[int, float, str]:
-    """Newest first; studies without a date last; the UID breaks ties, so the order is total and stable."""
+def _order(candidate: Candidate, zone: dt.tzinfo, *, oldest_first: bool = False) -> tuple[int, float, str]:
+    """Newest first (oldest first for ``_sort=started``); studies without a date last either way; the UID breaks
+    ties, so the order is total and stable."""
     started = candidate.summary.get("started")
     if started is None:
         return (1, 0.0, candidate.summary["id"])
-    return (0, -target_range(started, zone)[0].timestamp(), candidate.summary["id"])
+    instant = target_range(started, zone)[0].timestamp()
+    return (0, instant if oldest_first else -instant, candidate.summary["id"])

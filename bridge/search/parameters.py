@@ -1,21 +1,54 @@
-"""The one list of supported ImagingStudy search parameters.
+"""The one table of supported ImagingStudy search parameters: each row carries how its values are read, how they
+are asked of the PACS and how a row the PACS returns is checked. Pure, no I/O.
 
-The parser accepts exactly these (with exactly these modifiers), the planner knows how to ask the PACS for each,
-and the CapabilityStatement is generated from this table, so it cannot claim what does not work.
+The parser accepts exactly these names (with exactly these modifiers), the planner asks the PACS what each row
+says, every candidate is checked by each row's own test, and the CapabilityStatement is generated from this
+table, so it cannot claim what does not work. Adding a parameter is adding a row (and, where no existing piece
+fits, the functions it names, beside it here).
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any, Generic, TypeVar
+
+from bridge import terminology
+from bridge.datatypes import is_uid
+from bridge.search import values
+from bridge.search.dates import DateValue, date_matches
+from bridge.search.filters import Alternatives, Filters, date_range, each, matching, uid_list
+from bridge.search.values import Context, Reference, Token, TypedToken
+from bridge.terminology import ACCESSION_TYPE, DCM, DICOM_UID_SYSTEM, IMAGINGSTUDY_STATUS, RFC3986, SNOMED
+
+#: The FHIR element a criterion is checked against: the study-level ImagingStudy, a series or an instance.
+Element = dict[str, Any]
+V = TypeVar("V")
+
+_CODE_STRING = re.compile(r"[A-Z0-9_]{1,16}")
 
 
 class Level(StrEnum):
-    """The QIDO-RS level whose rows decide a criterion."""
+    """The QIDO-RS level whose rows decide a criterion (and the element its check is given)."""
 
     STUDY = "study"
     SERIES = "series"
     INSTANCE = "instance"
+
+
+@dataclass(frozen=True)
+class Form(Generic[V]):
+    """One way a parameter is written (bare, or with one modifier)."""
+
+    #: One OR value -> its typed value (``InvalidRequest`` naming the parameter if it cannot be one).
+    parse: Callable[[str, str, Context], V]
+    #: The OR values of one criterion -> QIDO alternatives (see ``bridge.search.filters``).
+    qido: Callable[[Sequence[V]], Alternatives]
+    #: Whether one value matches an element of the parameter's level, exactly, by FHIR's rules.
+    check: Callable[[V, Element, dt.tzinfo], bool]
 
 
 @dataclass(frozen=True)
@@ -24,81 +57,270 @@ class SearchParameter:
     type: str  # the FHIR search parameter type
     level: Level
     documentation: str
-    modifiers: frozenset[str] = frozenset()
+    #: The ways it may be written: "" is the bare name, other keys are modifiers.
+    forms: Mapping[str, Form[Any]]
     #: The canonical SearchParameter of the FHIR R5 specification, when this is one of its parameters.
     definition: str | None = None
+    #: It names the patient: asked of the PACS first in every search, and its studies' issuers checked.
+    names_patient: bool = False
+    #: It puts no filter on the PACS and the PACS's rows all match it as given: a page of a search with only
+    #: such criteria can be read at the PACS with ``limit``/``offset`` (see ``bridge.search.execute``).
+    paged_at_pacs: bool = False
+
+    @property
+    def modifiers(self) -> frozenset[str]:
+        return frozenset(key for key in self.forms if key)
+
+
+def missing(element: str) -> Form[bool]:
+    """``:missing=true|false``: whether the element is absent. QIDO cannot ask it (universal matching finds both)."""
+    return Form(values.boolean, _no_filter, lambda value, found, zone: (element not in found) is value)
+
+
+def _no_filter(values: Sequence[Any]) -> Alternatives:
+    return None
+
+
+def _all_studies(value: object) -> list[Filters]:
+    return [{}]
+
+
+# ---- identifiers and references ----
+
+
+def _identifier_matches(token: Token, identifier: Element) -> bool:
+    if identifier.get("value") != token.code:
+        return False
+    return token.system is None or identifier.get("system", "") == token.system
+
+
+def _study_identifier_filters(token: Token) -> list[Filters]:
+    """A DICOM UID (``urn:dicom:uid|urn:oid:…``, or the bare ``urn:oid:…`` of SMART Imaging), else an accession
+    number of any issuer."""
+    if token.system == DICOM_UID_SYSTEM or (token.system is None and token.code.startswith("urn:oid:")):
+        return uid_list("StudyInstanceUID", [token.code.removeprefix("urn:oid:")])
+    return matching("AccessionNumber", token.code)
+
+
+def _has_identifier(token: Token, study: Element, zone: dt.tzinfo) -> bool:
+    return any(_identifier_matches(token, identifier) for identifier in study.get("identifier", []))
+
+
+def _has_typed_identifier(token: TypedToken, study: Element, zone: dt.tzinfo) -> bool:
+    for identifier in study.get("identifier", []):
+        codings = identifier.get("type", {}).get("coding", [])
+        if identifier.get("value") == token.value and any(
+            (c.get("system"), c.get("code")) == (token.type_system, token.type_code) for c in codings
+        ):
+            return True
+    return False
+
+
+def _is_patient(reference: Reference, study: Element, zone: dt.tzinfo) -> bool:
+    # The parser turned the Patient's id into the PatientID it stands for (BRIDGE_PATIENT_REFERENCE).
+    identifier = study["subject"].get("identifier", {})
+    return reference.type == "Patient" and bool(reference.id) and identifier.get("value") == reference.id
+
+
+def _patient_filters(reference: Reference) -> list[Filters]:
+    return matching("PatientID", reference.id) if reference.type == "Patient" and reference.id else []
+
+
+def _has_patient_identifier(token: Token, study: Element, zone: dt.tzinfo) -> bool:
+    identifier = study["subject"].get("identifier")
+    return identifier is not None and _identifier_matches(token, identifier)
+
+
+def _is_based_on(token: Token, study: Element, zone: dt.tzinfo) -> bool:
+    identifiers = [reference["identifier"] for reference in study.get("basedOn", []) if "identifier" in reference]
+    return any(_identifier_matches(token, identifier) for identifier in identifiers)
+
+
+def _has_endpoint(reference: Reference, study: Element, zone: dt.tzinfo) -> bool:
+    return f"{reference.type}/{reference.id}" in {ref.get("reference") for ref in study.get("endpoint", [])}
+
+
+def _subject() -> dict[str, Form[Any]]:
+    """``patient`` and ``subject``: a Patient reference (``:Patient`` is the type modifier, and only Patient
+    subjects exist here), or ``:identifier`` on the subject's identifier."""
+    reference = Form(values.patient_reference, each(_patient_filters), _is_patient)
+    return {
+        "": reference,
+        "Patient": reference,
+        "identifier": Form(values.token, each(lambda token: matching("PatientID", token.code)),
+                           _has_patient_identifier),
+    }  # fmt: skip
+
+
+# ---- codes ----
+
+
+def _has_coding(token: Token, codings: list[Element], system: str) -> bool:
+    if token.system not in (None, system):
+        return False
+    return any(c.get("system") == system and c.get("code") == token.code for c in codings)
+
+
+def _modality_filters(token: Token) -> list[Filters]:
+    # A DICOM code string (CS): anything else can be no modality the PACS holds.
+    is_code = _CODE_STRING.fullmatch(token.code) is not None
+    return [{"ModalitiesInStudy": token.code}] if token.system in (None, DCM) and is_code else []
+
+
+def _has_modality(token: Token, study: Element, zone: dt.tzinfo) -> bool:
+    codings = [coding for concept in study.get("modality", []) for coding in concept.get("coding", [])]
+    return _has_coding(token, codings, DCM)
+
+
+def _body_site_filters(token: Token) -> list[Filters]:
+    if token.system not in (None, SNOMED):
+        return []
+    return [{"BodyPartExamined": term} for term in terminology.body_part_terms(token.code)]
+
+
+def _has_body_site(token: Token, series: Element, zone: dt.tzinfo) -> bool:
+    return _has_coding(token, series.get("bodySite", {}).get("concept", {}).get("coding", []), SNOMED)
+
+
+def _status_filters(token: Token) -> list[Filters]:
+    return [{}] if token.system in (None, IMAGINGSTUDY_STATUS) and token.code == "available" else []
+
+
+def _has_status(token: Token, study: Element, zone: dt.tzinfo) -> bool:
+    return token.system in (None, IMAGINGSTUDY_STATUS) and token.code == study["status"]
+
+
+def sop_class_uid(token: Token) -> str | None:
+    """The SOP Class UID of a dicom-class value (``urn:oid:1.2…`` or ``1.2…``, system rfc3986 or none)."""
+    if token.system not in (None, RFC3986):
+        return None
+    uid = token.code.removeprefix("urn:oid:")
+    return uid if is_uid(uid) else None
+
+
+def _is_sop_class(token: Token, instance: Element, zone: dt.tzinfo) -> bool:
+    return bool(instance["sopClass"]["code"] == f"urn:oid:{sop_class_uid(token)}")
+
+
+# ---- UIDs and dates ----
+
+
+def _uids(key: str) -> Callable[[Sequence[Token]], Alternatives]:
+    return lambda tokens: uid_list(key, [token.code for token in tokens])
+
+
+def _is_uid(element_key: str) -> Callable[[Token, Element, dt.tzinfo], bool]:
+    return lambda token, element, zone: token.system in (None, "") and token.code == element[element_key]
+
+
+def _started_filters(dates: Sequence[DateValue]) -> Alternatives:
+    return date_range("StudyDate", dates)
+
+
+def _started(value: DateValue, study: Element, zone: dt.tzinfo) -> bool:
+    return "started" in study and date_matches(value, study["started"], zone)
 
 
 def _r5(name: str) -> str:
-    return f"http://hl7.org/fhir/SearchParameter/ImagingStudy-{name}"
+    return f"http://hl7.org/fhir/SearchParameter/{name}"
 
 
 SEARCH_PARAMETERS: tuple[SearchParameter, ...] = (
     SearchParameter(
         "_id", "token", Level.STUDY, "The StudyInstanceUID (the resource id).",
-        definition="http://hl7.org/fhir/SearchParameter/Resource-id",
+        {"": Form(values.uid_token, _uids("StudyInstanceUID"), _is_uid("id"))},
+        _r5("Resource-id"),
     ),
     SearchParameter(
         "identifier", "token", Level.STUDY,
         "urn:dicom:uid|urn:oid:<StudyInstanceUID>, a bare urn:oid:<uid> (SMART Imaging), or the accession number "
         "(any system, or its issuer's system; :of-type with v2-0203|ACSN).",
-        frozenset({"of-type"}), _r5("identifier"),
+        {
+            "": Form(values.token, each(_study_identifier_filters), _has_identifier),
+            "of-type": Form(values.typed_token, each(lambda typed: matching("AccessionNumber", typed.value)
+                            if (typed.type_system, typed.type_code) == ACCESSION_TYPE else []),
+                            _has_typed_identifier),
+        },
+        _r5("clinical-identifier"),
     ),
     SearchParameter(
         "patient", "reference", Level.STUDY,
         "Patient/<id>, where the id stands for a DICOM PatientID by the BRIDGE_PATIENT_REFERENCE template "
         "(default: the id is the PatientID); :identifier=system|value matches the subject's identifier; the chain "
         "patient.identifier does the same.",
-        frozenset({"identifier"}), _r5("patient"),
+        _subject(), _r5("clinical-patient"), names_patient=True,
     ),
     SearchParameter(
         "subject", "reference", Level.STUDY, "As patient (only Patient subjects exist here).",
-        frozenset({"identifier"}), _r5("subject"),
+        _subject(), _r5("ImagingStudy-subject"), names_patient=True,
     ),
     SearchParameter(
         "started", "date", Level.STUDY,
         "StudyDate/StudyTime; every prefix but ap, every precision; the time part is checked by the bridge.",
-        frozenset({"missing"}), _r5("started"),
+        {"": Form(values.date, _started_filters, _started), "missing": missing("started")},
+        _r5("ImagingStudy-started"),
     ),
     SearchParameter(
         "modality", "token", Level.STUDY,
         "A DICOM modality code (system http://dicom.nema.org/resources/ontology/DCM), matched against the "
         "study's series modalities (ModalitiesInStudy).",
-        definition=_r5("modality"),
+        {"": Form(values.token, each(_modality_filters), _has_modality)},
+        _r5("ImagingStudy-modality"),
     ),
-    SearchParameter("series", "token", Level.SERIES, "A SeriesInstanceUID of the study.", definition=_r5("series")),
-    SearchParameter("instance", "token", Level.INSTANCE, "A SOPInstanceUID of the study.", definition=_r5("instance")),
+    SearchParameter(
+        "series", "token", Level.SERIES, "A SeriesInstanceUID of the study.",
+        {"": Form(values.uid_token, _uids("SeriesInstanceUID"), _is_uid("uid"))},
+        _r5("ImagingStudy-series"),
+    ),
+    SearchParameter(
+        "instance", "token", Level.INSTANCE, "A SOPInstanceUID of the study.",
+        {"": Form(values.uid_token, _uids("SOPInstanceUID"), _is_uid("uid"))},
+        _r5("ImagingStudy-instance"),
+    ),
     SearchParameter(
         "dicom-class", "token", Level.INSTANCE,
         "A SOP Class UID (urn:oid:<uid> or the bare UID) of one of the study's instances.",
-        definition=_r5("dicom-class"),
+        {"": Form(values.token, lambda tokens: uid_list("SOPClassUID", [sop_class_uid(t) for t in tokens]),
+                  _is_sop_class)},
+        _r5("ImagingStudy-dicom-class"),
     ),
     SearchParameter(
         "body-site", "token", Level.SERIES,
         "A SNOMED CT code (http://snomed.info/sct), matched through PS3.16 Annex L against BodyPartExamined.",
-        definition=_r5("body-site"),
+        {"": Form(values.token, each(_body_site_filters), _has_body_site)},
+        _r5("ImagingStudy-body-site"),
     ),
     SearchParameter(
         "based-on", "reference", Level.STUDY,
         "Only as based-on:identifier=[system|]<accession number>, or based-on:missing.",
-        frozenset({"identifier", "missing"}), _r5("based-on"),
+        {
+            "identifier": Form(values.token, each(lambda token: matching("AccessionNumber", token.code)),
+                               _is_based_on),
+            "missing": missing("basedOn"),
+        },
+        _r5("ImagingStudy-based-on"),
     ),
     SearchParameter(
-        "status", "token", Level.STUDY, "Every study the PACS returns is available.", definition=_r5("status")
+        "status", "token", Level.STUDY, "Every study the PACS returns is available.",
+        {"": Form(values.token, each(_status_filters), _has_status)},
+        _r5("ImagingStudy-status"), paged_at_pacs=True,
     ),
     SearchParameter(
         "endpoint", "reference", Level.STUDY, "The WADO-RS Endpoint every study references.",
-        definition=_r5("endpoint"),
+        # Not paged at the PACS: another server's Endpoint would page through the whole archive to show nothing.
+        {"": Form(values.endpoint_reference, each(_all_studies), _has_endpoint)},
+        _r5("ImagingStudy-endpoint"),
     ),
 )  # fmt: skip
 
 BY_NAME = {parameter.name: parameter for parameter in SEARCH_PARAMETERS}
+PATIENT_PARAMETERS = frozenset(parameter.name for parameter in SEARCH_PARAMETERS if parameter.names_patient)
 
 #: Chains accepted: ``patient.identifier`` and ``subject.identifier`` mean ``:identifier``.
 CHAINS = {"patient.identifier": "patient", "subject.identifier": "subject"}
 
-#: Result parameters understood.
-RESULT_PARAMETERS = ("_count", "_offset", "_summary", "_elements", "_include", "_total")
+#: Result parameters understood (``_totalMethod`` is Aidbox's ``_total``, which fhirpy's ``count()`` sends).
+RESULT_PARAMETERS = ("_count", "_offset", "_summary", "_elements", "_include", "_total", "_totalMethod", "_sort")
 
 #: Parameters that concern the response format, handled by the web layer.
 FORMAT_PARAMETERS = ("_format", "_pretty")

@@ -2,7 +2,8 @@
 
 Comma separates OR values, a repeated parameter ANDs; every malformed value is an ``InvalidRequest`` naming the
 parameter. Values that DICOM matching would read as wildcards or separators (``* ? \\``) are refused here, so no
-client value can widen the query the PACS sees.
+client value can widen the query the PACS sees. How each parameter's values are read is its row's business
+(``bridge.search.parameters``); this module handles what all of them share, and the result parameters.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import datetime as dt
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
+from typing import Any
 
 from bridge.errors import InvalidRequest, TooCostly
 from bridge.search.parameters import (
@@ -21,33 +22,30 @@ from bridge.search.parameters import (
     FORMAT_PARAMETERS,
     INCLUDE_ENDPOINT,
     MAX_COUNT,
+    PATIENT_PARAMETERS,
     RESULT_PARAMETERS,
+    Form,
+    SearchParameter,
 )
+from bridge.search.values import DEFAULT_PATIENTS, Context, PatientRule, Value
 
-#: The top-level elements of an ImagingStudy, for ``_elements``.
+__all__ = ["Criterion", "PatientRule", "SearchQuery", "parse_search"]
+
+#: The elements of an ImagingStudy, for ``_elements`` (``resourceType``, which fhirpy always names, is kept too).
 IMAGING_STUDY_ELEMENTS = frozenset(
     [
-        "identifier",
-        "status",
-        "modality",
-        "subject",
-        "encounter",
-        "started",
-        "basedOn",
-        "partOf",
-        "referrer",
-        "procedure",
-        "location",
-        "reason",
-        "note",
-        "description",
-        "numberOfSeries",
-        "numberOfInstances",
-        "series",
-        "endpoint",
+        "resourceType", "id", "meta", "implicitRules", "language", "text", "contained", "extension",
+        "modifierExtension", "identifier", "status", "modality", "subject", "encounter", "started", "basedOn",
+        "partOf", "referrer", "procedure", "location", "reason", "note", "description", "numberOfSeries",
+        "numberOfInstances", "series", "endpoint",
     ]
-)
+)  # fmt: skip
 SUMMARY_MODES = ("true", "false", "data", "count")
+TOTAL_MODES = ("none", "estimate", "accurate")
+#: ``_totalMethod`` (Aidbox's, sent by fhirpy's ``count()``) as the ``_total`` it means.
+_TOTAL_METHODS = {"count": "accurate", "estimate": "estimate", "none": "none"}
+#: ``_sort`` keys served: by ``started``, oldest or newest first (studies without a date last either way).
+SORT_KEYS = ("started", "-started")
 #: Values one search may hold (OR and AND together): each may cost a PACS query.
 MAX_VALUES = 100
 #: Characters of criteria values: the next/previous links must stay GET URLs any server accepts.
@@ -56,74 +54,26 @@ MAX_LENGTH = 4000
 _DICOM_UNSAFE = re.compile(r"[*?\\]")
 #: ``str.isdigit`` and ``int`` accept other scripts' digits (``²``, ``٣``): a number here is ASCII digits alone.
 _WHOLE_NUMBER = re.compile(r"[0-9]{1,9}")
-_FHIR_ID = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
-_DATE = re.compile(
-    r"^(?P<prefix>eq|ne|gt|lt|ge|le|sa|eb|ap)?(?P<year>\d{4})(?:-(?P<month>\d{2})(?:-(?P<day>\d{2})"
-    r"(?:T(?P<hour>\d{2}):(?P<minute>\d{2})(?::(?P<second>\d{2})(?:\.(?P<fraction>\d+))?)?"
-    r"(?P<zone>Z|[+\- ]\d{2}:\d{2})?)?)?)?$"
-)
-
-
-@dataclass(frozen=True)
-class Token:
-    """``system|code``; ``system`` None means any system, "" means explicitly none."""
-
-    system: str | None
-    code: str
-
-
-@dataclass(frozen=True)
-class TypedToken:
-    """``:of-type`` value: identifier type ``system|code`` and the identifier value."""
-
-    type_system: str
-    type_code: str
-    value: str
-
-
-@dataclass(frozen=True)
-class Reference:
-    type: str
-    id: str
-
-
-@dataclass(frozen=True)
-class PatientRule:
-    """``Patient/<id>`` -> DICOM PatientID, from the BRIDGE_PATIENT_REFERENCE template (``mrn-{PatientID}``)."""
-
-    template: str = "{PatientID}"
-
-    def patient_id(self, patient_id: str) -> str | None:
-        """The PatientID a Patient id stands for; None when the id does not fit the template."""
-        prefix, _, suffix = self.template.partition("{PatientID}")
-        if len(patient_id) <= len(prefix) + len(suffix) or not patient_id.startswith(prefix):
-            return None
-        if suffix and not patient_id.endswith(suffix):
-            return None
-        return patient_id[len(prefix) : len(patient_id) - len(suffix)]
-
-
-@dataclass(frozen=True)
-class DateValue:
-    """A date search value: its prefix and the instant range ``[low, high)`` its precision spans."""
-
-    prefix: str
-    low: dt.datetime
-    high: dt.datetime
-
-
-Value = Token | TypedToken | Reference | DateValue | bool
 
 
 @dataclass(frozen=True)
 class Criterion:
     """One parameter occurrence: its values are ORed; criteria are ANDed."""
 
-    name: str
-    modifier: str | None
+    parameter: SearchParameter
+    #: The modifier as written ("" for none).
+    modifier: str
     values: tuple[Value, ...]
     #: The parameter and value as applied, for the self link.
     applied: tuple[str, str]
+
+    @property
+    def name(self) -> str:
+        return self.parameter.name
+
+    @property
+    def form(self) -> Form[Any]:
+        return self.parameter.forms[self.modifier]
 
 
 @dataclass(frozen=True)
@@ -136,6 +86,9 @@ class SearchQuery:
     include_endpoint: bool = False
     #: ``_total``: ``accurate`` asks for a count even where a page could be read at the PACS without one.
     total: str | None = None
+    #: ``_sort``, one of ``SORT_KEYS``; None: the default order (newest first, or the PACS's own where a page is
+    #: read there).
+    sort: str | None = None
     #: Result parameters as applied, for the links.
     applied: tuple[tuple[str, str], ...] = ()
     #: Parameters ignored under lenient handling (named in the self link's absence and the log).
@@ -143,7 +96,7 @@ class SearchQuery:
 
     @property
     def patient_scoped(self) -> bool:
-        return any(c.name in ("patient", "subject") for c in self.criteria)
+        return any(c.name in PATIENT_PARAMETERS for c in self.criteria)
 
 
 def parse_search(
@@ -151,7 +104,7 @@ def parse_search(
     *,
     strict: bool = True,
     zone: dt.tzinfo = dt.UTC,
-    patients: PatientRule = PatientRule(),
+    patients: PatientRule = DEFAULT_PATIENTS,
     base: str | None = None,
 ) -> SearchQuery:
     """Parse query or form parameters. Unknown parameters are refused, naming them all; ``strict=False``
@@ -162,6 +115,7 @@ def parse_search(
     ``patients`` turns ``Patient/<id>`` into the PatientID it stands for. ``base`` is this server's FHIR base
     URL: an absolute reference is accepted only under it (None: no absolute reference is).
     """
+    context = Context(zone, patients, base)
     criteria: list[Criterion] = []
     result: dict[str, str] = {}
     ignored: list[str] = []
@@ -182,15 +136,19 @@ def parse_search(
         if parameter is None:
             ignored.append(key)
             continue
-        if modifier == "Patient" and name in ("patient", "subject"):
-            modifier = ""  # the type modifier: only Patient subjects exist here
-        if modifier and modifier not in parameter.modifiers:
+        form = parameter.forms.get(modifier)
+        if form is None:
             allowed = ", ".join(f":{m}" for m in sorted(parameter.modifiers)) or "none"
-            raise InvalidRequest(f"modifier :{modifier} is not supported on {name} (supported: {allowed})")
+            raise InvalidRequest(
+                f"modifier :{modifier} is not supported on {name} (supported: {allowed})"
+                if modifier
+                else f"{name} is served only with a modifier: "
+                + ", ".join(f"{name}:{m}" for m in sorted(parameter.modifiers))
+            )
         if not raw:
             raise InvalidRequest(f"{key} has an empty value")
-        values = tuple(_parse_value(name, modifier or None, value, zone, patients, base) for value in _split(key, raw))
-        criteria.append(Criterion(name, modifier or None, values, (key, raw)))
+        values = tuple(form.parse(name, value, context) for value in _split(key, raw))
+        criteria.append(Criterion(parameter, modifier, values, (key, raw)))
         if len(values) > MAX_VALUES or sum(len(c.values) for c in criteria) > MAX_VALUES:
             raise TooCostly(f"a search may hold at most {MAX_VALUES} values; {key} brings more")
         if sum(len(c.applied[1]) for c in criteria) > MAX_LENGTH:
@@ -227,157 +185,6 @@ def _split(key: str, raw: str) -> list[str]:
     return values
 
 
-def _parse_value(
-    name: str, modifier: str | None, value: str, zone: dt.tzinfo, patients: PatientRule, base: str | None
-) -> Value:
-    if modifier == "missing":
-        if value not in ("true", "false"):
-            raise InvalidRequest(f"{name}:missing takes true or false, not {value!r}")
-        return value == "true"
-    if name == "started":
-        return parse_date(value, zone)
-    if name in ("patient", "subject") and modifier is None:
-        reference = _reference(name, value, "Patient", base)
-        if reference.type != "Patient":
-            return reference
-        # Matched on the PatientID it stands for; an id outside the template stands for none ("").
-        return Reference("Patient", patients.patient_id(reference.id) or "")
-    if name == "endpoint":
-        return _reference(name, value, "Endpoint", base)
-    if name == "based-on" and modifier is None:
-        raise InvalidRequest("based-on is supported as based-on:identifier=[system|]accession (or :missing)")
-    if name == "identifier" and modifier == "of-type":
-        parts = value.split("|")
-        if len(parts) != 3 or not all(parts):
-            raise InvalidRequest(f"identifier:of-type takes system|code|value, not {value!r}")
-        return TypedToken(*parts)
-    token = _token(name, value)
-    if name in ("_id", "series", "instance") and not _FHIR_ID.match(token.code):
-        raise InvalidRequest(f"{name}={value!r} is not a DICOM UID")
-    return token
-
-
-def _token(name: str, value: str) -> Token:
-    if value.count("|") > 1:
-        raise InvalidRequest(f"{name}: a token is [system|]code, not {value!r}")
-    system, bar, code = value.rpartition("|")
-    if not code:
-        raise InvalidRequest(f"{name}: {value!r} has no code")
-    return Token(system if bar else None, code)
-
-
-def _reference(name: str, value: str, default_type: str, base: str | None) -> Reference:
-    """``id``, ``Type/id``, or ``[base]/Type/id`` where ``base`` is this server's own."""
-    parts = _relative(name, value, base).rstrip("/").split("/")
-    if "_history" in parts:
-        raise InvalidRequest(f"{name}: versioned references are not supported ({value!r})")
-    if len(parts) > 2:
-        raise InvalidRequest(f"{name}: {value!r} is not a reference (Type/id)")
-    type_, id_ = (default_type, parts[0]) if len(parts) == 1 else (parts[0], parts[1])
-    if not re.fullmatch(r"[A-Z][A-Za-z]+", type_) or not id_:
-        raise InvalidRequest(f"{name}: {value!r} is not a reference (Type/id)")
-    return Reference(type_, id_)
-
-
-#: A scheme (``http:``) before the first slash: an absolute URL. ``P:1`` stays an id (PatientIDs may hold ``:``).
-_ABSOLUTE = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:[^/]*/|/")
-
-
-def _relative(name: str, value: str, base: str | None) -> str:
-    """The reference relative to this server: an absolute URL (or a path from the root) must be under ``base``.
-
-    Another server's ``http://other/fhir/Patient/P1`` names another server's patient, whose id may mean someone
-    else here: it is refused, never read as the local ``Patient/P1``."""
-    if not _ABSOLUTE.match(value):
-        return value
-    url, own = urlsplit(value), urlsplit(base or "")
-    root = own.path.rstrip("/") + "/"
-    if (
-        base is None
-        or (url.scheme.lower(), url.netloc.lower()) != (own.scheme.lower(), own.netloc.lower())
-        or not url.path.startswith(root)
-        or url.query
-        or url.fragment
-    ):
-        where = f"this server's base {base}" if base else "this server"
-        raise InvalidRequest(f"{name}: {value!r} refers to another server; only references to {where} are searched")
-    return url.path[len(root) :]
-
-
-def parse_date(value: str, zone: dt.tzinfo = dt.UTC) -> DateValue:
-    """A FHIR date search value with its prefix, as the instant range its precision spans."""
-    match = _DATE.match(value)
-    if not match:
-        raise InvalidRequest(f"started: {value!r} is not a FHIR date (e.g. ge2024-03, 2024-03-05T10:00:00+01:00)")
-    prefix = match["prefix"] or "eq"
-    if prefix == "ap":
-        raise InvalidRequest("started: the ap prefix is not supported")
-    try:
-        low, high = date_range(match, zone)
-    except (ValueError, OverflowError) as exc:
-        raise InvalidRequest(f"started: {value!r} is not a real date or time ({exc})") from None
-    return DateValue(prefix, low, high)
-
-
-def date_range(match: re.Match[str], zone: dt.tzinfo) -> tuple[dt.datetime, dt.datetime]:
-    """The ``[low, high)`` instants a parsed date or dateTime spans at its precision."""
-    year = int(match["year"])
-    tz = _zone(match["zone"]) if match["zone"] else zone
-    if match["month"] is None:
-        start, end = dt.datetime(year, 1, 1), _after(dt.datetime(year, 1, 1), years=1)
-    elif match["day"] is None:
-        start = dt.datetime(year, int(match["month"]), 1)
-        end = _after(start, months=1)
-    elif match["hour"] is None:
-        start = dt.datetime(year, int(match["month"]), int(match["day"]))
-        end = _after(start, days=1)
-    else:
-        start = dt.datetime(year, int(match["month"]), int(match["day"]), int(match["hour"]), int(match["minute"]))
-        if match["second"] is None:
-            end = _after(start, minutes=1)
-        else:
-            start = start.replace(second=int(match["second"]))
-            if match["fraction"] is None:
-                end = _after(start, seconds=1)
-            else:
-                digits = match["fraction"][:6]
-                start = start.replace(microsecond=int(digits.ljust(6, "0")))
-                end = _after(start, microseconds=10 ** (6 - len(digits)))
-    return _local(start, tz), _local(end, tz)
-
-
-def _zone(text: str) -> dt.tzinfo:
-    """``Z`` or ``±hh:mm``; a space stands for ``+`` (an unencoded ``+`` in a URL arrives as one)."""
-    if text == "Z":
-        return dt.UTC
-    sign = -1 if text[0] == "-" else 1
-    hours, minutes = int(text[1:3]), int(text[4:6])
-    if hours > 14 or minutes > 59:
-        raise ValueError(f"offset {text} out of range")
-    return dt.timezone(sign * dt.timedelta(hours=hours, minutes=minutes))
-
-
-def _local(naive: dt.datetime, tz: dt.tzinfo) -> dt.datetime:
-    """A local time as a UTC instant, held within the calendar at its ends (0001-01-01, 9999-12-31)."""
-    try:
-        return naive.replace(tzinfo=tz).astimezone(dt.UTC)
-    except OverflowError:
-        edge = dt.datetime.min if naive.year == dt.MINYEAR else dt.datetime.max
-        return edge.replace(tzinfo=dt.UTC)
-
-
-def _after(start: dt.datetime, **step: int) -> dt.datetime:
-    """``start`` plus a step (a year, a month, a day…) in local time, or the calendar's end past 9999."""
-    try:
-        if "years" in step:
-            return start.replace(year=start.year + step["years"])
-        if "months" in step:
-            return start.replace(year=start.year + (start.month == 12), month=start.month % 12 + 1)
-        return start + dt.timedelta(**step)
-    except (ValueError, OverflowError):
-        return dt.datetime.max
-
-
 def _with_result_parameters(
     criteria: Sequence[Criterion], result: dict[str, str], ignored: list[str], strict: bool
 ) -> SearchQuery:
@@ -390,12 +197,8 @@ def _with_result_parameters(
         if summary not in SUMMARY_MODES:
             raise InvalidRequest(f"_summary={summary} is not supported (supported: {', '.join(SUMMARY_MODES)})")
         applied.append(("_summary", summary))
-    elements = None
-    if "_elements" in result:
-        elements = tuple(e.strip() for e in result["_elements"].split(",") if e.strip())
-        unknown = sorted(set(elements) - IMAGING_STUDY_ELEMENTS)
-        if unknown:
-            raise InvalidRequest(f"_elements: {', '.join(unknown)} are not ImagingStudy elements")
+    elements = _elements(result.get("_elements"))
+    if elements is not None:
         if summary is not None:
             raise InvalidRequest("_summary and _elements cannot be combined")
         applied.append(("_elements", ",".join(elements)))
@@ -409,15 +212,64 @@ def _with_result_parameters(
             raise InvalidRequest(f"_include={wanted} is not supported (supported: {INCLUDE_ENDPOINT})")
         else:
             ignored.append(f"_include={wanted}")
-    total = result.get("_total")
+    total = _total(result)
     if total is not None:
-        if total not in ("none", "estimate", "accurate"):
-            raise InvalidRequest("_total takes none, estimate or accurate")
         applied.append(("_total", total))
+    sort = result.get("_sort")
+    if sort is not None and sort not in SORT_KEYS:
+        if strict:
+            raise InvalidRequest(_unsupported_sort(sort))
+        ignored.append(f"_sort={sort}")
+        sort = None
+    if sort is not None:
+        applied.append(("_sort", sort))
     return SearchQuery(
         criteria=tuple(criteria), count=count, offset=offset, summary=summary, elements=elements,
-        include_endpoint=include, total=total, applied=tuple(applied), ignored=tuple(ignored),
+        include_endpoint=include, total=total, sort=sort, applied=tuple(applied), ignored=tuple(ignored),
     )  # fmt: skip
+
+
+def _elements(raw: str | None) -> tuple[str, ...] | None:
+    """``_elements``: the elements to keep (the mandatory ones are kept anyway, so naming them is harmless)."""
+    if raw is None:
+        return None
+    if raw.startswith("-"):
+        raise InvalidRequest("_elements: excluding elements (-name) is not supported; name the elements to keep")
+    elements = tuple(dict.fromkeys(e.strip() for e in raw.split(",") if e.strip()))
+    unknown = [e for e in elements if e not in IMAGING_STUDY_ELEMENTS]
+    if unknown:
+        raise InvalidRequest(
+            f"_elements: not ImagingStudy elements: {', '.join(unknown)} (name top-level elements, e.g. "
+            "_elements=identifier,started)"
+        )
+    return elements
+
+
+def _total(result: dict[str, str]) -> str | None:
+    total = result.get("_total")
+    if total is not None and total not in TOTAL_MODES:
+        raise InvalidRequest(f"_total takes {', '.join(TOTAL_MODES)}, not {total!r}")
+    method = result.get("_totalMethod")
+    if method is None:
+        return total
+    if method not in _TOTAL_METHODS:
+        raise InvalidRequest(f"_totalMethod takes {', '.join(_TOTAL_METHODS)}, not {method!r}")
+    if total is not None and total != _TOTAL_METHODS[method]:
+        raise InvalidRequest(f"_total={total} and _totalMethod={method} disagree")
+    return _TOTAL_METHODS[method]
+
+
+def _unsupported_sort(sort: str) -> str:
+    keys = [key.strip() for key in sort.split(",")]
+    served = ", ".join(SORT_KEYS)
+    if any(key.lstrip("-") == "_lastUpdated" for key in keys):
+        return (
+            f"_sort={sort} is not supported: a PACS keeps no modification time a search could order by "
+            f"(sorts served: {served})"
+        )
+    if len(keys) > 1:
+        return f"_sort={sort}: one sort key is served, one of {served}"
+    return f"_sort={sort} is not supported (sorts served: {served})"
 
 
 def _non_negative(result: dict[str, str], name: str, default: int) -> int:
