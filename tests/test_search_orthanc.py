@@ -650,9 +650,15 @@ async def test_fhirpy_searches_and_pages(client: TestClient, search_studies: Sea
     async for _ in studies.search(patient=PAGING_PATIENT).limit(10):
         pages += 1
     assert pages == 45
-    # fhirpy's count() adds Aidbox's _totalMethod, unknown here: refused unless the client asks for leniency.
-    lenient = AsyncFHIRClient(base, extra_headers={"Accept": "application/fhir+json", "Prefer": "handling=lenient"})
-    assert await lenient.resources("ImagingStudy").search(patient=PAGING_PATIENT).count() == 45
+    # count() sends Aidbox's _totalMethod=count; .elements() adds id and resourceType; .sort() sends _sort.
+    assert await studies.search(patient=PAGING_PATIENT).count() == 45
+    selected = await studies.search(patient=PAGING_PATIENT).elements("started").limit(50).fetch_all()
+    assert {key for r in selected for key in r} == {"resourceType", "id", "meta", "status", "subject", "started"}
+    oldest = await studies.search(patient=PAGING_PATIENT).sort("started").limit(9).fetch_all()
+    newest = await studies.search(patient=PAGING_PATIENT).sort("-started").limit(9).fetch_all()
+    assert [r["started"] for r in oldest if "started" in r] == [r["started"] for r in newest if "started" in r][::-1]
+    assert len({r["started"] for r in oldest if "started" in r}) > 1
+    assert [r["id"] for r in oldest if "started" not in r] == [r["id"] for r in newest if "started" not in r]
     odd = await studies.search(Raw(**{"patient:identifier": ODD_PATIENT})).limit(1).fetch_all()
     assert {(r["id"], r["subject"]["identifier"]["value"]) for r in odd} == resolve(search_studies, ODD)
     ct = await studies.search(patient=KINDS_PATIENT, modality=f"{DCM}|CT").fetch_all()

@@ -135,6 +135,46 @@ async def test_elements_without_series_reads_only_the_study_level(client: TestCl
     assert source.calls == ["studies", "studies"]  # the page, and who else holds its UIDs: no series, no instances
 
 
+async def test_elements_may_name_what_is_always_returned(client: TestClient) -> None:
+    # fhirpy's .elements("started") sends _elements=started,id,resourceType.
+    body = await bundle(client, "patient=P1&_count=2&_elements=started,id,resourceType")
+    resource = body["entry"][0]["resource"]
+    assert set(resource) == {"resourceType", "id", "meta", "status", "subject", "started"}
+
+
+async def test_sort_by_started_both_ways(client: TestClient, source: MemoryQidoSource) -> None:
+    source.studies[4]["00080020"] = el("DA", "")  # a study without a date: last either way
+    oldest = await bundle(client, "patient=P1&_sort=started&_count=12")
+    newest = await bundle(client, "patient=P1&_sort=-started&_count=12")
+    assert ids(oldest) == [f"2.25.{n}" for n in (1, 2, 3, 4, 6, 7, 8, 9, 10, 11, 12, 5)]
+    assert ids(newest) == [f"2.25.{n}" for n in (12, 11, 10, 9, 8, 7, 6, 4, 3, 2, 1, 5)]
+    assert link(oldest, "self") == "https://fhir.example.org/fhir/ImagingStudy?patient=P1&_sort=started&_count=12"
+    second = await bundle(client, "patient=P1&_sort=started&_count=5&_offset=5")
+    assert ids(second) == [f"2.25.{n}" for n in (7, 8, 9, 10, 11)]
+
+
+async def test_sorted_pages_are_never_read_in_the_pacs_order(client: TestClient, source: MemoryQidoSource) -> None:
+    # Unnarrowed, a page is read at the PACS in its order; sorted, every match is read and ordered here.
+    source.studies.reverse()  # the PACS lists the newest first
+    assert ids(await bundle(client, "_sort=started&_count=3")) == ["2.25.1", "2.25.2", "2.25.3"]
+    assert ids(await bundle(client, "_count=3")) == ["2.25.12", "2.25.11", "2.25.10"]  # the PACS's order
+
+
+async def test_sort_by_last_updated_is_refused_saying_why(client: TestClient) -> None:
+    refused = await client.get("/fhir/ImagingStudy?patient=P1&_sort=-_lastUpdated")
+    assert refused.status == 400
+    assert "a PACS keeps no modification time" in (await refused.json())["issue"][0]["diagnostics"]
+    lenient = await bundle(client, "patient=P1&_sort=-_lastUpdated&_count=1", headers={"Prefer": "handling=lenient"})
+    assert ids(lenient) == ["2.25.12"]
+
+
+async def test_total_method_count_is_an_accurate_total(client: TestClient) -> None:
+    # fhirpy's count() sends _count=0&_totalMethod=count; with a page asked for, it asks for the total too.
+    assert (await bundle(client, "_count=0&_totalMethod=count"))["total"] == 12
+    assert (await bundle(client, "_count=2&_totalMethod=count"))["total"] == 12
+    assert "total" not in await bundle(client, "_count=2")  # read at the PACS: no count unless asked for
+
+
 async def test_include_endpoint(client: TestClient) -> None:
     body = await bundle(client, "_count=2&_include=ImagingStudy:endpoint")
     included = [e for e in body["entry"] if e["search"]["mode"] == "include"]

@@ -196,6 +196,15 @@ async def test_capability_statement_lists_what_is_served(client: TestClient) -> 
     assert [p["name"] for p in resources["ImagingStudy"]["searchParam"]] == [p.name for p in SEARCH_PARAMETERS]
     assert resources["ImagingStudy"]["searchInclude"] == ["ImagingStudy:endpoint"]
     assert statement["fhirVersion"] == "5.0.0"
+    # R5's own definitions: identifier and patient are the clinical-* parameters shared by many resources.
+    definitions = {p["name"]: p.get("definition") for p in resources["ImagingStudy"]["searchParam"]}
+    assert definitions == {name: f"http://hl7.org/fhir/SearchParameter/{canonical}" for name, canonical in {
+        "_id": "Resource-id", "identifier": "clinical-identifier", "patient": "clinical-patient",
+        "subject": "ImagingStudy-subject", "started": "ImagingStudy-started", "modality": "ImagingStudy-modality",
+        "series": "ImagingStudy-series", "instance": "ImagingStudy-instance", "dicom-class": "ImagingStudy-dicom-class",
+        "body-site": "ImagingStudy-body-site", "based-on": "ImagingStudy-based-on", "status": "ImagingStudy-status",
+        "endpoint": "ImagingStudy-endpoint",
+    }.items()}  # fmt: skip
 
 
 async def test_probes(client: TestClient, source: MemoryQidoSource) -> None:
