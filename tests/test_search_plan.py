@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from importlib.resources import files
+from typing import Any
 from urllib.parse import parse_qsl
 
 import pytest
@@ -276,3 +277,30 @@ def test_a_fan_out_beyond_the_cap_is_too_costly() -> None:
     assert len(plan("patient=" + ",".join(f"P{n}" for n in range(30)))[0] or ()) == 30
     study, _ = plan("patient=P1,P2&subject=P1,P2")  # the same PatientID filters twice: asked once each
     assert study == [{"PatientID": "P1"}, {"PatientID": "P2"}]
+
+
+def test_a_parameter_is_one_row(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new row is parsed, planned and checked with nothing else changed (here: a made-up ``accession``)."""
+    from bridge.search import parameters, values
+    from bridge.search.filters import each, matching
+    from bridge.search.match import study_matches
+
+    def has_accession(token: values.Token, study: dict[str, Any], zone: object) -> bool:
+        return any(i.get("value") == token.code for i in study.get("identifier", []) if "type" in i)
+
+    row = parameters.SearchParameter(
+        "accession", "token", parameters.Level.STUDY, "An accession number.",
+        {"": parameters.Form(values.token, each(lambda token: matching("AccessionNumber", token.code)),
+                             has_accession)},
+    )  # fmt: skip
+    monkeypatch.setitem(parameters.BY_NAME, "accession", row)
+    query = parse_search([("accession", "A 1,A2")])
+    assert [dict(q) for q in plan_search(query).study_queries or ()] == [
+        {"AccessionNumber": "A*1"},  # the space made safe for the PACS, as every row's values are
+        {"AccessionNumber": "A2"},
+    ]
+    study = {"identifier": [{"type": {"text": "accession"}, "value": "A2"}]}
+    assert study_matches(query.criteria[0], study)
+    assert not study_matches(query.criteria[0], {"identifier": [{"type": {}, "value": "A3"}]})
+    with pytest.raises(InvalidRequest, match="modifier :exact is not supported on accession"):
+        parse_search([("accession:exact", "A1")])

@@ -66,6 +66,8 @@ class SearchParameter:
     #: It puts no filter on the PACS and the PACS's rows all match it as given: a page of a search with only
     #: such criteria can be read at the PACS with ``limit``/``offset`` (see ``bridge.search.execute``).
     paged_at_pacs: bool = False
+    #: Its values identify no one (a modality, a status): shown in the access log, where others are ``***``.
+    public: bool = False
 
     @property
     def modifiers(self) -> frozenset[str]:
@@ -265,7 +267,7 @@ SEARCH_PARAMETERS: tuple[SearchParameter, ...] = (
         "A DICOM modality code (system http://dicom.nema.org/resources/ontology/DCM), matched against the "
         "study's series modalities (ModalitiesInStudy).",
         {"": Form(values.token, each(_modality_filters), _has_modality)},
-        _r5("ImagingStudy-modality"),
+        _r5("ImagingStudy-modality"), public=True,
     ),
     SearchParameter(
         "series", "token", Level.SERIES, "A SeriesInstanceUID of the study.",
@@ -303,7 +305,7 @@ SEARCH_PARAMETERS: tuple[SearchParameter, ...] = (
     SearchParameter(
         "status", "token", Level.STUDY, "Every study the PACS returns is available.",
         {"": Form(values.token, each(_status_filters), _has_status)},
-        _r5("ImagingStudy-status"), paged_at_pacs=True,
+        _r5("ImagingStudy-status"), paged_at_pacs=True, public=True,
     ),
     SearchParameter(
         "endpoint", "reference", Level.STUDY, "The WADO-RS Endpoint every study references.",

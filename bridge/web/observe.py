@@ -106,12 +106,10 @@ def _json_line(record: Record) -> bytes:
 
 
 #: Parameters whose values identify no one: kept, so that the log shows what was asked.
-_KEPT = frozenset({"_count", "_offset", "_summary", "_elements", "_include", "_total", "_format", "_pretty",
-                   "_sort", "modality", "status"})  # fmt: skip
+_KEPT = frozenset([*RESULT_PARAMETERS, *FORMAT_PARAMETERS, *(p.name for p in SEARCH_PARAMETERS if p.public)])
 #: Every name the bridge knows (with its modifiers): shown, with its value as ``***``.
 _KNOWN = frozenset(
-    [*FORMAT_PARAMETERS, *RESULT_PARAMETERS, *CHAINS, "patient:Patient", "subject:Patient"]
-    + [f"{p.name}{m}" for p in SEARCH_PARAMETERS for m in ("", *(f":{modifier}" for modifier in p.modifiers))]
+    [*CHAINS] + [f"{p.name}{m}" for p in SEARCH_PARAMETERS for m in ("", *(f":{modifier}" for modifier in p.modifiers))]
 )
 REDACTED = "***"
 
