@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo
 _DATE = re.compile(r"^(\d{4})[.\-]?(\d{2})[.\-]?(\d{2})$")
 _TIME = re.compile(r"^(\d{2})(?::?(\d{2})(?::?(\d{2})(?:\.(\d{1,6}))?)?)?$")
 _OFFSET = re.compile(r"^([+-])(\d{2})(\d{2})$")
+_OFFSET_MIN, _OFFSET_MAX = dt.timedelta(hours=-12), dt.timedelta(hours=14)
 
 
 def parse_date(value: str | None) -> dt.date | None:
@@ -60,9 +61,13 @@ def parse_offset(value: str | None) -> dt.timezone | None:
         return None
     hours, minutes = int(match[2]), int(match[3])
     delta = dt.timedelta(hours=hours, minutes=minutes)
-    if minutes > 59 or delta > dt.timedelta(hours=14):
+    if match[1] == "-":
+        delta = -delta
+    # DICOM bounds offsets to -1200..+1400 (PS3.5 6.2, DT), the zones the world has: one past them is garbage,
+    # and a time read with it would name the wrong instant. It is treated as absent.
+    if minutes > 59 or not _OFFSET_MIN <= delta <= _OFFSET_MAX:
         return None
-    return dt.timezone(-delta if match[1] == "-" else delta)
+    return dt.timezone(delta)
 
 
 def fhir_datetime(date: str | None, time: str | None, offset: str | None, zone: ZoneInfo | None = None) -> str | None:
