@@ -8,6 +8,7 @@ mapping, ``UPDATE_GOLDEN=1 pytest tests/test_mapping.py`` rewrites the expected 
 from __future__ import annotations
 
 import os
+from importlib import resources
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -16,10 +17,14 @@ import orjson
 import pytest
 
 from bridge import terminology
-from bridge.mapping.imagingstudy import MappingOptions, SeriesRows, StudyRows, imaging_study
+from bridge.mapping import tags
+from bridge.mapping.dicomjson import DicomJson
+from bridge.mapping.imagingstudy import MappingOptions, SeriesRows, StudyRows, imaging_study, series_element
 from tests.support.fhircheck import validate
 
 CASES = Path(__file__).parent / "data" / "mapping"
+DCM = "http://dicom.nema.org/resources/ontology/DCM"
+STUDY_UID = "2.25.7001"
 
 
 def load_case(name: str) -> tuple[StudyRows, MappingOptions]:
@@ -73,3 +78,85 @@ def test_uid_names_are_pydicoms() -> None:
         assert terminology.uid_name(uid) == UID(uid).name
     assert terminology.uid_name("1.2.840.10008.5.1.4.1.1.2") == "CT Image Storage"
     assert terminology.uid_name("1.2.3.4") is None
+
+
+def attribute(vr: str, *values: Any) -> dict[str, Any]:
+    return {"vr": vr, "Value": list(values)}
+
+
+def by_name(**attributes: dict[str, Any]) -> DicomJson:
+    """Attributes named by their ``bridge.mapping.tags`` constant: ``by_name(MODALITY=attribute("CS", "CT"))``."""
+    return {getattr(tags, name): value for name, value in attributes.items()}
+
+
+def study_row(**attributes: dict[str, Any]) -> DicomJson:
+    return by_name(STUDY_INSTANCE_UID=attribute("UI", STUDY_UID), **attributes)
+
+
+def series_row(number: int, **attributes: dict[str, Any]) -> DicomJson:
+    uid = attribute("UI", f"{STUDY_UID}.{number}")
+    return by_name(SERIES_INSTANCE_UID=uid, SERIES_NUMBER=attribute("IS", number), **attributes)
+
+
+def full_study(*series: SeriesRows, **attributes: dict[str, Any]) -> dict[str, Any]:
+    """The resource of a study read in full, validated (R5 and ist-1..ist-7)."""
+    resource = imaging_study(StudyRows(study_row(**attributes), series), MappingOptions()).resource
+    validate(resource)
+    return resource
+
+
+def dcm(code: str, display: str) -> dict[str, Any]:
+    return {"coding": [{"system": DCM, "code": code, "display": display}]}
+
+
+def test_the_modality_table_is_cid_33() -> None:
+    # The defined terms the mapper codes, against pydicom's own copy of CID 33 (an older edition: same codes).
+    from pydicom.sr._cid_dict import cid_concepts
+    from pydicom.sr._concepts_dict import concepts
+
+    cid_33 = {code for name in cid_concepts[33]["DCM"] for code in concepts["DCM"][name]}
+    table = resources.files(terminology).joinpath("modality-codes.csv").read_text(encoding="utf-8")
+    assert {line.split(",")[0] for line in table.splitlines()[1:]} == cid_33
+    assert all(terminology.modality_display(code) for code in cid_33)
+    assert terminology.modality_display("XYZ") is None
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        (["CT"], dcm("CT", "Computed Tomography")),
+        (["ct"], dcm("CT", "Computed Tomography")),  # CS is upper case by definition: an unambiguous repair
+        (["SEG"], dcm("SEG", "Segmentation")),
+        (["CT", "CT"], dcm("CT", "Computed Tomography")),
+        (["XYZ"], {"text": "XYZ"}),  # not a DICOM defined term: no DCM code says what it is
+        (["CT MR"], {"text": "CT MR"}),
+        (["ST"], {"text": "ST"}),  # retired, not in CID 33
+        (["CT", "MR"], {"text": "CT\\MR"}),  # Modality has one value: of two, neither is the series'
+        ([], dcm("OT", "Other Modality")),  # series.modality is 1..1
+        ([" "], dcm("OT", "Other Modality")),
+    ],
+)
+def test_only_dicom_defined_modalities_are_dcm_codings(values: list[str], expected: dict[str, Any]) -> None:
+    row = series_row(1, MODALITY=attribute("CS", *values))
+    assert series_element(row, MappingOptions())["modality"] == expected
+    resource = full_study(SeriesRows(row, ()))  # and ist-7 holds with it
+    assert resource["modality"] == [expected]
+
+
+def test_study_modalities_are_the_series_codings_and_texts() -> None:
+    resource = full_study(
+        SeriesRows(series_row(1, MODALITY=attribute("CS", "XYZ")), ()),
+        SeriesRows(series_row(2, MODALITY=attribute("CS", "CT")), ()),
+        SeriesRows(series_row(3, MODALITY=attribute("CS", "XYZ")), ()),
+        SeriesRows(series_row(4, MODALITY=attribute("CS", "ct")), ()),
+        MODALITIES_IN_STUDY=attribute("CS", "CT", "MR"),  # stale: the series list wins
+    )
+    assert resource["modality"] == [{"text": "XYZ"}, dcm("CT", "Computed Tomography")]
+
+
+def test_study_level_modalities_keep_terms_dicom_does_not_define_as_text() -> None:
+    study = study_row(MODALITIES_IN_STUDY=attribute("CS", "CT", "XYZ", "ct", "CT MR"))
+    resource = imaging_study(StudyRows(study), MappingOptions()).resource
+    validate(resource)
+    # A search for modality=XYZ matches DCM codings and so does not find this study: XYZ is no DICOM modality.
+    assert resource["modality"] == [dcm("CT", "Computed Tomography"), {"text": "XYZ"}, {"text": "CT MR"}]

@@ -10,8 +10,7 @@ The rules come from ``docs/mapping.md``. Two principles decide the hard cases:
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -44,9 +43,6 @@ SUBSETTED = {
 }
 #: The modality of a series whose PACS row has none (ImagingStudy.series.modality is 1..1).
 FALLBACK_MODALITY = "OT"
-
-# A FHIR code: no leading/trailing whitespace, no runs of whitespace.
-_CODE = re.compile(r"^[^\s]+( [^\s]+)*$")
 
 
 @dataclass(frozen=True)
@@ -225,10 +221,12 @@ def _series(rows: SeriesRows, offset: str | None, options: MappingOptions, notes
     instances = [_instance(i) for i in sorted(rows.instances, key=_instance_order)]
     series: dict[str, Any] = {"uid": series_uid}
     _set_if(series, "number", unsigned(row, tags.SERIES_NUMBER))
-    modality = _modality(text(row, tags.MODALITY))
-    series["modality"] = modality
-    if modality["coding"][0]["code"] == FALLBACK_MODALITY and text(row, tags.MODALITY) != FALLBACK_MODALITY:
-        notes.append(f"series {series_uid}: Modality {text(row, tags.MODALITY)!r} unusable, given {FALLBACK_MODALITY}")
+    modality = list(dict.fromkeys(texts(row, tags.MODALITY)))
+    if not modality:
+        notes.append(f"series {series_uid}: no Modality, given {FALLBACK_MODALITY}")
+        modality = [FALLBACK_MODALITY]
+    # Modality has one value (VM 1): of two, neither can be said to be the series', and both are kept as text.
+    series["modality"] = _modality(modality[0]) if len(modality) == 1 else {"text": "\\".join(modality)}
     if description := text(row, tags.SERIES_DESCRIPTION):
         series["description"] = description
     series["numberOfInstances"] = len(instances)
@@ -249,15 +247,15 @@ def _series(rows: SeriesRows, offset: str | None, options: MappingOptions, notes
     return series
 
 
-def _modality(code: str | None) -> dict[str, Any]:
-    # CS values are upper case by definition (PS3.5 6.2) and DCM codes are case-sensitive.
-    code = code.upper() if code else None
-    if code is None or not _CODE.match(code):
-        code = FALLBACK_MODALITY
-    coding: dict[str, str] = {"system": terminology.DCM, "code": code}
-    if display := terminology.modality_display(code):
-        coding["display"] = display
-    return {"coding": [coding]}
+def _modality(value: str) -> dict[str, Any]:
+    """A DICOM defined term (CID 33) as its DCM coding; any other value (retired, private, ``CT MR``) as text
+    alone, since no DCM code says what it means. A ``modality=`` search, which matches DCM codings, then does
+    not find it: that is right, it is not the modality searched for."""
+    # CS values are upper case by definition (PS3.5 6.2) and DCM codes are case-sensitive: ``ct`` is CT.
+    code = value.upper()
+    if (display := terminology.modality_display(code)) is None:
+        return {"text": value}
+    return {"coding": [{"system": terminology.DCM, "code": code, "display": display}]}
 
 
 def _body_site(term: str | None) -> dict[str, Any] | None:
@@ -332,12 +330,14 @@ def _title(row: DicomJson) -> str | None:
     return None
 
 
-def _distinct(concepts: Any) -> list[dict[str, Any]]:
-    """Distinct CodeableConcepts in first-seen order (by system|code)."""
-    seen: dict[tuple[str, str], dict[str, Any]] = {}
+def _distinct(concepts: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Distinct modality concepts in first-seen order: by system|code, or by text for one without a coding
+    (ist-7 compares both)."""
+    seen: dict[tuple[str, ...], dict[str, Any]] = {}
     for concept in concepts:
-        coding = concept["coding"][0]
-        seen.setdefault((coding["system"], coding["code"]), concept)
+        codings = concept.get("coding")
+        key = (codings[0]["system"], codings[0]["code"]) if codings else (concept["text"],)
+        seen.setdefault(key, concept)
     return list(seen.values())
 
 
