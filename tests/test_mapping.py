@@ -24,6 +24,7 @@ from tests.support.fhircheck import validate
 
 CASES = Path(__file__).parent / "data" / "mapping"
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
+PARTICIPATION_TYPE = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
 STUDY_UID = "2.25.7001"
 
 
@@ -160,3 +161,28 @@ def test_study_level_modalities_keep_terms_dicom_does_not_define_as_text() -> No
     validate(resource)
     # A search for modality=XYZ matches DCM codings and so does not find this study: XYZ is no DICOM modality.
     assert resource["modality"] == [dcm("CT", "Computed Tomography"), {"text": "XYZ"}, {"text": "CT MR"}]
+
+
+def test_performers_functions_are_those_of_r5s_value_set() -> None:
+    # series-performer-function holds CON VRF PRF SPRF REF: the equipment and the institution (DEV and LOC in
+    # v3-ParticipationType) are performers without a function, their actor's type saying what they are.
+    row = series_row(
+        1,
+        PERFORMING_PHYSICIAN_NAME=attribute("PN", {"Alphabetic": "Cuddy^Lisa"}),
+        OPERATORS_NAME=attribute("PN", {"Alphabetic": "Tech^Tom"}, {"Alphabetic": "Aide^Ann"}),
+        MANUFACTURER=attribute("LO", "ACME"),
+        MANUFACTURER_MODEL_NAME=attribute("LO", "Scan 3000"),
+        INSTITUTION_NAME=attribute("LO", "St. Elsewhere"),
+    )
+    [series] = full_study(SeriesRows(row, ()))["series"]
+
+    def function(code: str, display: str) -> dict[str, Any]:
+        return {"coding": [{"system": PARTICIPATION_TYPE, "code": code, "display": display}]}
+
+    assert series["performer"] == [
+        {"function": function("PRF", "performer"), "actor": {"type": "Practitioner", "display": "Lisa Cuddy"}},
+        {"function": function("SPRF", "secondary performer"), "actor": {"type": "Practitioner", "display": "Tom Tech"}},
+        {"function": function("SPRF", "secondary performer"), "actor": {"type": "Practitioner", "display": "Ann Aide"}},
+        {"actor": {"type": "Device", "display": "ACME Scan 3000"}},
+        {"actor": {"type": "Organization", "display": "St. Elsewhere"}},
+    ]

@@ -275,30 +275,26 @@ def _laterality(code: str | None) -> dict[str, Any] | None:
 
 
 _PERFORMER_FUNCTIONS = (
-    # (tag, function code, display, actor type)
-    (tags.PERFORMING_PHYSICIAN_NAME, "PRF", "performer", "Practitioner"),
-    (tags.OPERATORS_NAME, "SPRF", "secondary performer", "Practitioner"),
+    # (tag, function code, display): the people, in R5's series-performer-function (CON VRF PRF SPRF REF)
+    (tags.PERFORMING_PHYSICIAN_NAME, "PRF", "performer"),
+    (tags.OPERATORS_NAME, "SPRF", "secondary performer"),
 )
 
 
 def _performers(row: DicomJson) -> list[dict[str, Any]]:
     performers = []
-    for tag, code, display, actor_type in _PERFORMER_FUNCTIONS:
+    for tag, code, display in _PERFORMER_FUNCTIONS:
         for name in person_names(row, tag):
-            performers.append(_performer(code, display, actor_type, name))
+            function = {"coding": [{"system": PARTICIPATION_TYPE, "code": code, "display": display}]}
+            performers.append({"function": function, "actor": {"type": "Practitioner", "display": name}})
+    # The equipment and the institution have no function in that value set (DEV and LOC are not in it), and
+    # function is 0..1: the actor's type says what they are.
     device = " ".join(v for v in (text(row, tags.MANUFACTURER), text(row, tags.MANUFACTURER_MODEL_NAME)) if v)
     if device:
-        performers.append(_performer("DEV", "device", "Device", device))
+        performers.append({"actor": {"type": "Device", "display": device}})
     if institution := text(row, tags.INSTITUTION_NAME):
-        performers.append(_performer("LOC", "location", "Organization", institution))
+        performers.append({"actor": {"type": "Organization", "display": institution}})
     return performers
-
-
-def _performer(code: str, display: str, actor_type: str, name: str) -> dict[str, Any]:
-    return {
-        "function": {"coding": [{"system": PARTICIPATION_TYPE, "code": code, "display": display}]},
-        "actor": {"type": actor_type, "display": name},
-    }
 
 
 def _instance(row: DicomJson) -> dict[str, Any]:

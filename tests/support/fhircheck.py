@@ -1,4 +1,5 @@
-"""Independent checks of what the bridge emits: fhir.resources' R5 models and ist-1..ist-7 via fhirpathpy."""
+"""Independent checks of what the bridge emits: fhir.resources' R5 models, ist-1..ist-7 via fhirpathpy, and the
+codes of the value sets the models do not check."""
 
 from __future__ import annotations
 
@@ -25,13 +26,23 @@ INVARIANTS = {
     ".empty() and series.modality.text.exclude(%resource.modality.text).empty()",
 }
 
+#: R5's series-performer-function (http://hl7.org/fhir/ValueSet/series-performer-function), codes of
+#: http://terminology.hl7.org/CodeSystem/v3-ParticipationType. The binding is extensible, but every kind of
+#: performer DICOM names has a code here or none: nothing else is emitted.
+PERFORMER_FUNCTION = (
+    "series.performer.function.coding.where(system != "
+    "'http://terminology.hl7.org/CodeSystem/v3-ParticipationType' or (code in ('CON' | 'VRF' | 'PRF' | 'SPRF' | "
+    "'REF')).not()).empty()"
+)
+
 
 def validate(resource: dict[str, Any]) -> None:
-    """Raise AssertionError unless ``resource`` is valid R5 (and, for ImagingStudy, meets ist-1..ist-7)."""
+    """Raise AssertionError unless ``resource`` is valid R5 (and, for ImagingStudy, meets ist-1..ist-7 and uses
+    performer functions of their value set)."""
     model = get_fhir_model_class(resource["resourceType"])
     model.model_validate(resource)  # raises pydantic.ValidationError on invalid FHIR
     if resource["resourceType"] == "ImagingStudy":
-        checked = dict(INVARIANTS)
+        checked = dict(INVARIANTS, performer_function=PERFORMER_FUNCTION)
         if any(tag.get("code") == "SUBSETTED" for tag in resource.get("meta", {}).get("tag", [])):
             # A subset leaves series out on purpose; ist-7 would then forbid modality, the one thing a
             # study-level result has to say what kind of study it is. ist-1..ist-6 still hold.
