@@ -186,3 +186,56 @@ def test_performers_functions_are_those_of_r5s_value_set() -> None:
         {"actor": {"type": "Device", "display": "ACME Scan 3000"}},
         {"actor": {"type": "Organization", "display": "St. Elsewhere"}},
     ]
+
+
+def instance_row(series: int, number: int, **attributes: dict[str, Any]) -> DicomJson:
+    uid, mammogram = attribute("UI", f"{STUDY_UID}.{series}.{number}"), attribute("UI", "1.2.840.10008.5.1.4.1.1.1.2")
+    return by_name(SOP_INSTANCE_UID=uid, SOP_CLASS_UID=mammogram, INSTANCE_NUMBER=attribute("IS", number), **attributes)
+
+
+LEFT = {"coding": [{"system": terminology.SNOMED, "code": "7771000", "display": "Left"}]}
+RIGHT = {"coding": [{"system": terminology.SNOMED, "code": "24028007", "display": "Right"}]}
+BILATERAL = {"coding": [{"system": terminology.SNOMED, "code": "51440002", "display": "Bilateral"}]}
+
+
+@pytest.mark.parametrize(
+    ("series_laterality", "image_lateralities", "expected"),
+    [
+        (None, ["L", "L"], LEFT),  # mammography: on the images, not the series
+        (None, ["R"], RIGHT),
+        (None, ["B", "B"], BILATERAL),  # B exists only per image
+        (None, ["L", "R"], None),  # a series of left and right images is of neither side alone
+        (None, ["L", None], None),  # one image says nothing: the series cannot be said to be left
+        (None, [None, "L"], None),
+        (None, ["U", "U"], None),  # unpaired: no laterality
+        (None, ["X"], None),
+        (None, [], None),
+        ("R", ["L"], RIGHT),  # the series' own Laterality wins
+        ("R", [None], RIGHT),
+        ("X", ["L"], LEFT),  # an unusable series Laterality is none
+    ],
+)
+def test_laterality_falls_back_to_the_images(
+    series_laterality: str | None, image_lateralities: list[str | None], expected: dict[str, Any] | None
+) -> None:
+    row = series_row(1, MODALITY=attribute("CS", "MG"))
+    if series_laterality:
+        row |= by_name(LATERALITY=attribute("CS", series_laterality))
+    instances = [
+        instance_row(1, n, **({"IMAGE_LATERALITY": attribute("CS", side)} if side else {}))
+        for n, side in enumerate(image_lateralities, 1)
+    ]
+    [series] = full_study(SeriesRows(row, instances))["series"]
+    assert series.get("laterality") == expected
+
+
+def test_image_laterality_on_a_series_row_is_one_images_not_the_series() -> None:
+    # Orthanc asked for (0020,0062) at series level answers one instance's value: L for a series of L and R images.
+    row = series_row(1, MODALITY=attribute("CS", "MG"), IMAGE_LATERALITY=attribute("CS", "L"))
+    instances = [
+        instance_row(1, 1, IMAGE_LATERALITY=attribute("CS", "L")),
+        instance_row(1, 2, IMAGE_LATERALITY=attribute("CS", "R")),
+    ]
+    [series] = full_study(SeriesRows(row, instances))["series"]
+    assert "laterality" not in series
+    assert "laterality" not in series_element(row, MappingOptions())

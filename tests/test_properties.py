@@ -93,7 +93,8 @@ SERIES = st.builds(
         lambda uid, cls, rest: {tags.SOP_INSTANCE_UID: {"vr": "UI", "Value": [uid]},
                                 tags.SOP_CLASS_UID: {"vr": "UI", "Value": [cls]}, **rest},
         UIDS, UIDS,
-        dataset(**{tags.INSTANCE_NUMBER: element("IS", JUNK), tags.DOCUMENT_TITLE: element("ST", JUNK)}),
+        dataset(**{tags.INSTANCE_NUMBER: element("IS", JUNK), tags.DOCUMENT_TITLE: element("ST", JUNK),
+                   tags.IMAGE_LATERALITY: element("CS", st.one_of(st.sampled_from(["L", "R", "B", "U"]), JUNK))}),
     ), max_size=3),
 )  # fmt: skip
 

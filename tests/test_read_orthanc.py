@@ -27,6 +27,7 @@ EXPECTED_STARTED = {
     "negative_zone": "2023-12-31T23:59:59.123456-05:00",
     "sr_and_seg": "2024-03-05",
     "no_modality": "2024-03-05",
+    "mammography": "2024-03-05",
     "many_series": "2024-03-05",
     "big_series": "2024-03-05",
 }
@@ -93,6 +94,15 @@ async def test_full_study_carries_every_element(bridge: TestClient, studies: dic
     assert functions == [("PRF", "Practitioner"), ("SPRF", "Practitioner"), (None, "Device"), (None, "Organization")]
     assert mr["laterality"]["coding"][0]["code"] == "7771000"
     assert mr["bodySite"]["concept"]["coding"][0]["display"] == "Knee"
+
+
+async def test_laterality_of_mammograms_comes_from_their_images(
+    bridge: TestClient, studies: dict[str, StudySpec]
+) -> None:
+    # Image Laterality is an instance attribute: asked for with the instance rows, where Orthanc answers it.
+    resource = await (await bridge.get(f"/fhir/ImagingStudy/{studies['mammography'].uid}")).json()
+    lateralities = [s.get("laterality", {}).get("coding", [{}])[0].get("display") for s in resource["series"]]
+    assert lateralities == ["Left", None, "Bilateral"]  # L L; L R; B
 
 
 async def test_sr_and_document_titles(bridge: TestClient, studies: dict[str, StudySpec]) -> None:

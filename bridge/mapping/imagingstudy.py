@@ -235,7 +235,7 @@ def _series(rows: SeriesRows, offset: str | None, options: MappingOptions, notes
         notes.append(f"series {series_uid}: PACS counts {pacs_count} instances, listed {len(instances)}")
     if body_site := _body_site(text(row, tags.BODY_PART_EXAMINED)):
         series["bodySite"] = body_site
-    if laterality := _laterality(text(row, tags.LATERALITY)):
+    if laterality := _laterality(text(row, tags.LATERALITY)) or _image_laterality(rows.instances):
         series["laterality"] = laterality
     started = fhir_datetime(text(row, tags.SERIES_DATE), text(row, tags.SERIES_TIME), offset, options.zone)
     if started:
@@ -272,6 +272,19 @@ def _laterality(code: str | None) -> dict[str, Any] | None:
     if found is None:
         return None
     return {"coding": [{"system": terminology.SNOMED, "code": found.code, "display": found.display}]}
+
+
+def _image_laterality(instances: Sequence[DicomJson]) -> dict[str, Any] | None:
+    """The laterality every instance of a series gives in Image Laterality (0020,0062), where mammography puts it;
+    None if one gives none or another (a series of L and R images is of neither side alone, and not of B).
+
+    Taken from the instance rows, never the series row: a PACS asked for it at series level answers one
+    instance's value (Orthanc does), which would call such a series L."""
+    if not instances or (value := text(instances[0], tags.IMAGE_LATERALITY)) is None:
+        return None  # the first instance decides for most series, which have none: no pass over thousands of rows
+    if any(text(instance, tags.IMAGE_LATERALITY) != value for instance in instances[1:]):
+        return None
+    return _laterality(value)
 
 
 _PERFORMER_FUNCTIONS = (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from tests.support.dicomgen import (
     BASIC_TEXT_SR,
+    DIGITAL_MAMMOGRAPHY,
     ENCAPSULATED_PDF,
     KEY_OBJECT_SELECTION,
     MR_IMAGE,
@@ -62,6 +63,20 @@ def studies() -> dict[str, StudySpec]:
     no_modality = StudySpec(
         patient_id="PAT-NOMOD", series=[SeriesSpec(modality=None, number=1, instances=[InstanceSpec(number=1)])]
     )
+    # Mammography gives laterality per image (Image Laterality), not per series: a series of left images is of
+    # the left breast, one of left and right images of neither alone; B (both) exists only per image.
+    mammography = StudySpec(
+        patient_id="PAT-MG",
+        series=[
+            SeriesSpec(modality="MG", number=1, instances=[
+                InstanceSpec(sop_class=DIGITAL_MAMMOGRAPHY, number=n, image_laterality="L") for n in (1, 2)]),
+            SeriesSpec(modality="MG", number=2, instances=[
+                InstanceSpec(sop_class=DIGITAL_MAMMOGRAPHY, number=n, image_laterality=side)
+                for n, side in ((1, "L"), (2, "R"))]),
+            SeriesSpec(modality="MG", number=3, instances=[
+                InstanceSpec(sop_class=DIGITAL_MAMMOGRAPHY, number=1, image_laterality="B")]),
+        ],
+    )  # fmt: skip
     many_series = simple_study(series=150, instances=1, patient_id="PAT-MANY")
     big_series = simple_study(series=1, instances=130, patient_id="PAT-BIG")
     return {
@@ -73,6 +88,7 @@ def studies() -> dict[str, StudySpec]:
         "negative_zone": negative_zone,
         "sr_and_seg": sr_and_seg,
         "no_modality": no_modality,
+        "mammography": mammography,
         "many_series": many_series,
         "big_series": big_series,
     }

@@ -23,6 +23,7 @@ BASIC_TEXT_SR = "1.2.840.10008.5.1.4.1.1.88.11"
 SEGMENTATION = "1.2.840.10008.5.1.4.1.1.66.4"
 ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
 KEY_OBJECT_SELECTION = "1.2.840.10008.5.1.4.1.1.88.59"
+DIGITAL_MAMMOGRAPHY = "1.2.840.10008.5.1.4.1.1.1.2"
 
 _counter = itertools.count(1)
 # A UID root under pydicom's test root, unique per run so studies never collide with earlier uploads.
@@ -40,6 +41,7 @@ class InstanceSpec:
     uid: str = field(default_factory=new_uid)
     document_title: str | None = None
     concept_name: str | None = None
+    image_laterality: str | None = None
 
 
 @dataclass
@@ -125,6 +127,7 @@ def _file(study: StudySpec, series: SeriesSpec, instance: InstanceSpec) -> bytes
     _put(ds, "Manufacturer", series.manufacturer)
     _put(ds, "InstanceNumber", instance.number)
     _put(ds, "DocumentTitle", instance.document_title)
+    _put(ds, "ImageLaterality", instance.image_laterality)
     if instance.concept_name:
         concept = Dataset()
         concept.CodeValue = "18748-4"

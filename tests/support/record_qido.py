@@ -21,7 +21,7 @@ from tests.support.dicomgen import encode
 from tests.support.orthanc import OrthancServer
 
 OUT = Path(__file__).parents[1] / "data" / "mapping"
-RECORDED = ("full", "sr_and_seg", "malformed_dates", "negative_zone", "odd_patient")
+RECORDED = ("full", "sr_and_seg", "malformed_dates", "negative_zone", "odd_patient", "mammography")
 
 
 async def _record(server: OrthancServer, names: tuple[str, ...]) -> None:
