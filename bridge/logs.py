@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import IO, Any
 
@@ -98,6 +99,25 @@ def json_line_safe(data: bytes) -> bytes:
     if b"\xe2\x80" not in data:
         return data
     return data.replace(b"\xe2\x80\xa8", b"\\u2028").replace(b"\xe2\x80\xa9", b"\\u2029")
+
+
+class Once:
+    """Which of the last ``size`` messages were said already, for warnings that every read of the same data would
+    repeat. Bounded: the message repeated least recently is forgotten first, and said again should it recur."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._said: OrderedDict[str, None] = OrderedDict()
+
+    def first(self, message: str) -> bool:
+        """True if ``message`` is not among those said: it is now."""
+        if message in self._said:
+            self._said.move_to_end(message)
+            return False
+        self._said[message] = None
+        if len(self._said) > self._size:
+            self._said.popitem(last=False)
+        return True
 
 
 class MalformedRequestFilter(logging.Filter):

@@ -2,7 +2,7 @@
 
 The PACS is not trusted: every row it returns is checked against what was asked (a PACS may ignore a filter
 or a path), rows that cannot become valid FHIR are dropped with a warning naming their UID, and the mapper's
-notes on count disagreements are logged.
+notes (repairs, count disagreements) are logged, each once however often its study is read.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from typing import Any
 from bridge.aio import gather_all
 from bridge.datatypes import is_uid
 from bridge.errors import Conflict, InvalidRequest, NotFound, UpstreamError
+from bridge.logs import Once
 from bridge.mapping import tags
 from bridge.mapping.dicomjson import DicomJson, fhir_id, items, text, uid, unsigned
 from bridge.mapping.identity import Identity, Owners, merged_issuers
@@ -26,6 +27,9 @@ log = logging.getLogger(__name__)
 
 #: Series whose instances have titles (DocumentTitle, or an SR's Concept Name) worth a metadata read.
 TITLED_MODALITIES = frozenset({"SR", "KO", "DOC"})
+#: The mapper's notes logged so far. A study is read again and again (searches, the refresh, an expired entry) and
+#: its notes ("series X: no Modality") say the same each time: news once. A note names its study or series.
+NOTES_LOGGED = Once(4096)
 
 
 def check_study_id(study_id: str) -> str:
@@ -82,11 +86,12 @@ async def read_study(
     source: QidoSource, study_uid: str, options: MappingOptions, patient: Identity | None = None
 ) -> StudyRead:
     """The ImagingStudy for one StudyInstanceUID, scoped to ``patient`` as ``fetch_study`` explains, with the
-    mapper's notes logged (``NotFound``, ``Conflict`` or an ``UpstreamError`` else)."""
+    mapper's notes logged once (``NotFound``, ``Conflict`` or an ``UpstreamError`` else)."""
     rows = await fetch_study(source, check_study_id(study_uid), patient=patient)
     mapped = imaging_study(rows, options)
     for note in mapped.notes:
-        log.warning("%s", note)
+        if NOTES_LOGGED.first(note):
+            log.warning("%s", note)
     return StudyRead(rows.study, mapped.resource)
 
 
