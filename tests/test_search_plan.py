@@ -67,6 +67,8 @@ TRANSLATIONS = [
     ("modality=CT", [{"ModalitiesInStudy": "CT"}], []),
     ("modality=http://dicom.nema.org/resources/ontology/DCM|MR", [{"ModalitiesInStudy": "MR"}], []),
     ("modality=http://snomed.info/sct|CT", "nothing", []),
+    ("modality=XYZ", "nothing", []),  # not a DICOM defined term: such a modality is text, which no token matches
+    ("modality=CT,XYZ", [{"ModalitiesInStudy": "CT"}], []),
     ("modality=CT,MR", [{"ModalitiesInStudy": "CT"}, {"ModalitiesInStudy": "MR"}], []),
     ("modality=CT&modality=SR", [{"ModalitiesInStudy": "CT"}], []),  # one filter per attribute; SR is checked
     ("based-on:identifier=ACC-17", [{"AccessionNumber": "ACC-17"}], []),

@@ -10,7 +10,6 @@ fits, the functions it names, beside it here).
 from __future__ import annotations
 
 import datetime as dt
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -27,8 +26,6 @@ from bridge.terminology import ACCESSION_TYPE, DCM, DICOM_UID_SYSTEM, IMAGINGSTU
 #: The FHIR element a criterion is checked against: the study-level ImagingStudy, a series or an instance.
 Element = dict[str, Any]
 V = TypeVar("V")
-
-_CODE_STRING = re.compile(r"[A-Z0-9_]{1,16}")
 
 
 class Level(StrEnum):
@@ -164,9 +161,9 @@ def _has_coding(token: Token, codings: list[Element], system: str) -> bool:
 
 
 def _modality_filters(token: Token) -> list[Filters]:
-    # A DICOM code string (CS): anything else can be no modality the PACS holds.
-    is_code = _CODE_STRING.fullmatch(token.code) is not None
-    return [{"ModalitiesInStudy": token.code}] if token.system in (None, DCM) and is_code else []
+    # Only DICOM's defined terms are coded (others are text, which a token never matches): nothing else can match.
+    defined = terminology.modality_display(token.code) is not None
+    return [{"ModalitiesInStudy": token.code}] if token.system in (None, DCM) and defined else []
 
 
 def _has_modality(token: Token, study: Element, zone: dt.tzinfo) -> bool:
