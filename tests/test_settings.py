@@ -314,3 +314,12 @@ VARIABLE = re.compile(r"\bBRIDGE_[A-Z][A-Z0-9_]*[A-Z0-9]")
 def test_every_variable_the_project_sets_or_names_is_a_setting(path: str) -> None:
     # The image, the compose file, the benchmarks and the docs would otherwise be refused at start, or mislead.
     assert unknown_variables(VARIABLE.findall((ROOT / path).read_text())) == []
+
+
+def test_the_lists_the_refusal_points_to_name_every_setting() -> None:
+    section = (ROOT / "README.md").read_text().split("\n## Configuration\n")[1].split("\n## ")[0]
+    table = "\n".join(line.split(" | ")[0] for line in section.splitlines() if line.startswith("| `BRIDGE_"))
+    example = (ROOT / "config" / "bridge.example.env").read_text()
+
+    assert set(VARIABLE.findall(table)) == VARIABLES
+    assert set(VARIABLE.findall(example)) == VARIABLES
