@@ -2,23 +2,33 @@
 
 An optional file ``config/bridge.env`` (same variables, one per line) is read too; the environment wins.
 Nothing else in the package reads the environment: everything receives a ``Settings`` or a value derived
-from it. Secrets are ``SecretStr`` so that they never show in ``repr`` or logs.
+from it. Secrets are ``SecretStr`` so that they never show in ``repr`` or logs. A ``BRIDGE_*`` name that is no
+setting stops the start too: a misspelt variable would otherwise be ignored and its setting keep its default.
 """
 
 from __future__ import annotations
 
 import contextlib
+import difflib
 import ipaddress
 import json
+import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import unquote, urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
+from pydantic_settings import (
+    BaseSettings,
+    DotEnvSettingsSource,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from bridge.errors import ConfigError
 
@@ -314,25 +324,72 @@ class _GivenSettings(Settings):
         return (init_settings,)
 
 
+#: Every variable that is a setting.
+VARIABLES = frozenset(f"{ENV_PREFIX}{name.upper()}" for name in Settings.model_fields)
+
+#: Where a person finds the variables, for a name that is none of them.
+LISTED_AT = "the settings are listed in the README's Configuration table and in config/bridge.example.env"
+
+
+def unknown_variables(names: Iterable[str], where: str = "") -> list[str]:
+    """A problem for each ``BRIDGE_*`` name that is no setting, naming the nearest settings when some are near.
+
+    Names are compared ignoring case, as the settings are read. ``where`` says where the names were found.
+    """
+    problems = []
+    for name in sorted(names):
+        variable = name.upper()
+        if not variable.startswith(ENV_PREFIX) or variable in VARIABLES:
+            continue
+        near = nearest_variables(variable)
+        hint = f" (did you mean {' or '.join(near)}?)" if near else ""
+        problems.append(f"{name}{where} is not a setting{hint}")
+    return problems
+
+
+def nearest_variables(name: str) -> list[str]:
+    """The settings nearest to ``name``: the closest, and up to two about as close (``BRIDGE_TIMEOUT`` has two)."""
+    # Compared without the prefix that every name shares, which would make any two names look alike.
+    suffix = name.upper().removeprefix(ENV_PREFIX)
+    scored = []
+    for variable in sorted(VARIABLES):
+        score = difflib.SequenceMatcher(None, suffix, variable.removeprefix(ENV_PREFIX)).ratio()
+        if score >= 0.6:  # difflib.get_close_matches's cutoff
+            scored.append((score, variable))
+    best = max((score for score, _ in scored), default=0.0)
+    return [variable for score, variable in sorted(scored, key=lambda pair: -pair[0]) if score >= best - 0.1][:3]
+
+
+def _names_in_env_file() -> list[str]:
+    """The names ``config/bridge.env`` gives, found as ``Settings()`` finds the file (upper-cased: it ignores case)."""
+    return [name.upper() for name in DotEnvSettingsSource(Settings).env_vars]
+
+
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Read the settings once; ``environ`` replaces the process environment and the file (for tests).
 
-    Raises ``ConfigError`` naming each bad variable.
+    Raises ``ConfigError`` naming each bad variable, and each ``BRIDGE_*`` name that is no setting.
     """
+    if environ is None:
+        unknown = unknown_variables(os.environ) + unknown_variables(_names_in_env_file(), f" in {ENV_FILE}")
+    else:
+        unknown = unknown_variables(environ)
+    problems = list(unknown)
     try:
-        if environ is None:
-            return Settings()
-        values: dict[str, Any] = {
-            key.removeprefix(ENV_PREFIX).lower(): value for key, value in environ.items() if key.startswith(ENV_PREFIX)
-        }
-        return _GivenSettings(**values)
+        settings = Settings() if environ is None else _GivenSettings(**_values(environ))
     except ValidationError as exc:
-        problems = []
         for error in exc.errors():
             where = error["loc"][0] if error["loc"] else ""
             name = f"{ENV_PREFIX}{str(where).upper()}" if where else "settings"
             problems.append(f"{name}: {error['msg'].removeprefix('Value error, ')}")
-        raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
     except SettingsError as exc:
         # Raised before validation when a JSON-valued variable does not parse.
-        raise ConfigError(f"invalid configuration: {ENV_PREFIX}ISSUER_SYSTEMS is not valid JSON ({exc})") from None
+        problems.append(f"{ENV_PREFIX}ISSUER_SYSTEMS is not valid JSON ({exc})")
+    if problems:
+        raise ConfigError("invalid configuration: " + "; ".join(problems) + (f" ({LISTED_AT})" if unknown else ""))
+    return settings
+
+
+def _values(environ: Mapping[str, str]) -> dict[str, Any]:
+    """The settings' fields and values an environment gives."""
+    return {key.removeprefix(ENV_PREFIX).lower(): value for key, value in environ.items() if key.startswith(ENV_PREFIX)}

@@ -23,9 +23,11 @@ def clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
 
 
-def run(*args: str, env: dict[str, str] | None = None, cwd: Path) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str, env: dict[str, str] | None = None, cwd: Path, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "bridge", *args], capture_output=True, text=True, timeout=60,
+        [sys.executable, "-m", "bridge", *args], capture_output=True, text=True, timeout=timeout,
         env=env or clean_env(), cwd=cwd,
     )  # fmt: skip
 
@@ -50,6 +52,16 @@ def test_bad_configuration_stops_at_start_naming_the_variable(tmp_path: Path) ->
     result = run("serve", env={**clean_env(), "BRIDGE_PORT": "eighty"}, cwd=tmp_path)
     assert result.returncode == 2
     assert "BRIDGE_PORT" in result.stderr
+
+
+@pytest.mark.parametrize("command", [["serve", "--port", "0"], ["get", CT_SMALL_STUDY]])
+def test_a_misspelt_variable_stops_the_start_naming_the_setting(tmp_path: Path, command: list[str]) -> None:
+    # A serve that starts instead runs until the timeout: the test then fails at once rather than at pytest's bound.
+    result = run(*command, env={**clean_env(), "BRIDGE_CACHE_TTLL": "60"}, cwd=tmp_path, timeout=20)
+    assert result.returncode == 2
+    assert "BRIDGE_CACHE_TTLL is not a setting (did you mean BRIDGE_CACHE_TTL?)" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
 
 
 def test_config_file_is_read(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""``load_settings``: defaults, one ConfigError naming the variable for each bad value, hidden secrets, derived URLs.
+"""``load_settings``: defaults, one ConfigError naming the variable for each bad value or unknown ``BRIDGE_*`` name,
+hidden secrets, derived URLs.
 
 Each test hands ``load_settings`` a plain environ dict; nothing here reads or patches the process environment,
 except the one test that checks the process environment is not read.
@@ -6,16 +7,18 @@ except the one test that checks the process environment is not read.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
 from bridge.errors import ConfigError
-from bridge.settings import load_settings
+from bridge.settings import VARIABLES, load_settings, nearest_variables, unknown_variables
 
 #: A folder that exists wherever the tests run.
 FOLDER_URL = f"file://{Path(__file__).parent / 'data'}"
+ROOT = Path(__file__).parent.parent
 
 
 def test_defaults() -> None:
@@ -245,3 +248,78 @@ def test_allowed_hosts_are_a_comma_list_in_the_env_file(tmp_path: Path, monkeypa
     monkeypatch.delenv("BRIDGE_ALLOWED_HOSTS", raising=False)
 
     assert load_settings().allowed_hosts == ("a.example", "b.example")
+
+
+@pytest.mark.parametrize(
+    ("name", "nearest"),
+    [
+        ("BRIDGE_CACHE_TTLL", ["BRIDGE_CACHE_TTL"]),
+        ("BRIDGE_QIDO_TIMOUT", ["BRIDGE_QIDO_TIMEOUT"]),
+        ("bridge_cache_ttll", ["BRIDGE_CACHE_TTL"]),
+        ("BRIDGE_PACS_USER", ["BRIDGE_PACS_USERNAME"]),
+        ("BRIDGE_TIMEOUT", ["BRIDGE_QIDO_TIMEOUT", "BRIDGE_TIMEZONE"]),  # as near as each other: both named
+        ("BRIDGE_FROBNICATE", []),
+    ],
+)
+def test_nearest_variables(name: str, nearest: list[str]) -> None:
+    assert nearest_variables(name) == nearest
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        pytest.param({"BRIDGE_CACHE_TTLL": "5"}, "BRIDGE_CACHE_TTLL is not a setting (did you mean BRIDGE_CACHE_TTL?)",
+                     id="misspelt"),
+        pytest.param({"BRIDGE_QIDO_TIMOUT": "5"},
+                     "BRIDGE_QIDO_TIMOUT is not a setting (did you mean BRIDGE_QIDO_TIMEOUT?)", id="misspelt-timeout"),
+        pytest.param({"BRIDGE_CACHE_TTLL": ""}, "BRIDGE_CACHE_TTLL is not a setting", id="misspelt-empty"),
+        pytest.param({"BRIDGE_FROBNICATE": "1"}, "BRIDGE_FROBNICATE is not a setting (the settings are listed",
+                     id="near-nothing"),
+    ],
+)  # fmt: skip
+def test_an_unknown_variable_is_refused(environ: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_settings(environ)
+
+    assert message in str(raised.value)
+    assert "the settings are listed in the README's Configuration table" in str(raised.value)
+
+
+def test_unknown_variables_and_bad_values_are_named_at_once() -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_settings({"BRIDGE_CACHE_TTLL": "5", "BRIDGE_PORT": "abc", "BRIDGE_FROBNICATE": "1"})
+
+    for name in ("BRIDGE_CACHE_TTLL", "BRIDGE_PORT", "BRIDGE_FROBNICATE"):
+        assert name in str(raised.value)
+
+
+def test_an_unknown_variable_in_the_env_file_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "bridge.env").write_text("BRIDGE_PORT=9090\nBRIDGE_QIDO_TIMOUT=5\n")
+    monkeypatch.chdir(tmp_path)
+
+    with pytest.raises(ConfigError, match=re.escape("BRIDGE_QIDO_TIMOUT in config/bridge.env is not a setting")):
+        load_settings()
+
+
+#: ``BRIDGE_`` and a name: a variable written out in a file (not the prefix alone, as in ``BRIDGE_*``).
+VARIABLE = re.compile(r"\bBRIDGE_[A-Z][A-Z0-9_]*[A-Z0-9]")
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["Dockerfile", "docker-compose.yml", "config/bridge.example.env", "README.md", ".ci/run", "scripts/test",
+     *sorted(str(p.relative_to(ROOT)) for p in [*ROOT.glob("scripts/*.py"), *ROOT.glob("docs/*.md")])],
+)  # fmt: skip
+def test_every_variable_the_project_sets_or_names_is_a_setting(path: str) -> None:
+    # The image, the compose file, the benchmarks and the docs would otherwise be refused at start, or mislead.
+    assert unknown_variables(VARIABLE.findall((ROOT / path).read_text())) == []
+
+
+def test_the_lists_the_refusal_points_to_name_every_setting() -> None:
+    section = (ROOT / "README.md").read_text().split("\n## Configuration\n")[1].split("\n## ")[0]
+    table = "\n".join(line.split(" | ")[0] for line in section.splitlines() if line.startswith("| `BRIDGE_"))
+    example = (ROOT / "config" / "bridge.example.env").read_text()
+
+    assert set(VARIABLE.findall(table)) == VARIABLES
+    assert set(VARIABLE.findall(example)) == VARIABLES
