@@ -30,12 +30,11 @@ from pydantic_settings import (
     SettingsError,
 )
 
+from bridge.datatypes import URI
 from bridge.errors import ConfigError
 
 ENV_PREFIX = "BRIDGE_"
 ENV_FILE = "config/bridge.env"
-
-_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:\S+$")
 
 
 def _check_http_url(value: str) -> str:
@@ -217,7 +216,7 @@ class Settings(BaseSettings):
     @field_validator("patient_id_system")
     @classmethod
     def _system(cls, value: str | None) -> str | None:
-        if value and not _URI.match(value):
+        if value and not URI.match(value):
             raise ValueError(f"must be an absolute URI such as urn:oid:1.2.3 or https://…, got {value!r}")
         return value or None
 
@@ -231,7 +230,7 @@ class Settings(BaseSettings):
                 raise ValueError(f'must be a JSON object such as {{"HOSP": "urn:oid:1.2.3"}}: {exc}') from exc
         if isinstance(value, dict):
             for issuer, system in value.items():
-                if not isinstance(system, str) or not _URI.match(system):
+                if not isinstance(system, str) or not URI.match(system):
                     raise ValueError(f"the system for issuer {issuer!r} must be an absolute URI")
         return value
 
