@@ -413,6 +413,24 @@ async def test_warm_reads_matching_studies_and_reports_failures(cache: StudyCach
     assert (await warm(cache, source, {"PatientID": "p1"})).fetched == 0  # exact, whatever the PACS's case rules
 
 
+class DateBlindPacs(MemoryQidoSource):
+    """A PACS (or a folder of files) that ignores a StudyDate filter, as QIDO lets it."""
+
+    async def search_studies(self, filters: dict[str, str], *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        return await super().search_studies({k: v for k, v in filters.items() if k != "StudyDate"}, *args, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("dates", "fetched"),
+    [("20240301-20240331", 1), ("20240302-", 0), ("-20240229", 0), ("20240301-", 1), ("20250101-20250102", 0)],
+)
+async def test_warm_checks_the_date_range_exactly(clock: Clock, dates: str, fetched: int) -> None:
+    source = DateBlindPacs(studies=pacs().studies, series=pacs().series, instances=pacs().instances)
+    source.studies[0]["00080020"] = el("DA", "20240301")
+    cache = StudyCache(MemoryBackend(clock=clock), source, MappingOptions(), POLICY, clock)
+    assert (await warm(cache, source, {"StudyDate": dates})).fetched == fetched
+
+
 async def test_warm_counts_failures(source: MemoryQidoSource, clock: Clock) -> None:
     cold = StudyCache(MemoryBackend(clock=clock), source, MappingOptions(), POLICY, clock)
     source.fail_with, source.fail_only = UpstreamTimeout("slow"), "series"

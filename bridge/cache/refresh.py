@@ -20,7 +20,8 @@ from bridge.cache.freshness import due_for_refresh
 from bridge.cache.service import StudyCache
 from bridge.errors import BridgeError
 from bridge.mapping import tags
-from bridge.mapping.dicomjson import uid
+from bridge.mapping.datetimes import parse_date
+from bridge.mapping.dicomjson import DicomJson, text, uid
 from bridge.mapping.identity import Identity, identity_of
 from bridge.qido.source import Filters, QidoSource
 from bridge.telemetry import REFRESH_RUNS
@@ -68,12 +69,28 @@ async def warm(cache: StudyCache, source: QidoSource, filters: Filters, progress
     for row in rows:
         study_uid = uid(row, tags.STUDY_INSTANCE_UID)
         owner = identity_of(row)
-        # The PACS's match is a superset (wildcards, case): a patient filter is checked exactly, on raw values.
-        if study_uid is not None and (wanted_patient is None or (owner and owner.patient_id == wanted_patient)):
+        # The PACS's match is a superset (wildcards, case; a folder of files ignores dates): a patient and a date
+        # range are checked exactly, the patient on raw values.
+        if (
+            study_uid is not None
+            and (wanted_patient is None or (owner and owner.patient_id == wanted_patient))
+            and _within(row, filters.get("StudyDate"))
+        ):
             by_uid.setdefault(study_uid, set()).add(owner)
     # A StudyInstanceUID under several patients is not one study: it is never cached (reads answer 409).
     uids = sorted(u for u, patients in by_uid.items() if len(patients) == 1)
     return await _each(cache, uids, progress)
+
+
+def _within(row: DicomJson, dates: str | None) -> bool:
+    """Whether the row's StudyDate is in a QIDO ``low-high`` DA range (either end open); no range: any row."""
+    if not dates:
+        return True
+    day = parse_date(text(row, tags.STUDY_DATE))
+    if day is None:
+        return False  # no PACS's range matches a study without a readable date either
+    low, _, high = (parse_date(end) for end in dates.partition("-"))
+    return (low is None or low <= day) and (high is None or day <= high)
 
 
 async def _each(cache: StudyCache, uids: list[str], progress: Progress | None) -> Summary:
