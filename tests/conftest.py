@@ -1,4 +1,5 @@
-"""Shared fixtures: a real Orthanc loaded with generated studies, and the bridge in front of it."""
+"""Shared fixtures: a real Orthanc loaded with generated studies, and the bridge in front of it; the
+``integration`` mark on every test that needs a real Orthanc or Redis."""
 
 from __future__ import annotations
 
@@ -12,9 +13,21 @@ from bridge.qido.source import QidoSource
 from bridge.settings import Settings, load_settings
 from bridge.web.app import create_app
 from bridge.web.server import server_options
-from tests.support import catalog
+from tests.support import catalog, integration
 from tests.support.dicomgen import StudySpec, encode
 from tests.support.orthanc import OrthancServer
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by marks
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if integration.FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.hookimpl(tryfirst=True)  # before the test's fixtures start anything
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    integration.running(None if item.get_closest_marker("integration") else item.nodeid)
 
 
 @pytest.fixture(scope="session")

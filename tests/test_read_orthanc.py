@@ -16,6 +16,8 @@ from tests.support.dicomgen import StudySpec, encode, simple_study
 from tests.support.fhircheck import validate
 from tests.support.orthanc import OrthancServer
 
+pytestmark = pytest.mark.integration  # every test reads a real Orthanc (one starts its own)
+
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
 
 EXPECTED_STARTED = {
