@@ -1,8 +1,9 @@
 """Shared fixtures: a real Orthanc loaded with generated studies, and the bridge in front of it; the
-``integration`` mark on every test that needs a real Orthanc or Redis."""
+``integration`` mark on every test that needs a real Orthanc or Redis; no test leaves a task running."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -28,6 +29,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.hookimpl(tryfirst=True)  # before the test's fixtures start anything
 def pytest_runtest_setup(item: pytest.Item) -> None:
     integration.running(None if item.get_closest_marker("integration") else item.nodeid)
+
+
+@pytest.fixture(autouse=True)
+async def no_task_left_running() -> AsyncIterator[None]:
+    """Every task a test starts ends with it (set up first, so checked after the other fixtures have closed):
+    one left pending would be cancelled unseen when the loop closes, hiding a leak the bridge or a double has."""
+    yield
+    current = asyncio.current_task()
+    left = [task for task in asyncio.all_tasks() if task is not current and not task.done()]
+    assert not left, f"tasks left running: {left}"
 
 
 @pytest.fixture(scope="session")
