@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -17,6 +18,7 @@ from bridge.web.server import server_options
 from tests.support import catalog, integration
 from tests.support.dicomgen import StudySpec, encode
 from tests.support.orthanc import OrthancServer
+from tests.support.toxic_proxy import ToxicProxy
 
 
 @pytest.hookimpl(tryfirst=True)  # before -m deselects by marks
@@ -83,6 +85,15 @@ async def bridge(orthanc: OrthancServer, studies: dict[str, StudySpec]) -> Async
     client = await start_client(orthanc_settings(orthanc))
     yield client
     await client.close()
+
+
+@pytest.fixture
+async def proxy(orthanc: OrthancServer) -> AsyncIterator[ToxicProxy]:
+    """A proxy in front of the real Orthanc that can be told to make it fail (``proxy.mode``)."""
+    parts = urlsplit(orthanc.base_url)
+    proxy = await ToxicProxy(parts.hostname or "127.0.0.1", parts.port or 80).start()
+    yield proxy
+    await proxy.close()
 
 
 @pytest.fixture

@@ -4,8 +4,6 @@ connections, then recover: every failure an OperationOutcome with the right stat
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from urllib.parse import urlsplit
 
 import pytest
 
@@ -13,15 +11,6 @@ from tests.conftest import orthanc_settings, start_client
 from tests.support.dicomgen import StudySpec
 from tests.support.orthanc import OrthancServer
 from tests.support.toxic_proxy import ToxicProxy
-
-
-@pytest.fixture
-async def proxy(orthanc: OrthancServer) -> AsyncIterator[ToxicProxy]:
-    parts = urlsplit(orthanc.base_url)
-    proxy = await ToxicProxy(parts.hostname or "127.0.0.1", parts.port or 80).start()
-    yield proxy
-    await proxy.close()
-
 
 # (mode, status, words the OperationOutcome must hold)
 FAILURES = [
