@@ -251,7 +251,7 @@ class OrthancServer:
                 return
             except (OSError, OrthancError) as exc:  # connection refused until the port is bound
                 last_error = exc
-                time.sleep(0.05)
+                time.sleep(0.05)  # the poll interval of a wait with a deadline: until Orthanc answers
         raise OrthancError(
             f"Orthanc did not answer /system within {self._startup_timeout:.0f}s "
             f"(last error: {last_error})\n{self.log_tail()}"

@@ -47,7 +47,7 @@ class RedisServer:
                     if conn.recv(16).startswith(b"+PONG"):
                         return self
             except OSError:
-                time.sleep(0.05)
+                time.sleep(0.05)  # the poll interval of a wait with a deadline: until Redis answers
         self.stop()
         raise RuntimeError(f"redis-server did not start; see {log}")
 
