@@ -155,7 +155,7 @@ async def test_an_unreachable_redis_is_a_miss_not_an_error() -> None:
     backend = RedisBackend("redis://127.0.0.1:1/0")
     try:
         assert await backend.get("study::1.2.3") is None
-        await backend.put("study::1.2.3", Entry(b"{}", "v", 0.0, 0.0), retention=10)  # logged, not raised
+        assert not await backend.put("study::1.2.3", Entry(b"{}", "v", 0.0, 0.0), retention=10)  # logged, not raised
     finally:
         await backend.close()
 
