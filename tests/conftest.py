@@ -1,9 +1,12 @@
-"""Shared fixtures: a real Orthanc loaded with generated studies, and the bridge in front of it."""
+"""Shared fixtures: a real Orthanc loaded with generated studies, and the bridge in front of it; the
+``integration`` mark on every test that needs a real Orthanc or Redis; no test leaves a task running."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -12,9 +15,32 @@ from bridge.qido.source import QidoSource
 from bridge.settings import Settings, load_settings
 from bridge.web.app import create_app
 from bridge.web.server import server_options
-from tests.support import catalog
+from tests.support import catalog, integration
 from tests.support.dicomgen import StudySpec, encode
 from tests.support.orthanc import OrthancServer
+from tests.support.toxic_proxy import ToxicProxy
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by marks
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if integration.FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.hookimpl(tryfirst=True)  # before the test's fixtures start anything
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    integration.running(None if item.get_closest_marker("integration") else item.nodeid)
+
+
+@pytest.fixture(autouse=True)
+async def no_task_left_running() -> AsyncIterator[None]:
+    """Every task a test starts ends with it (set up first, so checked after the other fixtures have closed):
+    one left pending would be cancelled unseen when the loop closes, hiding a leak the bridge or a double has."""
+    yield
+    current = asyncio.current_task()
+    left = [task for task in asyncio.all_tasks() if task is not current and not task.done()]
+    assert not left, f"tasks left running: {left}"
 
 
 @pytest.fixture(scope="session")
@@ -59,6 +85,15 @@ async def bridge(orthanc: OrthancServer, studies: dict[str, StudySpec]) -> Async
     client = await start_client(orthanc_settings(orthanc))
     yield client
     await client.close()
+
+
+@pytest.fixture
+async def proxy(orthanc: OrthancServer) -> AsyncIterator[ToxicProxy]:
+    """A proxy in front of the real Orthanc that can be told to make it fail (``proxy.mode``)."""
+    parts = urlsplit(orthanc.base_url)
+    proxy = await ToxicProxy(parts.hostname or "127.0.0.1", parts.port or 80).start()
+    yield proxy
+    await proxy.close()
 
 
 @pytest.fixture

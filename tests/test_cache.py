@@ -24,6 +24,7 @@ from bridge.settings import load_settings
 from bridge.web.contexts import cache_policy
 from tests.conftest import start_client
 from tests.support.fhircheck import validate
+from tests.support.waiting import eventually
 
 POLICY = Policy(ttl=100, stale_while_revalidate=50, stale_if_error=1000, min_reread=5, negative_ttl=30)
 #: Freshness shorter than the forced-read bound, and no negative entries.
@@ -176,7 +177,7 @@ async def test_stale_is_served_while_one_background_read_refreshes(
     stale = await cache.read(STUDY)
     assert stale.outcome is Outcome.STALE
     assert orjson.loads(stale.entry.body)["numberOfInstances"] == 1
-    await asyncio.sleep(0.05)  # the background read
+    await eventually(lambda: cache.fresh(STUDY), what="the background read stored")
     fresh = await cache.read(STUDY)
     assert fresh.outcome is Outcome.HIT
     assert orjson.loads(fresh.entry.body)["numberOfInstances"] == 2
@@ -573,20 +574,22 @@ async def test_revalidation_never_puts_back_an_older_copy(
 
 
 async def test_a_waiter_keeps_its_own_deadline(source: MemoryQidoSource, clock: Clock) -> None:
-    class Slow(MemoryQidoSource):
-        async def search_studies(self, filters: Any, fields: Any) -> Any:
-            await asyncio.sleep(1)
-            return await super().search_studies(filters, fields)
+    asked = asyncio.Event()
 
-    slow = Slow(source.studies, source.series, source.instances)
-    cache = StudyCache(MemoryBackend(clock=clock), slow, MappingOptions(), POLICY, clock)
+    class Hanging(MemoryQidoSource):
+        async def search_studies(self, filters: Any, fields: Any) -> Any:
+            asked.set()
+            await asyncio.get_running_loop().create_future()  # never answers
+
+    hanging = Hanging(source.studies, source.series, source.instances)
+    cache = StudyCache(MemoryBackend(clock=clock), hanging, MappingOptions(), POLICY, clock)
     first = asyncio.ensure_future(cache.read(STUDY))  # no deadline: a refresher, say
-    await asyncio.sleep(0.01)
+    await asyncio.wait_for(asked.wait(), timeout=5)  # its read is in flight: the next read waits for it
     token = DEADLINE.set(time.monotonic() + 0.1)
     try:
         started = time.monotonic()
         with pytest.raises(DeadlineExceeded):
-            await cache.read(STUDY)
+            await asyncio.wait_for(cache.read(STUDY), timeout=5)  # a read that ignored its deadline: TimeoutError
         assert time.monotonic() - started < 0.5
     finally:
         DEADLINE.reset(token)
@@ -599,5 +602,5 @@ async def test_many_stale_reads_start_one_refresh(cache: StudyCache, source: Mem
     clock.now += 120
     reads = await asyncio.gather(*(cache.read(STUDY) for _ in range(20)))
     assert {r.outcome for r in reads} == {Outcome.STALE}
-    await asyncio.sleep(0.05)
+    await eventually(lambda: cache.fresh(STUDY), what="the refresh stored")
     assert reads_of_study(source) == 2

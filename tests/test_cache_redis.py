@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import subprocess
 import sys
@@ -28,7 +27,9 @@ from tests.conftest import orthanc_settings, start_client
 from tests.support.dicomgen import InstanceSpec, encode, simple_study
 from tests.support.fhircheck import validate
 from tests.support.orthanc import OrthancServer
+from tests.support.process import bridge_env
 from tests.support.redis_server import RedisServer
+from tests.support.waiting import eventually
 from tests.test_cache import STUDY, UNKNOWN, Clock, el, pacs
 
 
@@ -45,6 +46,10 @@ async def redis_url(redis_server: RedisServer) -> str:
     await client.flushdb()
     await client.aclose()
     return redis_server.url
+
+
+#: The refresh lock's key in Redis.
+LOCK_KEY = "imaging-bridge:lock:refresh"
 
 
 def dead_pacs_url() -> str:
@@ -97,30 +102,50 @@ async def test_the_change_signal_sees_an_instance_added_in_the_pacs(orthanc: Ort
         await source.close()
 
 
-class SlowPacs(MemoryQidoSource):
-    """Study queries take a while, so two refreshers overlap."""
+class GatedPacs(MemoryQidoSource):
+    """Study queries wait until the test lets them through, so a refresher holds its lock as long as needed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked = asyncio.Event()
+        self.answer = asyncio.Event()
 
     async def search_studies(self, filters: Filters, fields: Sequence[str]) -> list[DicomJson]:
-        await asyncio.sleep(0.2)
+        self.asked.set()
+        await self.answer.wait()
         return await super().search_studies(filters, fields)
 
 
 async def test_one_replica_refreshes_at_a_time_and_a_crashed_holder_expires(redis_url: str) -> None:
     backends = [RedisBackend(redis_url), RedisBackend(redis_url)]
-    source = SlowPacs()
+    source = GatedPacs()
     caches = [StudyCache(b, source, MappingOptions(), Policy()) for b in backends]
     refreshers = [Refresher(c, source, interval=30, prewarm_days=1) for c in caches]
+    redis = Redis.from_url(redis_url)
+    runs = [asyncio.ensure_future(r.run_once()) for r in refreshers]
     try:
-        results = await asyncio.gather(*(r.run_once() for r in refreshers))
+        await asyncio.wait_for(source.asked.wait(), timeout=5)  # one holds the lock, inside its refresh
+        done, _ = await asyncio.wait(runs, timeout=5, return_when=asyncio.FIRST_COMPLETED)
+        assert [run.result() for run in done] == [None]  # the other found the lock taken, and ran nothing
+        source.answer.set()
+        results = await asyncio.gather(*runs)
         assert sorted(r is None for r in results) == [False, True]  # exactly one ran
         # A refresher that died holding the lock: the lock expires by itself.
         crashed = Redis.from_url(redis_url)
-        assert await crashed.lock("imaging-bridge:lock:refresh", timeout=0.3).acquire(blocking=False)
+        assert await crashed.lock(LOCK_KEY, timeout=0.3).acquire(blocking=False)
         await crashed.aclose()  # and never releases it
         assert await refreshers[0].run_once() is None
-        await asyncio.sleep(0.4)
+
+        async def expired() -> bool:
+            return not await redis.exists(LOCK_KEY)
+
+        await eventually(expired, what="the dead holder's lock expired")
         assert await refreshers[0].run_once() is not None
     finally:
+        for run in runs:
+            run.cancel()
+        await asyncio.gather(*runs, return_exceptions=True)
+        await redis.aclose()
         for cache, backend in zip(caches, backends, strict=True):
             await cache.close()
             await backend.close()
@@ -130,7 +155,7 @@ async def test_an_unreachable_redis_is_a_miss_not_an_error() -> None:
     backend = RedisBackend("redis://127.0.0.1:1/0")
     try:
         assert await backend.get("study::1.2.3") is None
-        await backend.put("study::1.2.3", Entry(b"{}", "v", 0.0, 0.0), retention=10)  # logged, not raised
+        assert not await backend.put("study::1.2.3", Entry(b"{}", "v", 0.0, 0.0), retention=10)  # logged, not raised
     finally:
         await backend.close()
 
@@ -138,11 +163,8 @@ async def test_an_unreachable_redis_is_a_miss_not_an_error() -> None:
 def test_the_refresh_command_warms_the_shared_cache(orthanc: OrthancServer, redis_url: str, tmp_path: Path) -> None:
     spec = simple_study(series=1, instances=2, patient_id="PAT-CLI-REFRESH")
     orthanc.upload_many(encode(spec))
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")},
-        "BRIDGE_QIDO_URL": orthanc.dicomweb_url, "BRIDGE_PACS_USERNAME": orthanc.username,
-        "BRIDGE_PACS_PASSWORD": orthanc.password, "BRIDGE_CACHE_URL": redis_url,
-    }  # fmt: skip
+    env = bridge_env(BRIDGE_QIDO_URL=orthanc.dicomweb_url, BRIDGE_PACS_USERNAME=orthanc.username,
+                     BRIDGE_PACS_PASSWORD=orthanc.password, BRIDGE_CACHE_URL=redis_url)  # fmt: skip
 
     def refresh(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "bridge", "refresh", *args], env={**env, **extra},
@@ -244,7 +266,7 @@ async def test_the_refresh_lock_is_renewed_while_its_holder_lives(redis_url: str
         async with holder.lock("refresh", ttl=0.3) as taken:
             assert taken
             for _ in range(4):  # three times the lock's expiry, and still held
-                await asyncio.sleep(0.25)
+                await asyncio.sleep(0.25)  # not a wait for something: time passing is what the renewal must survive
                 async with contender.lock("refresh", ttl=0.3) as also:
                     assert not also
         async with contender.lock("refresh", ttl=0.3) as after:

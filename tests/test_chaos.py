@@ -4,24 +4,15 @@ connections, then recover: every failure an OperationOutcome with the right stat
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from urllib.parse import urlsplit
 
 import pytest
+from aiohttp import ClientResponse
 
 from tests.conftest import orthanc_settings, start_client
 from tests.support.dicomgen import StudySpec
 from tests.support.orthanc import OrthancServer
 from tests.support.toxic_proxy import ToxicProxy
-
-
-@pytest.fixture
-async def proxy(orthanc: OrthancServer) -> AsyncIterator[ToxicProxy]:
-    parts = urlsplit(orthanc.base_url)
-    proxy = await ToxicProxy(parts.hostname or "127.0.0.1", parts.port or 80).start()
-    yield proxy
-    await proxy.close()
-
+from tests.support.waiting import eventually
 
 # (mode, status, words the OperationOutcome must hold)
 FAILURES = [
@@ -64,13 +55,18 @@ async def test_service_resumes_when_the_pacs_recovers(
         proxy.mode = "down"
         statuses = [(await client.get(url)).status for _ in range(3)]
         assert statuses == [503, 503, 503]
+        asked = proxy.connections
         opened = await client.get(url)
         assert opened.status == 503
-        assert "Retry-After" in opened.headers  # the breaker answers at once, without asking the PACS
+        assert "Retry-After" in opened.headers
+        assert proxy.connections == asked  # the breaker answered at once, without asking the PACS
         proxy.mode = "pass"
-        await asyncio.sleep(0.6)  # the cooldown
-        recovered = await client.get(url)
-        assert recovered.status == 200
+
+        async def answered() -> ClientResponse | None:
+            response = await client.get(url)
+            return response if response.status == 200 else None
+
+        recovered = await eventually(answered, what="a 200 once the breaker's cooldown is over")
         assert (await recovered.json())["id"] == studies["full"].uid
     finally:
         await client.close()

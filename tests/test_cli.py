@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -14,13 +13,14 @@ from pathlib import Path
 import pytest
 
 from tests.support.fhircheck import validate
+from tests.support.process import bridge_env
 
 CT_SMALL_STUDY = "1.3.6.1.4.1.5962.1.2.1.20040119072730.12322"  # pydicom's CT_small.dcm
 
 
 def clean_env() -> dict[str, str]:
-    """The environment without any BRIDGE_ variable, as on a fresh machine."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
+    """The environment without any BRIDGE_ variable, as on a fresh machine (running this checkout's bridge)."""
+    return bridge_env()
 
 
 def run(
@@ -95,7 +95,7 @@ def test_serve_with_no_configuration_answers_imaging_study_json(tmp_path: Path) 
             except OSError:
                 if time.monotonic() > deadline or process.poll() is not None:
                     raise
-                time.sleep(0.2)
+                time.sleep(0.2)  # the poll interval of a wait with a deadline: until the process listens
         validate(body)
         assert body["resourceType"] == "ImagingStudy"
     finally:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import socket
 import sys
@@ -13,14 +12,18 @@ import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from tests.support.process import bridge_env
+from tests.support.waiting import eventually
+
 STUDY = "2.25.55"
 
 
-def slow_pacs(delay: float) -> web.Application:
-    """A DICOMweb server that takes ``delay`` seconds over the study query."""
+def held_pacs(asked: asyncio.Event, answer: asyncio.Event) -> web.Application:
+    """A DICOMweb server whose study query is held (``asked`` set) until the test lets it ``answer``."""
 
     async def studies(request: web.Request) -> web.Response:
-        await asyncio.sleep(delay)
+        asked.set()
+        await answer.wait()
         return web.json_response(
             [{"0020000D": {"vr": "UI", "Value": [STUDY]}, "00100020": {"vr": "LO", "Value": ["P"]}}]
         )
@@ -40,29 +43,50 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+async def refuses(port: int) -> bool:
+    """Whether nothing listens on the port any more."""
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+    except ConnectionRefusedError:
+        return True
+    writer.close()
+    await writer.wait_closed()
+    return False
+
+
 async def test_sigterm_lets_the_request_in_flight_finish(tmp_path: Path) -> None:
-    pacs = TestServer(slow_pacs(1.5))
+    asked, answer = asyncio.Event(), asyncio.Event()
+    pacs = TestServer(held_pacs(asked, answer))
     await pacs.start_server()
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
-    env.update(BRIDGE_QIDO_URL=str(pacs.make_url("/dicom-web")), BRIDGE_PORT=str(port), BRIDGE_SHUTDOWN_TIMEOUT="10")
+    env = bridge_env(BRIDGE_QIDO_URL=str(pacs.make_url("/dicom-web")), BRIDGE_PORT=str(port),
+                     BRIDGE_SHUTDOWN_TIMEOUT="10")  # fmt: skip
     bridge = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bridge", "serve", env=env, cwd=tmp_path,
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     try:
         async with aiohttp.ClientSession() as client:
-            for _ in range(100):  # wait until it listens
+
+            async def alive() -> bool:
                 try:
-                    async with client.get(f"http://127.0.0.1:{port}/healthz") as ready:
-                        if ready.status == 200:
-                            break
+                    async with client.get(f"http://127.0.0.1:{port}/healthz") as response:
+                        return response.status == 200
                 except aiohttp.ClientConnectionError:
-                    await asyncio.sleep(0.1)
+                    return False
+
+            await eventually(alive, within=30, what="the bridge listening")
             in_flight = asyncio.create_task(client.get(f"http://127.0.0.1:{port}/fhir/ImagingStudy/{STUDY}"))
-            await asyncio.sleep(0.5)
+            await asyncio.wait_for(asked.wait(), timeout=10)  # the request is at the PACS
             bridge.send_signal(signal.SIGTERM)
-            response = await in_flight
+            await eventually(lambda: refuses(port), what="the bridge no longer accepting")
+            # Not a wait for anything: the PACS keeps the request a while into the shutdown, which a bridge that
+            # cancels what is in flight (or stops at once) does not outlast.
+            await asyncio.sleep(0.5)
+            assert not in_flight.done()
+            assert bridge.returncode is None
+            answer.set()
+            response = await asyncio.wait_for(in_flight, timeout=10)
             assert response.status == 200
             assert (await response.json())["id"] == STUDY
         code = await asyncio.wait_for(bridge.wait(), timeout=15)
@@ -70,6 +94,7 @@ async def test_sigterm_lets_the_request_in_flight_finish(tmp_path: Path) -> None
         stderr = (await bridge.stderr.read()).decode() if bridge.stderr else ""
         assert "Traceback" not in stderr
     finally:
+        answer.set()
         if bridge.returncode is None:
             bridge.kill()
             await bridge.wait()

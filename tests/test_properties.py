@@ -2,6 +2,7 @@
 
 The search translation turns any parameters into a plan or an ``InvalidRequest`` (a 400), and the mapper turns
 any DICOM JSON with a valid StudyInstanceUID into valid FHIR: never another exception, never invalid output.
+That the plan finds what a search matches is test_plan_properties.py's.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ def test_any_search_is_a_plan_or_a_400(params: list[tuple[str, str, str]], stric
     except InvalidRequest:
         return
     assert query.count <= 100
+    assert plan.unsatisfiable or plan.study_queries or plan.level_queries  # a plan that asks nothing says so
     for filters in plan.study_queries or ():
         for value in filters.values():
             # Only the planner's own wildcards, in values it made: never a client's * ? or backslash.

@@ -15,6 +15,10 @@ from tests.support import catalog
 from tests.support.dicomgen import StudySpec, encode, simple_study
 from tests.support.fhircheck import validate
 from tests.support.orthanc import OrthancServer
+from tests.support.toxic_proxy import ToxicProxy
+from tests.support.waiting import eventually
+
+pytestmark = pytest.mark.integration  # every test reads a real Orthanc (one starts its own)
 
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
 
@@ -178,9 +182,27 @@ async def test_wrong_credentials_are_a_502_without_secrets(orthanc: OrthancServe
         await client.close()
 
 
-async def test_readiness_follows_the_pacs(bridge: TestClient) -> None:
-    assert (await bridge.get("/readyz")).status == 200
-    assert (await bridge.get("/healthz")).status == 200
+async def test_readiness_follows_the_pacs(orthanc: OrthancServer, proxy: ToxicProxy) -> None:
+    settings = orthanc_settings(orthanc, qido_url=proxy.url("/dicom-web"), qido_timeout="1", qido_retries="0",
+                                breaker_cooldown="0.2")  # fmt: skip
+    client = await start_client(settings)
+
+    async def ready() -> bool:
+        status = (await client.get("/readyz")).status
+        assert status in (200, 503)
+        return status == 200
+
+    try:
+        assert await ready()
+        proxy.mode = "down"
+        asked = proxy.connections
+        assert not await ready()
+        assert proxy.connections > asked  # the PACS was asked, not a remembered answer
+        assert (await client.get("/healthz")).status == 200  # alive all the same: liveness is not the PACS
+        proxy.mode = "pass"
+        await eventually(ready, what="ready once the PACS is back")  # after the breaker's cooldown, if it opened
+    finally:
+        await client.close()
 
 
 async def test_a_pacs_that_caps_its_answers_loses_nothing(tmp_path: Path) -> None:

@@ -276,27 +276,35 @@ async def test_a_pacs_that_ignores_the_patient_filter_cannot_leak_studies() -> N
 
 
 async def test_a_pages_studies_are_read_concurrently() -> None:
-    class Slow(MemoryQidoSource):
-        in_flight = peak = 0
+    all_in = asyncio.Event()
+
+    class Gathering(MemoryQidoSource):
+        """Each instance query waits until all six studies' are asked at once: read one after the other, the
+        first would wait alone, and fail the search."""
+
+        in_flight = 0
 
         async def search_instances(
             self, study_uid: str | None, series_uid: str | None, fields: Sequence[str],
             expected: int | None = None, filters: Filters = NO_FILTERS,
         ) -> list[DicomJson]:  # fmt: skip
-            Slow.in_flight += 1
-            Slow.peak = max(Slow.peak, Slow.in_flight)
-            await asyncio.sleep(0.02)
-            Slow.in_flight -= 1
+            Gathering.in_flight += 1
+            if Gathering.in_flight == 6:
+                all_in.set()
+            try:
+                await asyncio.wait_for(all_in.wait(), timeout=5)
+            finally:
+                Gathering.in_flight -= 1
             return await super().search_instances(study_uid, series_uid, fields, expected, filters)
 
     data = pacs(6)
     client = await start_client(load_settings({"BRIDGE_QIDO_URL": "http://pacs/dicom-web"}),
-                                Slow(data.studies, data.series, data.instances))  # fmt: skip
+                                Gathering(data.studies, data.series, data.instances))  # fmt: skip
     try:
         assert len(ids(await bundle(client, "_count=6"))) == 6
     finally:
         await client.close()
-    assert Slow.peak == 6
+    assert all_in.is_set()
 
 
 def test_links_are_plain_get_urls() -> None:

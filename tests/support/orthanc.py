@@ -28,6 +28,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
+from tests.support import integration
+
 __all__ = [
     "OrthancError",
     "OrthancServer",
@@ -211,6 +213,7 @@ class OrthancServer:
         """Write the configuration, launch Orthanc and wait until its REST API answers."""
         if self.running:
             return self
+        integration.require("Orthanc")
         binary = find_orthanc_binary()
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self.http_port = _free_port()
@@ -248,7 +251,7 @@ class OrthancServer:
                 return
             except (OSError, OrthancError) as exc:  # connection refused until the port is bound
                 last_error = exc
-                time.sleep(0.05)
+                time.sleep(0.05)  # the poll interval of a wait with a deadline: until Orthanc answers
         raise OrthancError(
             f"Orthanc did not answer /system within {self._startup_timeout:.0f}s "
             f"(last error: {last_error})\n{self.log_tail()}"

@@ -10,6 +10,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from tests.support import integration
+
 
 class RedisServer:
     def __init__(self, work_dir: Path) -> None:
@@ -26,6 +28,7 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> Self:
+        integration.require("Redis")
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
@@ -44,7 +47,7 @@ class RedisServer:
                     if conn.recv(16).startswith(b"+PONG"):
                         return self
             except OSError:
-                time.sleep(0.05)
+                time.sleep(0.05)  # the poll interval of a wait with a deadline: until Redis answers
         self.stop()
         raise RuntimeError(f"redis-server did not start; see {log}")
 

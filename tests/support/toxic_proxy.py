@@ -12,40 +12,56 @@ import contextlib
 
 
 class ToxicProxy:
+    """Every connection is served by a task registered as it is accepted; ``close`` stops accepting, cancels
+    them and waits for them, so no task or socket outlives the proxy. ``connections`` counts what reached the
+    PACS: every connection a client opened, in every mode."""
+
     def __init__(self, upstream_host: str, upstream_port: int) -> None:
         self.upstream = (upstream_host, upstream_port)
         self.mode = "pass"
         self.port = 0
+        self.connections = 0
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._closing = False
 
     async def start(self) -> ToxicProxy:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
     async def close(self) -> None:
+        self._closing = True
         if self._server is not None:
             self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        while self._tasks:  # a task's own cleanup may not add one, but a last accept may have
+            tasks = list(self._tasks)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
 
     def url(self, path: str = "") -> str:
         return f"http://127.0.0.1:{self.port}{path}"
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
+    def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Called as a connection is accepted: its task is registered before it can run (a coroutine callback's
+        task would be made by asyncio, out of sight until its first step, and escape a ``close`` before it)."""
+        if self._closing:
+            writer.close()
+            return
+        self.connections += 1
+        task = asyncio.get_running_loop().create_task(self._serve(reader, writer))
         self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             await self._one(reader, writer, self.mode)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
-            self._tasks.discard(task)
             await _closed(writer)
 
     async def _one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, mode: str) -> None:
@@ -53,7 +69,7 @@ class ToxicProxy:
             return
         request = await reader.readuntil(b"\r\n\r\n")
         if mode == "stall":
-            await asyncio.sleep(3600)
+            await asyncio.get_running_loop().create_future()  # never answered; cancelled by close
         if mode == "drop":
             return
         if mode == "garbage":
@@ -79,7 +95,9 @@ class ToxicProxy:
 
 
 async def _closed(writer: asyncio.StreamWriter) -> None:
-    """Close a connection and wait until its socket is closed, even in a task being cancelled."""
+    """Close a connection and wait until its socket is closed. The socket closes even if this wait is cancelled
+    (``close`` schedules it); the cancellation is not swallowed: a cancelled task ends cancelled, and no shielded
+    waiter is left behind, pending, when the loop closes."""
     writer.close()
-    with contextlib.suppress(Exception, asyncio.CancelledError):
-        await asyncio.shield(writer.wait_closed())
+    with contextlib.suppress(ConnectionError, OSError):  # a reset connection is closed too
+        await writer.wait_closed()
