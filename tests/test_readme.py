@@ -60,6 +60,7 @@ NOT_RUN = {
     ".venv/bin/pip install -e .": "scripts/test installs the project into that venv (with its test extras)",
     "scripts/test": "the suite itself",
     "scripts/test -k mapping": "the suite itself",
+    'scripts/test -m "not integration"': "the suite itself",
     ".ci/run": "runs scripts/test",
     "mypy --strict": "names how scripts/test runs mypy",
     ". .venv/bin/activate": "changes the reader's shell; each command here runs in a new one",
