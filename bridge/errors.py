@@ -9,12 +9,15 @@ status and FHIR issue code the class declares (``bridge.web.outcomes``), so hand
     │   │   └── BudgetExceeded  400  found so while asking (bridge.qido.budget): said again with what to narrow
     │   ├── UriTooLong        414  a URL longer than the bridge reads
     │   └── HeadersTooLarge   431  a header, or all of them, larger than the bridge reads
+    ├── Unauthorized          401  no bearer token, or one that is not valid (WWW-Authenticate: invalid_token)
+    ├── Forbidden             403  a valid token without the scope, or for another patient (insufficient_scope)
     ├── NotFound              404  no such resource
     ├── NotAcceptable         406  a response format we do not serve
     ├── UnsupportedMediaType  415  a request body we do not read
     ├── RequestTimeout        408  the client did not send its request body in time
     ├── MisdirectedRequest    421  a Host this server does not answer for (links would carry it)
     ├── Conflict              409  the PACS holds contradicting data (one StudyInstanceUID, two patients)
+    ├── TooManyRequests       429  the client's rate (BRIDGE_RATE_LIMIT) is spent; Retry-After says when
     └── UpstreamError              the PACS failed us
         ├── UpstreamBadResponse   502  an HTTP error status or a body that is not DICOM JSON
         ├── UpstreamUnavailable   503  connection refused, reset or dropped
@@ -37,11 +40,15 @@ class BridgeError(Exception):
     #: Whether the connection is closed after the answer.
     close_connection: bool = False
 
-    def __init__(self, diagnostics: str, *, retry_after: int | None = None) -> None:
+    def __init__(
+        self, diagnostics: str, *, retry_after: int | None = None, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(diagnostics)
         self.diagnostics = diagnostics
         #: Seconds after which a retry may succeed (sent as Retry-After), when known.
         self.retry_after = retry_after
+        #: Headers the answer must carry (``WWW-Authenticate``).
+        self.headers = headers or {}
 
 
 class InvalidRequest(BridgeError):
@@ -65,6 +72,28 @@ class UriTooLong(InvalidRequest):
 class HeadersTooLarge(InvalidRequest):
     status = 431
     issue_code = "too-long"
+
+
+class Unauthorized(BridgeError):
+    """RFC 6750 3.1 ``invalid_token`` (or no token at all: then no error code, as RFC 6750 3 says)."""
+
+    status = 401
+    issue_code = "login"
+
+    def __init__(self, diagnostics: str, *, error: str | None = "invalid_token") -> None:
+        challenge = 'Bearer realm="imaging"' + (f', error="{error}"' if error else "")
+        super().__init__(diagnostics, headers={"WWW-Authenticate": challenge})
+
+
+class Forbidden(BridgeError):
+    """RFC 6750 3.1 ``insufficient_scope``: the token is good, but does not allow this."""
+
+    status = 403
+    issue_code = "forbidden"
+
+    def __init__(self, diagnostics: str, *, scope: str | None = None) -> None:
+        challenge = 'Bearer realm="imaging", error="insufficient_scope"' + (f', scope="{scope}"' if scope else "")
+        super().__init__(diagnostics, headers={"WWW-Authenticate": challenge})
 
 
 class NotFound(BridgeError):
@@ -97,6 +126,11 @@ class MisdirectedRequest(BridgeError):
 class Conflict(BridgeError):
     status = 409
     issue_code = "multiple-matches"
+
+
+class TooManyRequests(BridgeError):
+    status = 429
+    issue_code = "throttled"
 
 
 class UpstreamError(BridgeError):

@@ -70,6 +70,16 @@ _WILDCARDS = ("", "0.0.0.0", "::")
 _HOST_NAME = re.compile(r"(?:[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?\.)*[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?\.?")
 
 
+def is_loopback(host: str) -> bool:
+    """Whether a listen address reaches this machine alone (``localhost``, 127.0.0.0/8, ``::1``)."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().removeprefix("[").removesuffix("]")).is_loopback
+    except ValueError:
+        return False
+
+
 def host_name(name: str) -> str:
     """A host name or address as a Host header carries it: lower case, an IPv6 address in brackets, no port."""
     name = name.strip().lower()
@@ -155,6 +165,32 @@ class Settings(BaseSettings):
     #: What one search may cost the PACS to find its candidates, across every level: requests, and rows read.
     search_max_queries: Annotated[int, Field(ge=1, le=1000)] = 30
     search_max_rows: Annotated[int, Field(ge=1, le=1_000_000)] = 5000
+    #: ``none``: no authorization (allowed unset only while listening on loopback); ``smart``: SMART on FHIR
+    #: bearer tokens on every FHIR request.
+    auth: Literal["none", "smart"] | None = None
+    #: The authorization server: its JWKS (and endpoints, for discovery) found through its
+    #: /.well-known/openid-configuration or smart-configuration.
+    auth_issuer: str | None = None
+    #: The JWKS URL directly, instead of through the issuer's metadata.
+    auth_jwks_url: str | None = None
+    #: The ``aud`` a token must name; unset: the bridge's public FHIR base URL (BRIDGE_PUBLIC_URL).
+    auth_audience: str | None = None
+    #: RFC 7662 introspection, for opaque tokens, with the bridge's own client credentials.
+    auth_introspection_url: str | None = None
+    auth_client_id: str | None = None
+    auth_client_secret: SecretStr | None = None
+    #: The JWT claim holding the patient context (a FHIR Patient id).
+    auth_patient_claim: str = "patient"
+    #: A JSON file: client id -> the FHIR Patient ids a ``system/`` token of that client may see (or ``"*"``).
+    auth_client_policy: Path | None = None
+    #: The clinical FHIR server whose Patient ids tokens carry; set, a Patient's identifiers decide its PatientID.
+    clinical_fhir_url: str | None = None
+    #: Where audit events go: ``stdout``, ``off``, or a file path (one JSON AuditEvent per line).
+    audit_log: str = "stdout"
+    #: Requests per second one client may make (by token client id, else by address); 0: no limit.
+    rate_limit: Annotated[float, Field(ge=0)] = 0.0
+    #: Requests a client may make at once above the rate; 0: one second's worth.
+    rate_limit_burst: Annotated[int, Field(ge=0)] = 0
 
     @model_validator(mode="before")
     @classmethod
@@ -234,6 +270,11 @@ class Settings(BaseSettings):
                     raise ValueError(f"the system for issuer {issuer!r} must be an absolute URI")
         return value
 
+    @field_validator("auth_issuer", "auth_jwks_url", "auth_introspection_url", "clinical_fhir_url")
+    @classmethod
+    def _auth_urls(cls, value: str | None) -> str | None:
+        return _check_http_url(value) if value else None
+
     @field_validator("cache_url")
     @classmethod
     def _cache_url(cls, value: SecretStr | None) -> SecretStr | None:
@@ -276,6 +317,36 @@ class Settings(BaseSettings):
         if bool(self.pacs_username) != (self.pacs_password is not None):
             raise ValueError("BRIDGE_PACS_USERNAME and BRIDGE_PACS_PASSWORD go together")
         return self
+
+    @model_validator(mode="after")
+    def _authorization(self) -> Settings:
+        if self.auth is None and not is_loopback(self.host):
+            raise ValueError(
+                f"BRIDGE_AUTH must be set when the bridge listens on {self.host}, which is not a loopback address: "
+                "BRIDGE_AUTH=smart (with BRIDGE_AUTH_ISSUER or BRIDGE_AUTH_JWKS_URL) to require SMART on FHIR "
+                "tokens, or BRIDGE_AUTH=none to serve every patient's imaging to anyone who can reach it"
+            )
+        if self.auth == "smart":
+            if not (self.auth_issuer or self.auth_jwks_url or self.auth_introspection_url):
+                raise ValueError(
+                    "BRIDGE_AUTH=smart needs BRIDGE_AUTH_ISSUER, BRIDGE_AUTH_JWKS_URL or BRIDGE_AUTH_INTROSPECTION_URL"
+                )
+            if not (self.auth_audience or self.public_url):
+                raise ValueError(
+                    "BRIDGE_AUTH=smart needs BRIDGE_AUTH_AUDIENCE or BRIDGE_PUBLIC_URL: the audience tokens must name"
+                )
+        if self.auth_introspection_url and not (self.auth_client_id and self.auth_client_secret):
+            raise ValueError("BRIDGE_AUTH_INTROSPECTION_URL needs BRIDGE_AUTH_CLIENT_ID and BRIDGE_AUTH_CLIENT_SECRET")
+        return self
+
+    @property
+    def auth_mode(self) -> Literal["none", "smart"]:
+        return self.auth or "none"
+
+    @property
+    def audience(self) -> str | None:
+        """The ``aud`` tokens must carry: BRIDGE_AUTH_AUDIENCE, else the public FHIR base URL."""
+        return self.auth_audience or self.public_url
 
     @property
     def public_wado_url(self) -> str | None:

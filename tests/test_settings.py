@@ -227,10 +227,10 @@ def test_credentials_in_the_qido_url_move_to_the_secret_fields() -> None:
     ("environ", "hosts"),
     [
         ({}, {"localhost", "127.0.0.1", "[::1]"}),
-        ({"BRIDGE_HOST": "0.0.0.0"}, {"localhost", "127.0.0.1", "[::1]"}),
-        ({"BRIDGE_HOST": "::"}, {"localhost", "127.0.0.1", "[::1]"}),
-        ({"BRIDGE_HOST": "bridge.lan"}, {"localhost", "127.0.0.1", "[::1]", "bridge.lan"}),
-        ({"BRIDGE_HOST": "fe80::1"}, {"localhost", "127.0.0.1", "[::1]", "[fe80::1]"}),
+        ({"BRIDGE_HOST": "0.0.0.0", "BRIDGE_AUTH": "none"}, {"localhost", "127.0.0.1", "[::1]"}),
+        ({"BRIDGE_HOST": "::", "BRIDGE_AUTH": "none"}, {"localhost", "127.0.0.1", "[::1]"}),
+        ({"BRIDGE_HOST": "bridge.lan", "BRIDGE_AUTH": "none"}, {"localhost", "127.0.0.1", "[::1]", "bridge.lan"}),
+        ({"BRIDGE_HOST": "fe80::1", "BRIDGE_AUTH": "none"}, {"localhost", "127.0.0.1", "[::1]", "[fe80::1]"}),
         ({"BRIDGE_PUBLIC_URL": "https://fhir.example.org/fhir"}, None),  # links never come from the Host
         ({"BRIDGE_PUBLIC_URL": "https://fhir.example.org/fhir", "BRIDGE_ALLOWED_HOSTS": "fhir.example.org"},
          {"fhir.example.org"}),

@@ -6,6 +6,7 @@ from typing import Any
 
 from aiohttp import web
 
+from bridge.auth.grant import AuditFacts, Grant
 from bridge.cache.service import StudyCache
 from bridge.mapping.imagingstudy import MappingOptions
 from bridge.qido.source import QidoSource
@@ -20,3 +21,9 @@ SEARCH_LIMITS = web.AppKey("search_limits", Limits)
 ENDPOINT = web.AppKey("endpoint", dict[str, Any])  # empty when no WADO-RS address is known
 #: Resource type -> the FHIR interactions served, from the route table (for the CapabilityStatement).
 INTERACTIONS = web.AppKey("interactions", dict[str, list[str]])
+
+#: What the request's token grants (``bridge.auth.grant.OPEN`` when authorization is off); set before any
+#: handler runs.
+GRANT = web.RequestKey("grant", Grant)
+#: What a handler did for the audit log: the studies it returned or refused (filled in as it answers).
+AUDITED = web.RequestKey("audited", AuditFacts)

@@ -71,6 +71,7 @@ def error_response(request: web.Request, exc: Exception) -> web.StreamResponse:
         response = _outcome_response(request, exc.status, exc.issue_code, exc.diagnostics)
         if exc.retry_after is not None:
             response.headers["Retry-After"] = str(exc.retry_after)
+        response.headers.update(exc.headers)
         if exc.close_connection:
             response.force_close()
         return response
