@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from bridge.auth.tokens import TokenVerifier
 from bridge.qido.source import QidoSource
 from bridge.settings import Settings, load_settings
 from bridge.web.app import create_app
@@ -71,8 +72,10 @@ def orthanc_settings(orthanc: OrthancServer, **overrides: str) -> Settings:
     return load_settings(environ)
 
 
-async def start_client(settings: Settings, source: QidoSource | None = None) -> TestClient:
-    server = TestServer(create_app(settings, source))
+async def start_client(
+    settings: Settings, source: QidoSource | None = None, verifier: TokenVerifier | None = None
+) -> TestClient:
+    server = TestServer(create_app(settings, source, verifier))
     await server.start_server(**server_options(settings))  # the same limits and timeouts as `imaging-bridge serve`
     client = TestClient(server)
     await client.start_server()

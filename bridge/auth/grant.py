@@ -9,9 +9,9 @@ included.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from bridge.auth.scopes import Context, Interaction, Scopes
-from bridge.mapping.identity import Identity
 
 
 @dataclass(frozen=True)
@@ -33,15 +33,26 @@ class Claims:
 
 @dataclass(frozen=True)
 class Patients:
-    """The PACS patients a grant may see: identities compared exactly, on raw values (``issuer`` None in an
-    ``Identity`` here means the row's issuer is not checked: the mapping gave no issuer to check against)."""
+    """The PACS patients a grant may see, as the identifiers of the studies' subjects: (system, PatientID) pairs,
+    compared exactly on the raw value. A system of None admits the PatientID under any system (the mapping from a
+    Patient id to a PatientID, BRIDGE_PATIENT_REFERENCE, says nothing of issuers)."""
 
-    identities: frozenset[Identity]
+    identifiers: frozenset[tuple[str | None, str]]
 
-    def admits(self, patient_id: str | None, issuer: str | None) -> bool:
-        if patient_id is None:
-            return False
-        return any(allowed.patient_id == patient_id and allowed.issuer in (None, issuer) for allowed in self.identities)
+    def admits(self, subject: dict[str, Any] | None) -> bool:
+        """Whether a resource's ``subject`` (its ``identifier``) is one of these patients."""
+        identifier = (subject or {}).get("identifier") or {}
+        value, system = identifier.get("value"), identifier.get("system")
+        if not isinstance(value, str):
+            return False  # no PatientID the resource could show (absent, or unwritable): no one's to see
+        return any(value == allowed and wanted in (None, system) for wanted, allowed in self.identifiers)
+
+    def names(self, system: str | None, value: str) -> bool:
+        """Whether a search value naming a patient (``system`` None: any) is one of these patients."""
+        return any(
+            value == allowed and (system is None or wanted is None or system == wanted)
+            for wanted, allowed in self.identifiers
+        )
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,19 @@ def endpoint_id(address: str) -> str:
     return "wado-rs-" + hashlib.sha256(address.encode()).hexdigest()[:16]
 
 
-def wado_endpoint(address: str) -> dict[str, Any]:
-    """The Endpoint for a WADO-RS base URL (scheme, host, path; a viewer appends ``/studies/{uid}``)."""
+#: SMART Imaging Access: a client sends its access token to this Endpoint (and to no other).
+REQUIRES_ACCESS_TOKEN = "http://fhir.org/argonaut/smart-imaging/StructureDefinition/requires-access-token"
+
+
+def wado_endpoint(address: str, *, requires_token: bool = False) -> dict[str, Any]:
+    """The Endpoint for a WADO-RS base URL (scheme, host, path; a viewer appends ``/studies/{uid}``);
+    ``requires_token`` marks it as taking the client's access token (authorization is on)."""
     address = address.rstrip("/")
+    extension = [{"url": REQUIRES_ACCESS_TOKEN, "valueBoolean": True}] if requires_token else []
     return {
         "resourceType": "Endpoint",
         "id": endpoint_id(address),
+        **({"extension": extension} if extension else {}),
         "status": "active",
         "connectionType": [
             {"coding": [{"system": CONNECTION_TYPE, "code": "dicom-wado-rs", "display": "DICOM WADO-RS"}]}

@@ -86,7 +86,7 @@ def page_links(base: str, query: SearchQuery, has_next: bool) -> list[dict[str, 
     """``self``, ``next`` and ``previous`` as GET URLs carrying exactly the parameters that were applied."""
 
     def url(offset: int) -> str:
-        params = [*(c.applied for c in query.criteria), *query.applied, ("_count", str(query.count))]
+        params = [*(c.applied for c in query.criteria if c.applied), *query.applied, ("_count", str(query.count))]
         if offset:
             params.append(("_offset", str(offset)))
         return f"{base}/ImagingStudy?{urlencode(params)}"

@@ -41,8 +41,9 @@ def each(filters: Callable[[V], list[Filters]]) -> Callable[[Sequence[V]], Alter
 
 
 def matching(key: str, value: str) -> list[Filters]:
-    """One attribute matched on a client's value, made safe for the PACS (see the module docstring)."""
-    return [{key: qido_value(value)}]
+    """One attribute matched on a client's value, made safe for the PACS (see the module docstring). An empty
+    value names nothing: QIDO would read it as universal matching, every study."""
+    return [{key: qido_value(value)}] if value else []
 
 
 def uid_list(key: str, uids: Sequence[str | None]) -> list[Filters]:

@@ -64,8 +64,8 @@ class Criterion:
     #: The modifier as written ("" for none).
     modifier: str
     values: tuple[Value, ...]
-    #: The parameter and value as applied, for the self link.
-    applied: tuple[str, str]
+    #: The parameter and value as applied, for the self link; None for one the server added (a grant's patients).
+    applied: tuple[str, str] | None
 
     @property
     def name(self) -> str:
@@ -151,7 +151,7 @@ def parse_search(
         criteria.append(Criterion(parameter, modifier, values, (key, raw)))
         if len(values) > MAX_VALUES or sum(len(c.values) for c in criteria) > MAX_VALUES:
             raise TooCostly(f"a search may hold at most {MAX_VALUES} values; {key} brings more")
-        if sum(len(c.applied[1]) for c in criteria) > MAX_LENGTH:
+        if sum(len(c.applied[1]) for c in criteria if c.applied) > MAX_LENGTH:
             raise TooCostly(f"the search's values exceed {MAX_LENGTH} characters: too long to page by links")
     if strict and ignored:
         raise InvalidRequest(_unknown(ignored))

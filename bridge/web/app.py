@@ -11,13 +11,22 @@ from typing import Any, NamedTuple
 
 from aiohttp import web
 
+from bridge.auth.scopes import Interaction
+from bridge.auth.tokens import TokenVerifier
 from bridge.mapping.endpoint import wado_endpoint
 from bridge.mapping.imagingstudy import MappingOptions
 from bridge.qido.source import QidoSource
 from bridge.search.execute import Limits
 from bridge.settings import Settings
 from bridge.web import contexts, observe
-from bridge.web.handlers import metadata, read_endpoint, read_imaging_study, search_imaging_study
+from bridge.web.authz import step
+from bridge.web.handlers import (
+    metadata,
+    read_endpoint,
+    read_imaging_study,
+    search_imaging_study,
+    search_patient_compartment,
+)
 from bridge.web.hosts import HostCheck
 from bridge.web.keys import ENDPOINT, INTERACTIONS, MAPPING, SEARCH_LIMITS, SETTINGS, SOURCE
 from bridge.web.server import admin_listener, probe_routes
@@ -32,21 +41,29 @@ class FhirRoute(NamedTuple):
     handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     resource_type: str
     interaction: str
+    #: What a token needs: an interaction on ImagingStudy (an Endpoint is read by whoever may read studies).
+    needs: Interaction
 
 
 # The read first: aiohttp tries the routes under one path prefix in the order they were added.
 FHIR_ROUTES = (
-    FhirRoute("GET", "/fhir/ImagingStudy/{id}", read_imaging_study, "ImagingStudy", "read"),
-    FhirRoute("GET", "/fhir/ImagingStudy", search_imaging_study, "ImagingStudy", "search-type"),
-    FhirRoute("POST", "/fhir/ImagingStudy/_search", search_imaging_study, "ImagingStudy", "search-type"),
-    FhirRoute("GET", "/fhir/Endpoint/{id}", read_endpoint, "Endpoint", "read"),
-)
+    FhirRoute("GET", "/fhir/ImagingStudy/{id}", read_imaging_study, "ImagingStudy", "read", Interaction.READ),
+    FhirRoute("GET", "/fhir/ImagingStudy", search_imaging_study, "ImagingStudy", "search-type", Interaction.SEARCH),
+    FhirRoute(
+        "POST", "/fhir/ImagingStudy/_search", search_imaging_study, "ImagingStudy", "search-type", Interaction.SEARCH
+    ),
+    FhirRoute(
+        "GET", "/fhir/Patient/{id}/ImagingStudy", search_patient_compartment, "ImagingStudy", "search-type",
+        Interaction.SEARCH,
+    ),
+    FhirRoute("GET", "/fhir/Endpoint/{id}", read_endpoint, "Endpoint", "read", Interaction.READ),
+)  # fmt: skip
 
 
 def endpoint_of(settings: Settings) -> dict[str, Any]:
     """The WADO-RS Endpoint the studies reference, or {} when no address is known."""
     address = settings.public_wado_url
-    return wado_endpoint(address) if address else {}
+    return wado_endpoint(address, requires_token=settings.auth_mode == "smart") if address else {}
 
 
 def mapping_options(settings: Settings) -> MappingOptions:
@@ -58,8 +75,11 @@ def mapping_options(settings: Settings) -> MappingOptions:
     )
 
 
-def create_app(settings: Settings, source: QidoSource | None = None) -> web.Application:
-    """The application; with ``source`` given the caller owns it, else it is opened and closed with the app."""
+def create_app(
+    settings: Settings, source: QidoSource | None = None, verifier: TokenVerifier | None = None
+) -> web.Application:
+    """The application; with ``source`` given the caller owns it, else it is opened and closed with the app.
+    ``verifier`` checks bearer tokens (BRIDGE_AUTH=smart) in place of the one made from the settings."""
     app = web.Application(client_max_size=MAX_BODY)
     access_log = None
     if settings.access_log:
@@ -74,20 +94,25 @@ def create_app(settings: Settings, source: QidoSource | None = None) -> web.Appl
     else:
         app[SOURCE] = source
     app.cleanup_ctx.append(contexts.study_cache)
+    smart = settings.auth_mode == "smart"
+    if smart:
+        if verifier is not None:
+            app[contexts.TOKEN_VERIFIER] = verifier
+        app.cleanup_ctx.append(contexts.authorization)
     app.cleanup_ctx.append(contexts.refresher)
     if settings.admin_port is not None:
         app.cleanup_ctx.append(admin_listener)  # the probes and metrics are served there, not here
 
     hosts = settings.link_hosts
     envelope = observe.Envelope(access_log, settings.request_deadline, HostCheck(hosts) if hosts is not None else None)
-    routes = [
-        ("GET", "/fhir/metadata", metadata),
-        *((route.method, route.path, route.handler) for route in FHIR_ROUTES),
-    ]
+    routes: list[tuple[str, str, Any, Any]] = [("GET", "/fhir/metadata", metadata, None)]
+    for route in FHIR_ROUTES:
+        authorize = step("ImagingStudy", route.needs, route.interaction) if smart else None
+        routes.append((route.method, route.path, route.handler, authorize))
     if settings.admin_port is None:
-        routes += [("GET", path, handler) for path, handler in probe_routes(settings.health_details)]
-    for method, path, handler in routes:
-        observed = envelope(handler, path)
+        routes += [("GET", path, handler, None) for path, handler in probe_routes(settings.health_details)]
+    for method, path, handler, authorize in routes:
+        observed = envelope(handler, path, authorize)
         if method == "GET":
             app.router.add_get(path, observed)  # and HEAD, with the same handler
         else:

@@ -10,15 +10,20 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 
+from bridge.auth.compartment import Compartments, read_policy
+from bridge.auth.tokens import TokenVerifier
 from bridge.cache.backends import CacheBackend, MemoryBackend, RedisBackend
 from bridge.cache.freshness import Policy
 from bridge.cache.refresh import Refresher
 from bridge.cache.service import StudyCache
+from bridge.errors import ConfigError
 from bridge.mapping import tags
 from bridge.mapping.dicomjson import uid, unsigned
 from bridge.qido.factory import open_source
 from bridge.qido.folder import FolderQidoSource
+from bridge.search.values import PatientRule
 from bridge.settings import Settings
+from bridge.web.authz import AUTHORIZER, Authorizer
 from bridge.web.keys import CACHE, ENDPOINT, MAPPING, SETTINGS, SOURCE
 
 log = logging.getLogger(__name__)
@@ -51,6 +56,30 @@ async def study_cache(app: web.Application) -> AsyncIterator[None]:
     finally:
         await cache.close()
         await backend.close()
+
+
+#: The token verifier, when the caller gives one (tests); else one is made from the settings.
+TOKEN_VERIFIER = web.AppKey("token_verifier", TokenVerifier)
+
+
+async def authorization(app: web.Application) -> AsyncIterator[None]:
+    """BRIDGE_AUTH=smart: the token verifier, the patient compartments and the client policy."""
+    settings = app[SETTINGS]
+    given = app.get(TOKEN_VERIFIER)
+    verifier = given if given is not None else open_verifier(settings)
+    systems = {*settings.issuer_systems.values(), *([settings.patient_id_system] if settings.patient_id_system else [])}
+    compartments = Compartments(PatientRule(settings.patient_reference), systems)
+    policy = read_policy(settings.auth_client_policy) if settings.auth_client_policy else {}
+    app[AUTHORIZER] = Authorizer(verifier, compartments, policy)
+    try:
+        yield
+    finally:
+        if given is None:
+            await verifier.close()
+
+
+def open_verifier(settings: Settings) -> TokenVerifier:
+    raise ConfigError("BRIDGE_AUTH=smart: token verification is not built yet")
 
 
 async def refresher(app: web.Application) -> AsyncIterator[None]:

@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import orjson
 from aiohttp import hdrs, web
@@ -13,13 +14,24 @@ from multidict import CIMultiDict
 
 from bridge.cache.freshness import Entry
 from bridge.cache.service import HIT
-from bridge.errors import NotFound, RequestTimeout, UpstreamError
+from bridge.errors import Conflict, NotFound, RequestTimeout, UpstreamError
 from bridge.search.bundle import needs_series, searchset
+from bridge.search.confine import confine
 from bridge.search.execute import run_search
 from bridge.search.query import PatientRule, parse_search
 from bridge.web.capability import capability_statement
 from bridge.web.form import check_form_type, form_parameters
-from bridge.web.keys import CACHE, ENDPOINT, INTERACTIONS, MAPPING, SEARCH_LIMITS, SETTINGS, SOURCE
+from bridge.web.keys import (
+    AUDITED,
+    CACHE,
+    ENDPOINT,
+    GRANT,
+    INTERACTIONS,
+    MAPPING,
+    SEARCH_LIMITS,
+    SETTINGS,
+    SOURCE,
+)
 from bridge.web.negotiation import CONTENT_TYPES, fhir_bytes_response, response_type
 
 log = logging.getLogger(__name__)
@@ -29,11 +41,43 @@ async def read_imaging_study(request: web.Request) -> web.StreamResponse:
     """GET [base]/ImagingStudy/{id}: from the cache, with ETag, Last-Modified and conditional reads."""
     media = response_type(request)  # refuse an unserved format before asking the PACS anything
     cache, study_id, no_cache = request.app[CACHE], request.match_info["id"], _revalidate(request)
-    fresh = None if no_cache else cache.fresh(study_id)
-    entry, outcome = (fresh, HIT) if fresh is not None else await cache.read(study_id, no_cache=no_cache)
+    grant = request.get(GRANT)
+    try:
+        fresh = None if no_cache else cache.fresh(study_id)
+        entry, outcome = (fresh, HIT) if fresh is not None else await cache.read(study_id, no_cache=no_cache)
+    except Conflict:
+        if grant is not None and grant.patients is not None:
+            # One UID under several patients: to a token confined to patients, as if it did not exist.
+            raise _unseen(request, study_id) from None
+        raise
+    if grant is not None and grant.patients is not None:
+        # Checked on what is served, whichever path it came by (cache hit, shared cache, PACS read).
+        if not grant.patients.admits(_subject(entry)):
+            raise _unseen(request, study_id)
+        request[AUDITED].returned.append(study_id)
     if _not_modified(request, entry):
         return web.Response(status=304, headers=_read_headers(entry, None, outcome.header))
     return web.Response(body=entry.body, headers=_read_headers(entry, media, outcome.header))
+
+
+def _unseen(request: web.Request, study_id: str) -> NotFound:
+    """The answer to a read of a study the grant may not see: the one a study that does not exist gets."""
+    request[AUDITED].refused.append(study_id)
+    return NotFound(f"the PACS has no study with StudyInstanceUID {study_id}")
+
+
+def _subject(entry: Entry) -> dict[str, Any] | None:
+    """A served study's ``subject``, parsed once per content version (the version hashes the whole resource)."""
+    if entry.version in _SUBJECTS:
+        return _SUBJECTS[entry.version]
+    if len(_SUBJECTS) >= 4096:
+        _SUBJECTS.clear()
+    subject: dict[str, Any] | None = orjson.loads(entry.body).get("subject")
+    _SUBJECTS[entry.version] = subject
+    return subject
+
+
+_SUBJECTS: dict[str, dict[str, Any] | None] = {}
 
 
 def _read_headers(entry: Entry, media: str | None, x_cache: str) -> CIMultiDict[str]:
@@ -85,9 +129,18 @@ def _not_modified(request: web.Request, entry: Entry) -> bool:
 
 async def search_imaging_study(request: web.Request) -> web.Response:
     """GET [base]/ImagingStudy?… and POST [base]/ImagingStudy/_search (form body): a searchset Bundle."""
+    return await _search(request, [])
+
+
+async def search_patient_compartment(request: web.Request) -> web.Response:
+    """GET [base]/Patient/{id}/ImagingStudy?…: the patient compartment, as ``ImagingStudy?patient=Patient/{id}``."""
+    return await _search(request, [("patient", f"Patient/{request.match_info['id']}")])
+
+
+async def _search(request: web.Request, params: list[tuple[str, str]]) -> web.Response:
     media = response_type(request)
     app = request.app
-    params = [(key, value) for key, value in request.query.items()]
+    params += [(key, value) for key, value in request.query.items()]
     if request.method == "POST":
         check_form_type(request.content_type, request.charset)
         params += form_parameters(await _body(request))
@@ -98,9 +151,19 @@ async def search_imaging_study(request: web.Request) -> web.Response:
     )  # fmt: skip
     if query.ignored:
         log.info("search ignored unknown parameters: %s", ", ".join(query.ignored))
+    grant = request.get(GRANT)
+    if grant is not None and grant.patients is not None:
+        query = confine(query, grant.patients)
     result = await run_search(
         app[SOURCE], query, app[MAPPING], complete=needs_series(query), cache=app[CACHE], limits=app[SEARCH_LIMITS]
     )
+    if grant is not None and grant.patients is not None:
+        # The confinement made the search ask for the grant's patients alone; what comes back is checked again.
+        seen = [r for r in result.resources if grant.patients.admits(r.get("subject"))]
+        request[AUDITED].refused.extend(r["id"] for r in result.resources if r not in seen)
+        result.resources = seen
+    if AUDITED in request:
+        request[AUDITED].returned.extend(r["id"] for r in result.resources)
     endpoint = app[ENDPOINT] or None
     bundle = searchset(base, query, result.total, result.resources, endpoint, result.warnings, has_next=result.has_next)
     response = fhir_bytes_response(media, orjson.dumps(bundle))

@@ -161,8 +161,11 @@ class Envelope:
         self._hosts = hosts
         self._new_id = RequestIds()
 
-    def __call__(self, handler: Handler, route: str) -> Handler:
-        """``handler`` wrapped; ``route`` names it in the metrics (its pattern, e.g. ``/fhir/ImagingStudy/{id}``)."""
+    def __call__(
+        self, handler: Handler, route: str, authorize: Callable[[web.Request], Awaitable[None]] | None = None
+    ) -> Handler:
+        """``handler`` wrapped; ``route`` names it in the metrics (its pattern, e.g. ``/fhir/ImagingStudy/{id}``);
+        ``authorize``, when authorization is on, runs first and sets the request's grant (or raises 401/403)."""
         stats = STATS.route(route)
         access_log, deadline, new_id = self._access_log, self._deadline, self._new_id
         # The Host shapes the links of FHIR answers only; probes and metrics answer whatever name they are asked by.
@@ -183,6 +186,8 @@ class Envelope:
                     check_size(request)
                     if check_host is not None:
                         check_host(request.headers.get(hdrs.HOST))
+                    if authorize is not None:
+                        await authorize(request)
                     response = await handler(request)
                 except Exception as exc:
                     response = error_response(request, exc)  # raises again what is not ours to answer
