@@ -13,7 +13,8 @@ WORKDIR /app
 COPY config/bridge.example.env ./config/
 USER bridge
 # Inside a container the loopback default would make the service unreachable: listen on all interfaces
-# and let the container network decide who gets in.
+# and let the container network decide who gets in. Off loopback the bridge does not start until BRIDGE_AUTH
+# is chosen: BRIDGE_AUTH=smart with BRIDGE_AUTH_ISSUER (see docker-compose.yml), or, knowingly, none.
 ENV BRIDGE_HOST=0.0.0.0 \
     BRIDGE_PORT=8080 \
     PYTHONUNBUFFERED=1
