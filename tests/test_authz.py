@@ -12,14 +12,13 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from bridge.auth.grant import Claims
-from bridge.auth.tokens import InvalidToken
 from bridge.errors import ConfigError
 from bridge.mapping.endpoint import REQUIRES_ACCESS_TOKEN
 from bridge.qido.memory import MemoryQidoSource
 from bridge.settings import load_settings
 from tests.conftest import start_client
 from tests.support.fhircheck import validate
+from tests.support.standin_tokens import Verifier, claims
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 #: Patients whose PatientIDs differ by case and by a wildcard character: a PACS's matching would confuse them.
@@ -42,31 +41,6 @@ def pacs() -> MemoryQidoSource:
         ]
         source.instances[(study, series)] = [{"00080018": el("UI", f"{series}.1"), "00080016": el("UI", CT)}]
     return source
-
-
-class Verifier:
-    """Tokens are names: ``patient:P1`` (a patient/ImagingStudy.rs token for Patient P1), or any key of
-    ``extra``; any other token is invalid."""
-
-    def __init__(self) -> None:
-        self.extra: dict[str, Claims] = {}
-        self.verified: list[str] = []
-
-    async def verify(self, token: str) -> Claims:
-        self.verified.append(token)
-        if token in self.extra:
-            return self.extra[token]
-        kind, _, who = token.partition(":")
-        if kind == "patient" and who:
-            return Claims("app", "user-1", "launch/patient patient/ImagingStudy.rs openid", who, None)
-        raise InvalidToken("the token's signature does not verify")
-
-    async def close(self) -> None:
-        pass
-
-
-def claims(scope: str, patient: str | None = None, client: str = "app") -> Claims:
-    return Claims(client, "sub-1", scope, patient, None)
 
 
 @pytest.fixture
