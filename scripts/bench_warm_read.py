@@ -80,17 +80,23 @@ def wrk_counts(output: str, url: str) -> int:
 Measurements = dict[str, list[float]]
 
 
-def run_wrk(urls: dict[str, str], seconds: int, connections: int) -> dict[str, int]:
-    """Drive each of ``urls`` with its own wrk, all at once; the requests each answered."""
+def run_wrk(
+    urls: dict[str, str], seconds: int, connections: int, headers: dict[str, list[str]] | None = None
+) -> dict[str, int]:
+    """Drive each of ``urls`` with its own wrk, all at once (``headers``: extra wrk arguments per server, such as
+    ``-H``); the requests each answered."""
     load = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s"]
+    extra = headers or {}
     runs = {
-        name: subprocess.Popen(pinned([*load, url], 1), stdout=subprocess.PIPE, text=True) for name, url in urls.items()
+        name: subprocess.Popen(pinned([*load, *extra.get(name, []), url], 1), stdout=subprocess.PIPE, text=True)
+        for name, url in urls.items()
     }
     return {name: wrk_counts(run.communicate()[0], urls[name]) for name, run in runs.items()}
 
 
 def measure(urls: dict[str, str], pids: dict[str, int], rounds: list[list[str]], seconds: int,
-            connections: int) -> tuple[Measurements, Measurements]:  # fmt: skip
+            connections: int, headers: dict[str, list[str]] | None = None,
+            ) -> tuple[Measurements, Measurements]:  # fmt: skip
     """Rates and CPU µs per request for each server and round; a round is a list of steps, each the servers
     driven at once."""
     rates: Measurements = {name: [] for name in urls}
@@ -98,7 +104,7 @@ def measure(urls: dict[str, str], pids: dict[str, int], rounds: list[list[str]],
     for steps in rounds:
         for step in steps:
             before = {name: cpu_seconds(pids[name]) for name in step}
-            totals = run_wrk({name: urls[name] for name in step}, seconds, connections)
+            totals = run_wrk({name: urls[name] for name in step}, seconds, connections, headers)
             for name in step:
                 rates[name].append(totals[name] / seconds)
                 costs[name].append((cpu_seconds(pids[name]) - before[name]) / totals[name] * 1e6)

@@ -15,11 +15,11 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def wait_for(url: str, seconds: float = 30) -> bytes:
+def wait_for(url: str, seconds: float = 30, headers: dict[str, str] | None = None) -> bytes:
     deadline = time.monotonic() + seconds
     while True:
         try:
-            with urllib.request.urlopen(url, timeout=5) as response:
+            with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=5) as response:
                 return bytes(response.read())
         except OSError:
             if time.monotonic() > deadline:
