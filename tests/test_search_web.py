@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, quote, urlsplit
 
 import pytest
 from aiohttp.test_utils import TestClient
@@ -173,6 +175,39 @@ async def test_total_method_count_is_an_accurate_total(client: TestClient) -> No
     assert (await bundle(client, "_count=0&_totalMethod=count"))["total"] == 12
     assert (await bundle(client, "_count=2&_totalMethod=count"))["total"] == 12
     assert "total" not in await bundle(client, "_count=2")  # read at the PACS: no count unless asked for
+
+
+async def test_last_updated_finds_what_changed_since_a_sync(source: MemoryQidoSource) -> None:
+    settings = load_settings({"BRIDGE_QIDO_URL": "http://pacs.internal/dicom-web", "BRIDGE_CACHE_MIN_REREAD": "0"})
+    client = await start_client(settings, source)
+    try:
+        synced = await bundle(client, "patient=P1&_count=20")  # the first sync reads every study
+        mark = max(e["resource"]["meta"]["lastUpdated"] for e in synced["entry"])
+        mark_ms = dt.datetime.fromisoformat(mark).timestamp() * 1000
+        while time.time() * 1000 < mark_ms + 2:  # the change below must be seen at a later millisecond
+            pass
+        series = source.instances[("2.25.3", "2.25.3.1")]
+        series.append({**series[0], "00080018": el("UI", "2.25.3.1.2")})  # the PACS receives an image
+        assert (await client.get("/fhir/ImagingStudy/2.25.3", headers={"Cache-Control": "no-cache"})).status == 200
+        changed = await bundle(client, f"patient=P1&_lastUpdated=gt{quote(mark)}")
+        assert ids(changed) == ["2.25.3"]
+        assert len(changed["entry"][0]["resource"]["series"][0]["instance"]) == 2
+        assert ids(await bundle(client, f"patient=P1&_lastUpdated=le{quote(mark)}&_count=20")) == [
+            f"2.25.{n}" for n in (12, 11, 10, 9, 8, 7, 6, 5, 4, 2, 1)
+        ]
+        assert (await bundle(client, "patient=P1&_lastUpdated=gt2000-01-01&_summary=count"))["total"] == 12
+    finally:
+        await client.close()
+
+
+async def test_last_updated_reads_at_most_a_hundred_studies_whole() -> None:
+    client = await start_client(load_settings({"BRIDGE_QIDO_URL": "http://pacs.internal/dicom-web"}), pacs(101))
+    try:
+        refused = await bundle(client, "_lastUpdated=gt2020-01-01", status=400)
+        assert "at most 100 are read" in refused["issue"][0]["diagnostics"]
+        assert refused["issue"][0]["code"] == "too-costly"
+    finally:
+        await client.close()
 
 
 async def test_include_endpoint(client: TestClient) -> None:

@@ -203,7 +203,7 @@ async def test_capability_statement_lists_what_is_served(client: TestClient) -> 
         "subject": "ImagingStudy-subject", "started": "ImagingStudy-started", "modality": "ImagingStudy-modality",
         "series": "ImagingStudy-series", "instance": "ImagingStudy-instance", "dicom-class": "ImagingStudy-dicom-class",
         "body-site": "ImagingStudy-body-site", "based-on": "ImagingStudy-based-on", "status": "ImagingStudy-status",
-        "endpoint": "ImagingStudy-endpoint",
+        "endpoint": "ImagingStudy-endpoint", "_lastUpdated": "Resource-lastUpdated",
     }.items()}  # fmt: skip
 
 

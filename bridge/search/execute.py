@@ -33,7 +33,7 @@ from bridge.qido.paging import RowMerger
 from bridge.qido.source import QidoSource
 from bridge.search.dates import target_range
 from bridge.search.filters import uid_lists
-from bridge.search.match import instance_matches, series_matches, study_matches
+from bridge.search.match import instance_matches, matches, series_matches, study_matches
 from bridge.search.parameters import PATIENT_PARAMETERS, Level
 from bridge.search.plan import LevelQueries, Plan, plan_search
 from bridge.search.query import Criterion, SearchQuery
@@ -97,29 +97,72 @@ async def run_search(
             f"the search needs at least {needed} PACS requests, more than the {limits.queries} a search may make "
             "(BRIDGE_SEARCH_MAX_QUERIES); use fewer OR values"
         )
+    paged = paged_at_pacs(query, plan)
     try:
         with spending(Budget(limits.queries, limits.rows)):
-            if paged_at_pacs(query, plan):
+            if paged:
                 page, more, warnings = await _pacs_page(source, query, plan, options, zone)
                 result = SearchResult(total=None, has_next=more, warnings=warnings)
             else:
                 candidates, warnings = await find_candidates(source, query, plan, options, zone)
                 candidates.sort(key=lambda c: _order(c, zone, oldest_first=query.sort == "started"))
-                end = query.offset + query.count
-                result = SearchResult(total=len(candidates), has_next=end < len(candidates), warnings=warnings)
-                page = candidates[query.offset : end] if query.summary != "count" else []
     except BudgetExceeded as exc:
         raise TooCostly(f"the search is too broad: {exc.diagnostics}; {narrowing(query)}") from None
+    whole: dict[str, dict[str, Any]] = {}  # complete resources already read, by id
+    if not paged:
+        if any(c.parameter.level is Level.RESOURCE for c in query.criteria):
+            candidates, whole = await _on_resources(source, query, candidates, options, cache, warnings)
+        end = query.offset + query.count
+        result = SearchResult(total=len(candidates), has_next=end < len(candidates), warnings=warnings)
+        page = candidates[query.offset : end] if query.summary != "count" else []
     if not complete:
         result.resources = [c.summary for c in page]
         return result
-    reads = await gather_all(*(_complete(source, c, options, cache) for c in page))
+    reads = await gather_all(
+        *(_already(whole[c.summary["id"]]) if c.summary["id"] in whole else _complete(source, c, options, cache)
+          for c in page)
+    )  # fmt: skip
     for candidate, read in zip(page, reads, strict=True):
         if isinstance(read, BridgeError):
             result.warnings.append(f"study {candidate.summary['id']} could not be read: {read.diagnostics}")
         else:
             result.resources.append(read)
     return result
+
+
+#: Candidates a search may read whole to decide criteria on the complete resources (``_lastUpdated``).
+MAX_READ_WHOLE = 100
+
+
+async def _on_resources(
+    source: QidoSource,
+    query: SearchQuery,
+    candidates: list[Candidate],
+    options: MappingOptions,
+    cache: StudyCache | None,
+    warnings: list[str],
+) -> tuple[list[Candidate], dict[str, dict[str, Any]]]:
+    """The candidates whose complete resources meet the criteria no QIDO row can decide, and those resources."""
+    if len(candidates) > MAX_READ_WHOLE:
+        raise TooCostly(
+            f"the search has {len(candidates)} candidates, and _lastUpdated reads each whole: at most "
+            f"{MAX_READ_WHOLE} are read; narrow it with a patient or a started range"
+        )
+    late = [c for c in query.criteria if c.parameter.level is Level.RESOURCE]
+    zone: dt.tzinfo = options.zone or dt.UTC
+    reads = await gather_all(*(_complete(source, c, options, cache) for c in candidates))
+    kept, resources = [], {}
+    for candidate, resource in zip(candidates, reads, strict=True):
+        if isinstance(resource, BridgeError):
+            warnings.append(f"study {candidate.summary['id']} could not be read: {resource.diagnostics}")
+        elif all(matches(criterion, resource, zone) for criterion in late):
+            kept.append(candidate)
+            resources[candidate.summary["id"]] = resource
+    return kept, resources
+
+
+async def _already(resource: dict[str, Any]) -> dict[str, Any]:
+    return resource
 
 
 def paged_at_pacs(query: SearchQuery, plan: Plan) -> bool:

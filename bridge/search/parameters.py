@@ -34,6 +34,8 @@ class Level(StrEnum):
     STUDY = "study"
     SERIES = "series"
     INSTANCE = "instance"
+    #: Decided on the complete resource, as served (read through the cache): what no QIDO row holds.
+    RESOURCE = "resource"
 
 
 @dataclass(frozen=True)
@@ -220,6 +222,12 @@ def _started(value: DateValue, study: Element, zone: dt.tzinfo) -> bool:
     return "started" in study and date_matches(value, study["started"], zone)
 
 
+def _last_updated(value: DateValue, study: Element, zone: dt.tzinfo) -> bool:
+    # A study read without the cache has no meta.lastUpdated: it is being served for the first time, now.
+    updated = study.get("meta", {}).get("lastUpdated")
+    return updated is None or date_matches(value, updated, zone)
+
+
 def _r5(name: str) -> str:
     return f"http://hl7.org/fhir/SearchParameter/{name}"
 
@@ -303,6 +311,14 @@ SEARCH_PARAMETERS: tuple[SearchParameter, ...] = (
         "status", "token", Level.STUDY, "Every study the PACS returns is available.",
         {"": Form(values.token, each(_status_filters), _has_status)},
         _r5("ImagingStudy-status"), paged_at_pacs=True, public=True,
+    ),
+    SearchParameter(
+        "_lastUpdated", "date", Level.RESOURCE,
+        "When the bridge first served the study's current content (meta.lastUpdated: a PACS keeps no modification "
+        "time QIDO returns), for incremental sync: patient=…&_lastUpdated=gt<the last sync>. Decided on the "
+        "complete studies, so a search with it may have at most 100 candidates.",
+        {"": Form(values.date, _no_filter, _last_updated)},
+        _r5("Resource-lastUpdated"),
     ),
     SearchParameter(
         "endpoint", "reference", Level.STUDY, "The WADO-RS Endpoint every study references.",

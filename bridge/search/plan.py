@@ -56,6 +56,8 @@ def plan_search(query: SearchQuery, max_queries: int = MAX_QUERIES) -> Plan:
     study: list[tuple[bool, list[Filters] | None]] = []
     lower: list[tuple[Criterion, list[Filters] | None]] = []
     for criterion in query.criteria:
+        if criterion.parameter.level is Level.RESOURCE:
+            continue  # decided on the complete studies, after the candidates are found
         alternatives = alternatives_for(criterion)
         if alternatives == []:
             return Plan(None, (), unsatisfiable=True)
