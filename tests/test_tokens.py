@@ -223,9 +223,9 @@ async def test_symmetric_private_and_broken_keys_in_the_set_are_left_out(
 
 
 async def test_the_key_set_is_found_through_openid_configuration(auth_server: AuthServer, verifier: BearerVerifier):
+    auth_server.serve_smart = False
     await verifier.verify(auth_server.mint())
     assert auth_server.requests["openid-configuration"] == 1
-    assert auth_server.requests["smart-configuration"] == 0
     assert auth_server.requests["jwks"] == 1
 
 
@@ -252,7 +252,6 @@ async def test_a_jwks_url_is_used_without_metadata(auth_server: AuthServer, cloc
 
 async def test_metadata_naming_another_issuer_is_refused(auth_server: AuthServer, verifier: BearerVerifier):
     auth_server.metadata_extra["issuer"] = "https://evil.example"
-    auth_server.serve_smart = False
     with pytest.raises(AuthServerUnavailable):
         await verifier.verify(auth_server.mint())
     assert auth_server.requests["jwks"] == 0
@@ -295,6 +294,21 @@ async def test_unknown_kids_refetch_the_set_once_per_interval_however_many(
     await refused(verifier, auth_server.mint(kid="forged-later"))
     assert auth_server.requests["jwks"] == 3
     assert verifier.jwks_fetches == 3
+
+
+async def test_the_smart_configuration_adds_its_capabilities_and_may_fail(
+    auth_server: AuthServer, verifier: BearerVerifier, clock: Clock
+):
+    assert verifier.issuer is not None
+    metadata = await verifier.issuer.get()
+    assert metadata["jwks_uri"] == auth_server.jwks_url
+    assert "launch-standalone" in metadata["capabilities"]  # only the SMART document says
+    auth_server.stall.add("smart-configuration")
+    fresh = make_verifier(auth_server, clock, timeout=0.2)
+    try:
+        await fresh.verify(auth_server.mint())  # the OpenID document suffices
+    finally:
+        await fresh.close()
 
 
 async def test_concurrent_first_requests_read_the_metadata_and_keys_once(

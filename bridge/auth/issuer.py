@@ -1,10 +1,11 @@
 """The authorization server's metadata: its endpoints and key set, found under BRIDGE_AUTH_ISSUER.
 
-``{issuer}/.well-known/openid-configuration`` (OpenID Connect Discovery) is read first, then
-``{issuer}/.well-known/smart-configuration`` (SMART App Launch): either gives ``jwks_uri``, ``token_endpoint``,
-``authorization_endpoint`` … A document naming another ``issuer`` is refused (OpenID Connect Discovery 4.3): the
-tokens would then be checked against one issuer's keys and another's name. Kept for an hour; a failed refetch
-keeps the document held.
+``{issuer}/.well-known/openid-configuration`` (OpenID Connect Discovery) and
+``{issuer}/.well-known/smart-configuration`` (SMART App Launch) are both read; either gives ``jwks_uri``,
+``token_endpoint``, ``authorization_endpoint`` …, the OpenID one's fields win where both give one, and the SMART
+one adds what only it says (its ``capabilities``, which apps read in the bridge's own smart-configuration). One
+is enough. A document naming another ``issuer`` is refused (OpenID Connect Discovery 4.3): tokens would then be
+checked against one issuer's keys and another's name. Kept for an hour; a failed refetch keeps what is held.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from urllib.parse import urlsplit
 
 from bridge.auth.fetched import Fetched
 from bridge.auth.remote import JsonClient, redact, unavailable
+from bridge.errors import AuthServerUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -63,15 +65,27 @@ class IssuerMetadata:
         await self._document.close()
 
     async def _fetch(self) -> tuple[dict[str, Any], float]:
+        documents: list[dict[str, Any]] = []
         tried = []
         for path in WELL_KNOWN:
             url = f"{self.issuer}/{path}"
-            answer = await self._http.get(url, what=WHAT)
+            try:
+                answer = await self._http.get(url, what=WHAT)
+            except AuthServerUnavailable:
+                if documents:
+                    continue  # the OpenID document suffices
+                raise
             if answer.status != 200 or not isinstance(answer.body, dict):
                 tried.append(f"{redact(url)}: HTTP {answer.status}")
                 continue
             named = answer.body.get("issuer")
             if named is not None and not (isinstance(named, str) and same_issuer(named, self.issuer)):
                 raise unavailable(WHAT, url, "the document names another issuer than BRIDGE_AUTH_ISSUER")
-            return answer.body, self._ttl
-        raise unavailable(WHAT, self.issuer, "no metadata document (" + "; ".join(tried) + ")")
+            documents.append(answer.body)
+        if not documents:
+            raise unavailable(WHAT, self.issuer, "no metadata document (" + "; ".join(tried) + ")")
+        # The OpenID document's fields first; the SMART one adds what only it has (its capabilities).
+        merged: dict[str, Any] = {}
+        for document in reversed(documents):
+            merged.update(document)
+        return merged, self._ttl
