@@ -14,11 +14,12 @@ What it serves (``issuer`` is ``http://127.0.0.1:<port>/auth``):
   token it answers for, ``revoke`` ends it, any other token is ``{"active": false}``;
 - ``{issuer}/token``: the client_credentials grant for the same client; it issues the tokens the clinical server
   takes (``service_tokens``);
-- ``{base}/clinical/Patient/{id}``: the Patients of ``add_patient``, for a bearer of a ``/token`` token only.
+- ``{base}/clinical/Patient/{id}``: the Patients of ``add_patient``, for a bearer of a ``/token`` token only
+  (anyone with ``clinical_open``); ``{base}/clinical/.well-known/smart-configuration`` names this server.
 
 Every request is counted in ``requests`` by route name (``openid-configuration``, ``smart-configuration``,
-``jwks``, ``introspect``, ``token``, ``patient``). ``failures[name] = status`` makes a route answer that status;
-``stall.add(name)`` makes it never answer (until the server closes).
+``jwks``, ``introspect``, ``token``, ``patient``, ``clinical-smart-configuration``). ``failures[name] = status``
+makes a route answer that status; ``stall.add(name)`` makes it never answer (until the server closes).
 
 ``mint`` makes a JWT access token, good by default and wrong in any way asked: ``alg="none"``, ``alg="HS256"``
 (signed with the public key's PEM as an HMAC secret), ``exp``/``nbf``/``iat`` anywhere, wrong ``iss``/``aud``,
@@ -148,6 +149,8 @@ class AuthServer:
     service_tokens: dict[str, float] = field(default_factory=dict)
     #: The form of each token request (``grant_type``, ``scope``).
     token_requests: list[dict[str, str]] = field(default_factory=list)
+    #: The clinical server serves Patients to anyone, without a token.
+    clinical_open: bool = False
     #: The time tokens are minted, issued and expire by (a test moving the bridge's clock moves this one too).
     clock: Callable[[], float] = time.time
 
@@ -326,6 +329,7 @@ class AuthServer:
             ("GET", "/auth/jwks", "jwks", self._jwks),
             ("POST", "/auth/introspect", "introspect", self._introspect),
             ("POST", "/auth/token", "token", self._token),
+            ("GET", "/clinical/.well-known/smart-configuration", "clinical-smart-configuration", self._smart),
             ("GET", "/clinical/Patient/{id}", "patient", self._patient),
         ]
         for method, path, name, handler in routes:
@@ -397,7 +401,7 @@ class AuthServer:
 
     async def _patient(self, request: web.Request) -> web.Response:
         bearer = request.headers.get("Authorization", "").removeprefix("Bearer ")
-        if self.service_tokens.get(bearer, 0.0) <= self.clock():
+        if not self.clinical_open and self.service_tokens.get(bearer, 0.0) <= self.clock():
             return web.json_response(_outcome("login", "no valid token"), status=401)
         resource = self.patients.get(request.match_info["id"])
         if resource is None:
