@@ -18,7 +18,7 @@ import pytest
 
 from bridge.auth.claims import claims_from
 from bridge.auth.grant import Claims
-from bridge.auth.tokens import MAX_TOKEN_LENGTH, BearerVerifier, InvalidToken, TokenCache, digest, token_verifier
+from bridge.auth.tokens import BearerVerifier, InvalidToken, TokenCache, digest, token_verifier
 from bridge.errors import AuthServerUnavailable, ConfigError
 from bridge.settings import load_settings
 from tests.support.authserver import AuthServer, new_key, tamper
@@ -154,7 +154,7 @@ WRONG: list[tuple[str, Callable[[AuthServer], str], str]] = [
     ("a patient that is not a string", lambda a: a.mint(patient=123), "patient claim is not a string"),
     ("a patient that is not an id", lambda a: a.mint(patient="../Patient/9"), "not a FHIR Patient id"),
     ("a scope that is not a string", lambda a: a.mint(scope=["patient/*.rs"]), "scope claim is not a string"),
-    ("oversized", lambda a: a.mint(filler="x" * MAX_TOKEN_LENGTH), f"longer than {MAX_TOKEN_LENGTH}"),
+    ("oversized (8 KiB)", lambda a: a.mint(filler="x" * 8192), "longer than 8192 characters"),
     ("empty", lambda a: "", "malformed"),
     ("not bearer characters", lambda a: "abc def", "malformed"),
     ("one part", lambda a: "abcdef", "not a JWT"),
@@ -204,8 +204,10 @@ async def test_symmetric_private_and_broken_keys_in_the_set_are_left_out(
     auth_server: AuthServer, verifier: BearerVerifier
 ):
     leaked = new_key("RS256", "leaked")
+    private_jwk = jwt.algorithms.RSAAlgorithm.to_jwk(leaked.private, as_dict=True)
+    del private_jwk["key_ops"]  # ["sign"] would leave it out anyway: the private part alone must
     auth_server.extra_jwks += [
-        {**jwt.algorithms.RSAAlgorithm.to_jwk(leaked.private, as_dict=True), "kid": "leaked"},
+        {**private_jwk, "kid": "leaked"},
         {"kty": "oct", "k": "c2VjcmV0", "kid": "oct"},
         {"kty": "RSA", "kid": "broken", "n": "!!", "e": "AQAB"},
         {**auth_server.ec.public_jwk(), "kid": "encryption", "use": "enc"},
