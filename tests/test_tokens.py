@@ -252,6 +252,15 @@ async def test_a_jwks_url_is_used_without_metadata(auth_server: AuthServer, cloc
     assert auth_server.requests["openid-configuration"] == auth_server.requests["smart-configuration"] == 0
 
 
+async def test_a_key_set_that_moved_is_followed(auth_server: AuthServer, clock: Clock):
+    verifier = make_verifier(auth_server, clock, auth_jwks_url=f"{auth_server.issuer}/moved/jwks")
+    try:
+        await verifier.verify(auth_server.mint())
+    finally:
+        await verifier.close()
+    assert auth_server.requests["moved"] == auth_server.requests["jwks"] == 1
+
+
 async def test_metadata_naming_another_issuer_is_refused(auth_server: AuthServer, verifier: BearerVerifier):
     auth_server.metadata_extra["issuer"] = "https://evil.example"
     with pytest.raises(AuthServerUnavailable):

@@ -94,9 +94,16 @@ class JsonClient:
         form: Mapping[str, str] | None = None,
     ) -> Answer:
         sent = {"Accept": "application/json", **(headers or {})}
+        # A public document (metadata, a key set) may have moved; a request with credentials goes nowhere else.
+        follow = method == "GET" and "Authorization" not in sent
         try:
             async with self._client().request(
-                method, url, headers=sent, data=dict(form) if form is not None else None, allow_redirects=False
+                method,
+                url,
+                headers=sent,
+                data=dict(form) if form is not None else None,
+                allow_redirects=follow,
+                max_redirects=3,
             ) as response:
                 if (response.content_length or 0) > self._max_bytes:
                     raise _TooLarge

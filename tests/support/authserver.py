@@ -10,6 +10,7 @@ What it serves (``issuer`` is ``http://127.0.0.1:<port>/auth``):
   ``serve_smart`` turn each off; ``metadata_extra`` adds or overrides fields);
 - ``{issuer}/jwks``: the public half of ``keys`` (an RSA and an EC P-256 key at start, made once per test run),
   changed at runtime by ``publish``, ``withdraw`` and ``rotate``, then ``extra_jwks`` as they are;
+- ``{issuer}/moved/{path}``: a redirect to ``{issuer}/{path}``;
 - ``{issuer}/introspect`` (RFC 7662, HTTP Basic with ``client_id``/``client_secret``): ``issue_opaque`` makes a
   token it answers for, ``revoke`` ends it, any other token is ``{"active": false}``;
 - ``{issuer}/token``: the client_credentials grant for the same client; it issues the tokens the clinical server
@@ -18,8 +19,9 @@ What it serves (``issuer`` is ``http://127.0.0.1:<port>/auth``):
   (anyone with ``clinical_open``); ``{base}/clinical/.well-known/smart-configuration`` names this server.
 
 Every request is counted in ``requests`` by route name (``openid-configuration``, ``smart-configuration``,
-``jwks``, ``introspect``, ``token``, ``patient``, ``clinical-smart-configuration``). ``failures[name] = status``
-makes a route answer that status; ``stall.add(name)`` makes it never answer (until the server closes).
+``jwks``, ``moved``, ``introspect``, ``token``, ``patient``, ``clinical-smart-configuration``).
+``failures[name] = status`` makes a route answer that status; ``stall.add(name)`` makes it never answer (until
+the server closes).
 
 ``mint`` makes a JWT access token, good by default and wrong in any way asked: ``alg="none"``, ``alg="HS256"``
 (signed with the public key's PEM as an HMAC secret), ``exp``/``nbf``/``iat`` anywhere, wrong ``iss``/``aud``,
@@ -327,6 +329,7 @@ class AuthServer:
             ("GET", "/auth/.well-known/openid-configuration", "openid-configuration", self._openid),
             ("GET", "/auth/.well-known/smart-configuration", "smart-configuration", self._smart),
             ("GET", "/auth/jwks", "jwks", self._jwks),
+            ("GET", "/auth/moved/{path:.*}", "moved", self._moved),
             ("POST", "/auth/introspect", "introspect", self._introspect),
             ("POST", "/auth/token", "token", self._token),
             ("GET", "/clinical/.well-known/smart-configuration", "clinical-smart-configuration", self._smart),
@@ -376,6 +379,9 @@ class AuthServer:
 
     async def _jwks(self, request: web.Request) -> web.Response:
         return web.json_response({"keys": [key.public_jwk() for key in self.keys.values()] + self.extra_jwks})
+
+    async def _moved(self, request: web.Request) -> web.Response:
+        raise web.HTTPFound(f"/auth/{request.match_info['path']}")
 
     async def _introspect(self, request: web.Request) -> web.Response:
         if not self._client_authenticated(request):
