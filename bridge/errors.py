@@ -18,6 +18,7 @@ status and FHIR issue code the class declares (``bridge.web.outcomes``), so hand
     ├── MisdirectedRequest    421  a Host this server does not answer for (links would carry it)
     ├── Conflict              409  the PACS holds contradicting data (one StudyInstanceUID, two patients)
     ├── TooManyRequests       429  the client's rate (BRIDGE_RATE_LIMIT) is spent; Retry-After says when
+    ├── AuthServerUnavailable 503  a token cannot be checked now: the authorization (or clinical FHIR) server failed
     └── UpstreamError              the PACS failed us
         ├── UpstreamBadResponse   502  an HTTP error status or a body that is not DICOM JSON
         ├── UpstreamUnavailable   503  connection refused, reset or dropped
@@ -131,6 +132,19 @@ class Conflict(BridgeError):
 class TooManyRequests(BridgeError):
     status = 429
     issue_code = "throttled"
+
+
+class AuthServerUnavailable(BridgeError):
+    """The authorization server (metadata, JWKS, introspection, token endpoint) or the clinical FHIR server gave no
+    usable answer, so a token or its patient cannot be checked now. Not an ``UpstreamError``: the PACS is fine, and
+    nothing that treats a failing PACS (the cache's stale-if-error, /readyz) applies. Messages name the server's
+    role, not its address; the address and the cause are logged."""
+
+    status = 503
+    issue_code = "transient"
+
+    def __init__(self, diagnostics: str, *, retry_after: int | None = 5) -> None:
+        super().__init__(diagnostics, retry_after=retry_after)
 
 
 class UpstreamError(BridgeError):

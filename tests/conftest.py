@@ -17,6 +17,7 @@ from bridge.settings import Settings, load_settings
 from bridge.web.app import create_app
 from bridge.web.server import server_options
 from tests.support import catalog, integration
+from tests.support.authserver import AuthServer
 from tests.support.dicomgen import StudySpec, encode
 from tests.support.orthanc import OrthancServer
 from tests.support.toxic_proxy import ToxicProxy
@@ -102,3 +103,11 @@ async def proxy(orthanc: OrthancServer) -> AsyncIterator[ToxicProxy]:
 @pytest.fixture
 def data_dir() -> Path:
     return Path(__file__).parent / "data"
+
+
+@pytest.fixture
+async def auth_server() -> AsyncIterator[AuthServer]:
+    """A test authorization server (JWKS, introspection, token endpoint) and clinical FHIR server on 127.0.0.1:
+    see tests/support/authserver.py."""
+    async with AuthServer() as server:
+        yield server
