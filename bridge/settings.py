@@ -335,6 +335,11 @@ class Settings(BaseSettings):
                 raise ValueError(
                     "BRIDGE_AUTH=smart needs BRIDGE_AUTH_AUDIENCE or BRIDGE_PUBLIC_URL: the audience tokens must name"
                 )
+        if self.clinical_fhir_url and not (self.patient_id_system or self.issuer_systems):
+            raise ValueError(
+                "BRIDGE_CLINICAL_FHIR_URL needs BRIDGE_PATIENT_ID_SYSTEM or BRIDGE_ISSUER_SYSTEMS: the identifier "
+                "systems of the PACS's PatientIDs, which pick a Patient's identifier there"
+            )
         if self.auth_introspection_url and not (self.auth_client_id and self.auth_client_secret):
             raise ValueError("BRIDGE_AUTH_INTROSPECTION_URL needs BRIDGE_AUTH_CLIENT_ID and BRIDGE_AUTH_CLIENT_SECRET")
         return self

@@ -17,6 +17,7 @@ from bridge.mapping.endpoint import REQUIRES_ACCESS_TOKEN
 from bridge.qido.memory import MemoryQidoSource
 from bridge.settings import load_settings
 from tests.conftest import start_client
+from tests.support.authserver import AuthServer
 from tests.support.fhircheck import validate
 from tests.support.standin_tokens import Verifier, claims
 
@@ -294,3 +295,71 @@ def test_authorization_must_be_chosen_off_loopback() -> None:
     assert load_settings({"BRIDGE_HOST": "0.0.0.0", "BRIDGE_AUTH": "none"}).auth_mode == "none"
     with pytest.raises(ConfigError, match="needs BRIDGE_AUTH_ISSUER"):
         load_settings({"BRIDGE_AUTH": "smart", "BRIDGE_PUBLIC_URL": "https://fhir.example.org/fhir"})
+
+
+# ---- end to end: real tokens from a real (test) authorization server ----
+
+
+async def test_real_tokens_from_the_authorization_server(source: MemoryQidoSource, auth_server: AuthServer) -> None:
+    environ = auth_server.environ(auth_introspection_url=auth_server.introspection_url)
+    settings = load_settings({"BRIDGE_QIDO_URL": "http://pacs.internal/dicom-web", **environ})
+    client = await start_client(settings, source)
+    try:
+        token = auth_server.mint(scope="launch/patient patient/ImagingStudy.rs", patient="P2")
+        study = await get(client, "/fhir/ImagingStudy/2.25.3", token)
+        assert study["subject"]["identifier"]["value"] == "P2"
+        await get(client, "/fhir/ImagingStudy/2.25.1", token, 404)
+        assert ids(await get(client, "/fhir/ImagingStudy", token)) == {"2.25.3"}
+        expired = auth_server.mint(scope="patient/ImagingStudy.rs", patient="P2", lifetime=-60)
+        await get(client, "/fhir/ImagingStudy/2.25.3", expired, 401)
+        elsewhere = auth_server.mint(scope="patient/ImagingStudy.rs", patient="P2", aud="https://other.example/fhir")
+        await get(client, "/fhir/ImagingStudy/2.25.3", elsewhere, 401)
+        opaque = auth_server.issue_opaque(scope="user/ImagingStudy.rs")
+        assert len(ids(await get(client, "/fhir/ImagingStudy?_count=50", opaque))) == 5
+    finally:
+        await client.close()
+
+
+async def test_discovery_names_the_authorization_server(source: MemoryQidoSource, auth_server: AuthServer) -> None:
+    settings = load_settings({"BRIDGE_QIDO_URL": "http://pacs.internal/dicom-web", **auth_server.environ()})
+    client = await start_client(settings, source)
+    try:
+        response = await client.get("/fhir/.well-known/smart-configuration")  # no token needed
+        assert response.status == 200
+        configuration = await response.json()
+        assert configuration["token_endpoint"] == auth_server.token_url
+        assert "smart-imaging-access" in configuration["capabilities"]
+        statement = await (await client.get("/fhir/metadata")).json()
+        validate(statement)
+        security = statement["rest"][0]["security"]
+        assert security["service"][0]["coding"][0]["code"] == "SMART-on-FHIR"
+        uris = {e["url"]: e["valueUri"] for e in security["extension"][0]["extension"]}
+        assert uris["token"] == auth_server.token_url
+    finally:
+        await client.close()
+
+
+async def test_without_authorization_there_is_no_smart_configuration(source: MemoryQidoSource) -> None:
+    client = await start_client(load_settings({"BRIDGE_QIDO_URL": "http://pacs.internal/dicom-web"}), source)
+    try:
+        assert (await client.get("/fhir/.well-known/smart-configuration")).status == 404
+        assert "security" not in (await (await client.get("/fhir/metadata")).json())["rest"][0]
+    finally:
+        await client.close()
+
+
+async def test_a_patient_context_maps_through_the_clinical_fhir_server(
+    source: MemoryQidoSource, auth_server: AuthServer
+) -> None:
+    mrn = "https://hospital.example.org/mrn"
+    auth_server.add_patient("ehr-77", [("http://ssn.example", "P1"), (mrn, "P2")])  # only the PACS's system counts
+    environ = auth_server.environ(clinical_fhir_url=auth_server.clinical_url, patient_id_system=mrn)
+    client = await start_client(load_settings({"BRIDGE_QIDO_URL": "http://pacs.internal/dicom-web", **environ}), source)
+    try:
+        token = auth_server.mint(scope="patient/ImagingStudy.rs", patient="ehr-77")
+        assert ids(await get(client, "/fhir/ImagingStudy", token)) == {"2.25.3"}
+        await get(client, "/fhir/ImagingStudy/2.25.3", token)
+        await get(client, "/fhir/ImagingStudy/2.25.1", token, 404)
+        await get(client, f"/fhir/ImagingStudy?patient:identifier={mrn}|P1", token, 403)
+    finally:
+        await client.close()

@@ -29,7 +29,7 @@ class Clock:
 def make(auth: AuthServer, clock: Clock, **values: str) -> ClinicalPatients:
     auth.clock = clock
     patients = clinical_patients(
-        load_settings(auth.environ(clinical_fhir_url=auth.clinical_url, **values)), clock=clock
+        load_settings(auth.environ(clinical_fhir_url=auth.clinical_url, patient_id_system=MRN, **values)), clock=clock
     )
     assert patients is not None
     return patients
@@ -155,7 +155,9 @@ async def test_without_an_issuer_the_clinical_servers_smart_configuration_names_
     auth_server: AuthServer, clock: Clock
 ):
     auth_server.add_patient("p-1", [(MRN, "MRN-1")])
-    environ = auth_server.environ(clinical_fhir_url=auth_server.clinical_url, auth_jwks_url=auth_server.jwks_url)
+    environ = auth_server.environ(
+        clinical_fhir_url=auth_server.clinical_url, auth_jwks_url=auth_server.jwks_url, patient_id_system=MRN
+    )
     del environ["BRIDGE_AUTH_ISSUER"]
     patients = clinical_patients(load_settings(environ), clock=clock)
     assert patients is not None
@@ -169,7 +171,7 @@ async def test_without_an_issuer_the_clinical_servers_smart_configuration_names_
 
 async def test_without_client_credentials_patients_are_read_without_a_token(auth_server: AuthServer, clock: Clock):
     auth_server.add_patient("p-1", [(MRN, "MRN-1")])
-    environ = auth_server.environ(clinical_fhir_url=auth_server.clinical_url)
+    environ = auth_server.environ(clinical_fhir_url=auth_server.clinical_url, patient_id_system=MRN)
     del environ["BRIDGE_AUTH_CLIENT_ID"], environ["BRIDGE_AUTH_CLIENT_SECRET"]
     patients = clinical_patients(load_settings(environ), clock=clock)
     assert patients is not None

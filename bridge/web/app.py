@@ -26,6 +26,7 @@ from bridge.web.handlers import (
     read_imaging_study,
     search_imaging_study,
     search_patient_compartment,
+    smart_configuration_document,
 )
 from bridge.web.hosts import HostCheck
 from bridge.web.keys import ENDPOINT, INTERACTIONS, MAPPING, SEARCH_LIMITS, SETTINGS, SOURCE
@@ -105,7 +106,10 @@ def create_app(
 
     hosts = settings.link_hosts
     envelope = observe.Envelope(access_log, settings.request_deadline, HostCheck(hosts) if hosts is not None else None)
-    routes: list[tuple[str, str, Any, Any]] = [("GET", "/fhir/metadata", metadata, None)]
+    routes: list[tuple[str, str, Any, Any]] = [
+        ("GET", "/fhir/metadata", metadata, None),
+        ("GET", "/fhir/.well-known/smart-configuration", smart_configuration_document, None),
+    ]
     for route in FHIR_ROUTES:
         authorize = step("ImagingStudy", route.needs, route.interaction) if smart else None
         routes.append((route.method, route.path, route.handler, authorize))

@@ -8,9 +8,11 @@ from bridge import RELEASE_DATE, __version__
 from bridge.search.parameters import INCLUDE_ENDPOINT, SEARCH_PARAMETERS
 
 
-def capability_statement(interactions: dict[str, list[str]], base_url: str | None) -> dict[str, Any]:
+def capability_statement(
+    interactions: dict[str, list[str]], base_url: str | None, security: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """An R5 CapabilityStatement listing, per resource type, the interactions served (and the search
-    parameters, for a type that can be searched)."""
+    parameters, for a type that can be searched); ``security`` is ``rest.security`` when authorization is on."""
     implementation: dict[str, Any] = {"description": "DICOMweb-to-FHIR bridge: ImagingStudy from QIDO-RS"}
     if base_url:
         implementation["url"] = base_url
@@ -30,7 +32,14 @@ def capability_statement(interactions: dict[str, list[str]], base_url: str | Non
         "implementation": implementation,
         "fhirVersion": "5.0.0",
         "format": ["application/fhir+json", "json"],
-        "rest": [{"mode": "server", "resource": resources}],
+        "rest": [
+            {
+                "mode": "server",
+                **({"security": security} if security else {}),
+                "resource": resources,
+                "compartment": ["http://hl7.org/fhir/CompartmentDefinition/patient"],
+            }
+        ],
     }
 
 

@@ -7,11 +7,15 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 from aiohttp import web
 
+from bridge.auth.clinical import clinical_patients
 from bridge.auth.compartment import Compartments, read_policy
-from bridge.auth.tokens import TokenVerifier
+from bridge.auth.discovery import smart_configuration
+from bridge.auth.issuer import IssuerMetadata
+from bridge.auth.tokens import TokenVerifier, token_verifier
 from bridge.cache.backends import CacheBackend, MemoryBackend, RedisBackend
 from bridge.cache.freshness import Policy
 from bridge.cache.refresh import Refresher
@@ -62,24 +66,42 @@ async def study_cache(app: web.Application) -> AsyncIterator[None]:
 TOKEN_VERIFIER = web.AppKey("token_verifier", TokenVerifier)
 
 
+class Discovery:
+    """What ``/.well-known/smart-configuration`` and the CapabilityStatement say of authorization: built from the
+    settings and the authorization server's metadata (read when first asked, and kept as the verifier keeps it)."""
+
+    def __init__(self, settings: Settings, issuer: IssuerMetadata | None) -> None:
+        self._settings = settings
+        self._issuer = issuer
+
+    async def configuration(self) -> dict[str, Any]:
+        return smart_configuration(self._settings, await self._issuer.get() if self._issuer is not None else None)
+
+
+DISCOVERY = web.AppKey("discovery", Discovery)
+
+
 async def authorization(app: web.Application) -> AsyncIterator[None]:
     """BRIDGE_AUTH=smart: the token verifier, the patient compartments and the client policy."""
     settings = app[SETTINGS]
     given = app.get(TOKEN_VERIFIER)
-    verifier = given if given is not None else open_verifier(settings)
+    made = None if given is not None else token_verifier(settings)
+    verifier = given or made
+    if verifier is None:
+        raise ConfigError("BRIDGE_AUTH=smart: no way to verify a token is configured")
+    directory = clinical_patients(settings)
     systems = {*settings.issuer_systems.values(), *([settings.patient_id_system] if settings.patient_id_system else [])}
-    compartments = Compartments(PatientRule(settings.patient_reference), systems)
+    compartments = Compartments(PatientRule(settings.patient_reference), systems, directory)
     policy = read_policy(settings.auth_client_policy) if settings.auth_client_policy else {}
     app[AUTHORIZER] = Authorizer(verifier, compartments, policy)
+    app[DISCOVERY] = Discovery(settings, made.issuer if made is not None else None)
     try:
         yield
     finally:
-        if given is None:
-            await verifier.close()
-
-
-def open_verifier(settings: Settings) -> TokenVerifier:
-    raise ConfigError("BRIDGE_AUTH=smart: token verification is not built yet")
+        if made is not None:
+            await made.close()
+        if directory is not None:
+            await directory.close()
 
 
 async def refresher(app: web.Application) -> AsyncIterator[None]:

@@ -12,14 +12,16 @@ import orjson
 from aiohttp import hdrs, web
 from multidict import CIMultiDict
 
+from bridge.auth.discovery import rest_security, smart_configuration
 from bridge.cache.freshness import Entry
 from bridge.cache.service import HIT
-from bridge.errors import Conflict, NotFound, RequestTimeout, UpstreamError
+from bridge.errors import AuthServerUnavailable, Conflict, NotFound, RequestTimeout, UpstreamError
 from bridge.search.bundle import needs_series, searchset
 from bridge.search.confine import confine
 from bridge.search.execute import run_search
 from bridge.search.query import PatientRule, parse_search
 from bridge.web.capability import capability_statement
+from bridge.web.contexts import DISCOVERY
 from bridge.web.form import check_form_type, form_parameters
 from bridge.web.keys import (
     AUDITED,
@@ -211,8 +213,25 @@ async def read_endpoint(request: web.Request) -> web.Response:
 
 async def metadata(request: web.Request) -> web.Response:
     media = response_type(request)
-    statement = capability_statement(request.app[INTERACTIONS], _base(request))
+    security = None
+    if (discovery := request.app.get(DISCOVERY)) is not None:
+        try:
+            configuration = await discovery.configuration()
+        except AuthServerUnavailable:
+            # The statement must not depend on the authorization server: said without its endpoints.
+            configuration = smart_configuration(request.app[SETTINGS], None)
+        security = rest_security(configuration)
+    statement = capability_statement(request.app[INTERACTIONS], _base(request), security)
     return fhir_bytes_response(media, orjson.dumps(statement))
+
+
+async def smart_configuration_document(request: web.Request) -> web.Response:
+    """GET [base]/.well-known/smart-configuration: how to get a token for this server (SMART App Launch 2)."""
+    discovery = request.app.get(DISCOVERY)
+    if discovery is None:
+        raise NotFound("authorization is off (BRIDGE_AUTH=none): there is no SMART configuration")
+    body = orjson.dumps(await discovery.configuration())
+    return web.Response(body=body, content_type="application/json", headers={"Cache-Control": "max-age=300"})
 
 
 async def healthz(request: web.Request) -> web.Response:
