@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from bridge.errors import ConfigError
+from bridge.errors import ConfigError, Forbidden
 from bridge.mapping.endpoint import REQUIRES_ACCESS_TOKEN
 from bridge.qido.memory import MemoryQidoSource
 from bridge.settings import load_settings
@@ -363,3 +363,34 @@ async def test_a_patient_context_maps_through_the_clinical_fhir_server(
         await get(client, f"/fhir/ImagingStudy?patient:identifier={mrn}|P1", token, 403)
     finally:
         await client.close()
+
+
+async def test_a_grant_is_reused_briefly_and_never_past_its_tokens_expiry() -> None:
+    from bridge.auth.compartment import Compartments
+    from bridge.auth.grant import Claims
+    from bridge.auth.scopes import Interaction
+    from bridge.search.values import PatientRule
+    from bridge.web.authz import GRANT_TTL, Authorizer
+
+    now = [1000.0]
+    verifier = Verifier()
+    verifier.extra["short"] = Claims("app", "u", "patient/ImagingStudy.rs", "P1", 1010.0)
+    authorizer = Authorizer(verifier, Compartments(PatientRule()), {}, clock=lambda: now[0])
+
+    async def grant(token: str) -> object:
+        return await authorizer.grant(f"Bearer {token}", "ImagingStudy", Interaction.READ)
+
+    first = await grant("patient:P1")
+    assert await grant("patient:P1") is first
+    assert verifier.verified == ["patient:P1"]
+    now[0] += GRANT_TTL
+    assert await grant("patient:P1") is not first  # decided again
+    await grant("short")
+    now[0] = 1010.0  # the token's exp: its grant is not reused past it
+    await grant("short")
+    assert verifier.verified.count("short") == 2
+    verifier.extra["no-scope"] = Claims("app", "u", "openid", "P1", None)
+    for _ in range(2):
+        with pytest.raises(Forbidden):
+            await grant("no-scope")
+    assert verifier.verified.count("no-scope") == 2  # a refusal is decided every time

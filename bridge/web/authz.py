@@ -8,6 +8,7 @@ grants the client, and nothing without an entry; ``patient/`` the token's patien
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import hdrs, web
@@ -15,7 +16,7 @@ from aiohttp import hdrs, web
 from bridge.auth.compartment import Compartments
 from bridge.auth.grant import AuditFacts, Grant, Patients
 from bridge.auth.scopes import Context, Interaction, Scopes
-from bridge.auth.tokens import TokenVerifier
+from bridge.auth.tokens import TokenVerifier, digest
 from bridge.errors import Forbidden, Unauthorized
 from bridge.web.keys import AUDITED, GRANT
 
@@ -34,13 +35,27 @@ def step(resource_type: str, interaction: Interaction, action: str) -> Authorize
     return authorize
 
 
+#: Seconds a token's grant is reused for the same interaction before it is decided again (never past the token's
+#: expiry): the verifier's own cache keeps its claims longer; this saves parsing scopes and mapping the patient.
+GRANT_TTL = 60.0
+#: Grants kept at most (the oldest forgotten first).
+GRANT_ENTRIES = 10_000
+
+
 class Authorizer:
     def __init__(
-        self, verifier: TokenVerifier, compartments: Compartments, policy: dict[str, tuple[str, ...] | None]
+        self,
+        verifier: TokenVerifier,
+        compartments: Compartments,
+        policy: dict[str, tuple[str, ...] | None],
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._verifier = verifier
         self._compartments = compartments
         self._policy = policy
+        self._clock = clock
+        # By the token's digest (never the token), the resource type and the interaction.
+        self._grants: dict[tuple[bytes, str, Interaction], tuple[float, Grant]] = {}
 
     async def grant(self, authorization: str | None, resource_type: str, interaction: Interaction) -> Grant:
         if not authorization:
@@ -48,7 +63,21 @@ class Authorizer:
         scheme, _, token = authorization.strip().partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthorized("the Authorization header must be Bearer <access token>", error="invalid_request")
-        claims = await self._verifier.verify(token.strip())
+        token = token.strip()
+        key = (digest(token), resource_type, interaction)
+        now = self._clock()
+        cached = self._grants.get(key)
+        if cached is not None and now < cached[0]:
+            return cached[1]
+        grant = await self._decide(token, resource_type, interaction)
+        expires = grant.claims.expires_at if grant.claims and grant.claims.expires_at else now + GRANT_TTL
+        if len(self._grants) >= GRANT_ENTRIES:
+            del self._grants[next(iter(self._grants))]
+        self._grants[key] = (min(now + GRANT_TTL, expires), grant)
+        return grant
+
+    async def _decide(self, token: str, resource_type: str, interaction: Interaction) -> Grant:
+        claims = await self._verifier.verify(token)
         scopes = Scopes.parse(claims.scope)
         contexts = scopes.contexts(resource_type, interaction)
         needed = "read" if interaction is Interaction.READ else "search"
