@@ -394,3 +394,10 @@ async def test_a_grant_is_reused_briefly_and_never_past_its_tokens_expiry() -> N
         with pytest.raises(Forbidden):
             await grant("no-scope")
     assert verifier.verified.count("no-scope") == 2  # a refusal is decided every time
+
+
+async def test_repeated_requests_with_one_token_verify_it_once(client: TestClient, verifier: Verifier) -> None:
+    for _ in range(3):
+        await get(client, "/fhir/ImagingStudy/2.25.1", "patient:P1")
+    await get(client, "/fhir/ImagingStudy/2.25.3", "patient:P1", 404)  # and the grant still confines
+    assert verifier.verified == ["patient:P1"]
