@@ -38,14 +38,23 @@ class Patients:
     Patient id to a PatientID, BRIDGE_PATIENT_REFERENCE, says nothing of issuers)."""
 
     identifiers: frozenset[tuple[str | None, str]]
+    #: PatientID -> the systems it is admitted under (None: any), for the check of every read.
+    _systems: dict[str, frozenset[str | None]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        systems: dict[str, set[str | None]] = {}
+        for system, value in self.identifiers:
+            systems.setdefault(value, set()).add(system)
+        object.__setattr__(self, "_systems", {value: frozenset(found) for value, found in systems.items()})
 
     def admits(self, subject: dict[str, Any] | None) -> bool:
         """Whether a resource's ``subject`` (its ``identifier``) is one of these patients."""
         identifier = (subject or {}).get("identifier") or {}
-        value, system = identifier.get("value"), identifier.get("system")
+        value = identifier.get("value")
         if not isinstance(value, str):
             return False  # no PatientID the resource could show (absent, or unwritable): no one's to see
-        return any(value == allowed and wanted in (None, system) for wanted, allowed in self.identifiers)
+        systems = self._systems.get(value)
+        return systems is not None and (None in systems or identifier.get("system") in systems)
 
     def names(self, system: str | None, value: str) -> bool:
         """Whether a search value naming a patient (``system`` None: any) is one of these patients."""
