@@ -68,7 +68,7 @@ async def authorization(app: web.Application) -> AsyncIterator[None]:
     given = app.get(TOKEN_VERIFIER)
     verifier = given if given is not None else open_verifier(settings)
     systems = {*settings.issuer_systems.values(), *([settings.patient_id_system] if settings.patient_id_system else [])}
-    compartments = Compartments(PatientRule(settings.patient_reference), systems)
+    compartments = Compartments(PatientRule(settings.patient_reference), systems, own_system=settings.patient_id_system)
     policy = read_policy(settings.auth_client_policy) if settings.auth_client_policy else {}
     app[AUTHORIZER] = Authorizer(verifier, compartments, policy)
     try:
