@@ -16,12 +16,18 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from aiohttp.test_utils import TestClient
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 
+from bridge.qido.factory import open_source
+from bridge.terminology import DCM, DICOM_UID_SYSTEM, RFC3986, SNOMED
 from tests.conftest import orthanc_settings, start_client
 from tests.support.colliding_patients import (
+    BODY_SITES,
     CONTEXTS,
     HOSP_B_SYSTEM,
     NAMED_ISSUER,
@@ -29,9 +35,11 @@ from tests.support.colliding_patients import (
     Catalog,
     Patient,
     catalog,
+    colliders,
 )
 from tests.support.dicomgen import encode, new_uid
 from tests.support.orthanc import OrthancServer
+from tests.support.recording_source import RecordingSource
 from tests.support.standin_tokens import Verifier, claims
 
 pytestmark = pytest.mark.integration
@@ -213,3 +221,347 @@ async def test_a_confined_token_reads_its_patients_studies_and_no_others(
                     check_owned([body], who, config, loaded)
     finally:
         await client.close()
+
+
+# ---- 2. searches ----
+
+
+@dataclass(frozen=True)
+class Search:
+    who: Who
+    #: ``GET``, ``POST`` (``_search`` with a form body) or ``compartment`` (``Patient/{id}/ImagingStudy``).
+    route: str
+    params: tuple[tuple[str, str], ...]
+    #: The Patient id in the compartment route's path.
+    compartment: str = ""
+
+    def __str__(self) -> str:
+        where = f"Patient/{self.compartment!r}/ImagingStudy" if self.route == "compartment" else self.route
+        return f"{self.who} {where} {list(self.params)}"
+
+    def with_params(self, params: list[tuple[str, str]], who: Who | None = None) -> Search:
+        return Search(who or self.who, self.route, tuple(params), self.compartment)
+
+    @property
+    def result(self) -> dict[str, str]:
+        return {key: value for key, value in self.params if key in RESULT_PARAMETERS}
+
+
+#: Values the bridge refuses (400), whatever else the search says.
+REFUSED = [
+    ("modality", "C*"), ("identifier", "ACC?1"), ("patient", "PAT\\A"), ("_count", "-1"), ("started", "2020-13"),
+    ("_sort", "_lastUpdated"), ("_elements", "-series"), ("_summary", "maybe"), ("series", "not a uid"),
+]  # fmt: skip
+PATIENT_REFERENCES = ("patient", "subject", "patient:Patient", "subject:Patient")
+PATIENT_IDENTIFIERS = ("patient:identifier", "subject:identifier", "patient.identifier", "subject.identifier")
+#: Parameters that shape the answer rather than choose studies (``_sort`` orders the whole answer too).
+RESULT = ("_count", "_offset", "_summary", "_elements", "_include")
+RESULT_PARAMETERS = (*RESULT, "_sort")
+_DICOM_UNSAFE = re.compile(r"[*?\\]")
+
+
+@st.composite
+def patient_criterion(draw: st.DrawFn, studies: Catalog, who: Who) -> tuple[str, str]:
+    """A parameter naming patients: mostly the token's own, often another (a PatientID in the PACS, or a Patient
+    id that stands for none), in any of the ways a patient can be named."""
+    own = list(who.contexts or CONTEXTS)
+    near = [other for patient_id in own for other in colliders(patient_id)] or CONTEXTS
+    patients = st.one_of(st.sampled_from(own), st.sampled_from(near), st.sampled_from(CONTEXTS))
+    named = draw(st.lists(patients, min_size=1, max_size=2))
+    if draw(st.booleans()):
+        key = draw(st.sampled_from(PATIENT_REFERENCES))
+        prefix = draw(st.sampled_from(["", "Patient/"]))
+        return key, ",".join(f"{prefix}{patient_id}" for patient_id in named)
+    key = draw(st.sampled_from(PATIENT_IDENTIFIERS))
+    systems = st.sampled_from([None, "", PACS_SYSTEM, HOSP_B_SYSTEM, "urn:oid:1.2.3.4"])
+    return key, ",".join(
+        patient_id if (system := draw(systems)) is None else f"{system}|{patient_id}" for patient_id in named
+    )
+
+
+@st.composite
+def study_criterion(draw: st.DrawFn, studies: Catalog, who: Who) -> tuple[str, str]:
+    """A parameter choosing studies by what they hold: values of the grant's patients' studies, of any patient's,
+    and some of no one's."""
+    own = [spec for patient, spec in studies.studies if who.contexts is None or patient.patient_id in who.contexts]
+    pool = draw(st.sampled_from([own or [spec for _, spec in studies.studies], [spec for _, spec in studies.studies]]))
+    uids = st.sampled_from([*sorted({spec.uid for spec in pool}), MISSING])
+    kind = draw(st.sampled_from(["_id", "identifier", "started", "modality", "series", "instance", "dicom-class",
+                                 "body-site"]))  # fmt: skip
+    if kind == "_id":
+        return kind, ",".join(draw(st.lists(uids, min_size=1, max_size=3, unique=True)))
+    if kind == "identifier":
+        accession = st.sampled_from([*sorted({spec.accession for spec in pool if spec.accession}), "ACC-9"])
+        value = draw(st.one_of(
+            accession, uids.map(lambda uid: f"{DICOM_UID_SYSTEM}|urn:oid:{uid}"), uids.map(lambda uid: f"urn:oid:{uid}")
+        ))  # fmt: skip
+        return kind, value
+    if kind == "started":
+        prefix = draw(st.sampled_from(["", "eq", "ne", "gt", "lt", "ge", "le", "sa", "eb"]))
+        year = draw(st.integers(2017, 2025))
+        precision = draw(st.sampled_from([f"{year}", f"{year}-06", f"{year}-06-15"]))
+        return kind, f"{prefix}{precision}"
+    series = [series for spec in pool for series in spec.series]
+    if kind == "modality":
+        code = draw(st.sampled_from([*sorted({s.modality or "" for s in series}), "US"]))
+        return kind, draw(st.sampled_from([code, f"{DCM}|{code}"]))
+    if kind == "series":
+        return kind, ",".join(draw(st.lists(st.sampled_from(sorted(s.uid for s in series)), min_size=1, max_size=2)))
+    if kind == "instance":
+        return kind, draw(st.sampled_from(sorted(i.uid for s in series for i in s.instances)))
+    if kind == "dicom-class":
+        sop_class = draw(st.sampled_from(sorted({i.sop_class for s in series for i in s.instances})))
+        return kind, draw(st.sampled_from([sop_class, f"urn:oid:{sop_class}", f"{RFC3986}|urn:oid:{sop_class}"]))
+    code = draw(st.sampled_from(sorted({BODY_SITES[s.body_part or ""] for s in series})))
+    return kind, draw(st.sampled_from([code, f"{SNOMED}|{code}"]))
+
+
+@st.composite
+def result_parameters(draw: st.DrawFn) -> list[tuple[str, str]]:
+    chosen: list[tuple[str, str]] = []
+    if draw(st.booleans()):
+        chosen.append(("_count", str(draw(st.sampled_from([0, 1, 2, 3, 100])))))
+    if draw(st.booleans()):
+        chosen.append(("_offset", str(draw(st.integers(0, 3)))))
+    shape = draw(st.sampled_from(["", "_summary", "_elements"]))
+    if shape == "_summary":
+        chosen.append(("_summary", draw(st.sampled_from(["true", "false", "data", "count"]))))
+    elif shape == "_elements":
+        elements = draw(st.lists(st.sampled_from(["identifier", "started", "modality", "series", "subject"]),
+                                 min_size=1, max_size=3, unique=True))  # fmt: skip
+        chosen.append(("_elements", ",".join(elements)))
+    if draw(st.booleans()):
+        chosen.append(("_include", "ImagingStudy:endpoint"))
+    if draw(st.booleans()):
+        chosen.append(("_sort", draw(st.sampled_from(["started", "-started"]))))
+    return chosen
+
+
+@st.composite
+def searches(draw: st.DrawFn, studies: Catalog) -> Search:
+    who = draw(st.sampled_from(CONFINED))
+    params = draw(st.lists(study_criterion(studies, who), max_size=3))
+    params += draw(st.lists(patient_criterion(studies, who), max_size=2))
+    params += draw(result_parameters())
+    if draw(st.integers(0, 9)) == 9:  # now and then (hypothesis starts from 0, the simplest)
+        params.append(draw(st.sampled_from(REFUSED)))
+    params = draw(st.permutations(params))
+    route = draw(st.sampled_from(["GET", "POST", "compartment"]))
+    compartment = ""
+    if route == "compartment":
+        compartment = draw(st.one_of(st.sampled_from(who.contexts or CONTEXTS), st.sampled_from(CONTEXTS)))
+    return Search(who, route, tuple(params), compartment)
+
+
+def expected_status(search: Search, config: Config) -> int:
+    """400 for a value the bridge refuses, else 403 for a search naming a patient outside the grant, else 200."""
+    patients: list[tuple[str | None, str] | None] = []  # (system, PatientID) named; None: no patient of this PACS
+    params = list(search.params)
+    if search.route == "compartment":
+        params.insert(0, ("patient", f"Patient/{search.compartment}"))
+    for key, value in params:
+        if any(refused == (key, value) for refused in REFUSED) or _DICOM_UNSAFE.search(value):
+            return 400
+        if key in PATIENT_REFERENCES:
+            for reference in value.split(","):
+                parts = reference.split("/")
+                if len(parts) > 2:
+                    return 400  # Patient/PAT/A: no reference
+                patients.append((None, parts[-1]) if len(parts) == 1 or parts[0] == "Patient" else None)
+        elif key in PATIENT_IDENTIFIERS:
+            for token in value.split(","):
+                system, bar, patient_id = token.rpartition("|")
+                patients.append((system if bar else None, patient_id))
+    if len(search.result) < sum(key in RESULT_PARAMETERS for key, _ in search.params):
+        return 400
+    if "_summary" in search.result and "_elements" in search.result:
+        return 400
+    contexts = search.who.contexts
+    for named in patients:
+        if contexts is not None and (
+            named is None
+            or named[1] not in contexts
+            or (named[0] is not None and config.own_system is not None and named[0] != config.own_system)
+        ):
+            return 403
+    return 200
+
+
+async def ask(client: TestClient, search: Search) -> tuple[int, dict[str, Any]]:
+    headers = authorization(search.who)
+    if search.route == "POST":
+        response = await client.post("/fhir/ImagingStudy/_search", data=list(search.params), headers=headers)
+    elif search.route == "compartment":
+        path = f"/fhir/Patient/{quote(search.compartment, safe='')}/ImagingStudy"
+        response = await client.get(path, params=list(search.params), headers=headers)
+    else:
+        response = await client.get("/fhir/ImagingStudy", params=list(search.params), headers=headers)
+    body: dict[str, Any] = await response.json()
+    assert response.status < 500, f"{search}: {body}"
+    return response.status, body
+
+
+def found(bundle: dict[str, Any]) -> list[tuple[str, str | None]]:
+    """The matches of a Bundle, in order, as (StudyInstanceUID, PatientID): a UID alone can be two patients'."""
+    return [(r["id"], r["subject"].get("identifier", {}).get("value")) for r in matches(bundle)]
+
+
+def ambiguous(who: Who, config: Config, studies: Catalog) -> bool:
+    """Whether the grant names a PatientID that more than one issuer assigns, with no system to tell them
+    apart: a search then leaves its studies out (saying so), as it does for anyone who names such a PatientID."""
+    if config.own_system is not None or who.contexts is None:
+        return False
+    issuers = {(p.patient_id, p.issuer) for p, _ in studies.studies if p.issuer and p.patient_id in who.contexts}
+    return len(issuers) > len({patient_id for patient_id, _ in issuers})
+
+
+async def check_search(client: TestClient, search: Search, config: Config, studies: Catalog) -> None:
+    """The search's answer holds the grant's patients' studies alone, every one a clinician finds for the same
+    search naming those patients, and pages through them as the whole answer does."""
+    status, body = await ask(client, search)
+    expected = expected_status(search, config)
+    event(f"{status} {search.route}")
+    assert status == expected, f"{search}: {status}, expected {expected}: {body}"
+    check_mentions(body, search.who, config, studies, asked=str(search.params) + search.compartment)
+    if status == 403:
+        assert body["issue"][0]["code"] == "forbidden"
+    if status != 200:
+        return
+    check_owned(matches(body), search.who, config, studies)
+    included = [e["resource"]["resourceType"] for e in body.get("entry", []) if e["search"]["mode"] == "include"]
+    assert included in ([], ["Endpoint"])
+
+    # The whole answer, one page of it: the page is its slice, the total its size.
+    result = search.result
+    whole_params = [(key, value) for key, value in search.params if key not in RESULT] + [("_count", "100")]
+    status, whole = await ask(client, search.with_params(whole_params))
+    assert status == 200, whole
+    everything = found(whole)
+    offset, count = int(result.get("_offset", "0")), int(result.get("_count", "20"))
+    page = [] if result.get("_summary") == "count" else everything[offset : offset + count]
+    assert found(body) == page, f"{search}: the page is not the whole answer's slice"
+    if "total" in body:
+        assert body["total"] == len(everything)
+
+    # The same search by a clinician naming the grant's patients: the confinement is exactly that criterion.
+    contexts = search.who.contexts
+    assert contexts is not None
+    if not any(_DICOM_UNSAFE.search(patient_id) for patient_id in contexts):
+        system = f"{config.own_system}|" if config.own_system else ""
+        named = ("patient:identifier", ",".join(f"{system}{patient_id}" for patient_id in contexts))
+        status, oracle = await ask(client, search.with_params([*whole_params, named], CLINICIAN))
+        assert status == 200, oracle
+        assert sorted(everything) == sorted(found(oracle)), f"{search}: not what naming the patients finds"
+        event(f"named by a clinician: {len(everything)} found")
+
+    # The same search by a clinician, its matches of the grant's patients: all of them found, and only a study
+    # whose UID is shared (which a search that names no patient leaves out) besides. (A search naming a patient
+    # is the criterion above; a PatientID that issuers share is left out of any search naming it without one.)
+    names_patient = search.route == "compartment" or any(
+        key in PATIENT_REFERENCES or key in PATIENT_IDENTIFIERS for key, _ in search.params
+    )
+    if not names_patient and not ambiguous(search.who, config, studies):
+        status, oracle = await ask(client, search.with_params(whole_params, CLINICIAN))
+        assert status == 200, oracle
+        theirs = {
+            (study_uid, patient_id) for study_uid, patient_id in found(oracle)
+            if any(config.sees(search.who, owner) and owner.patient_id == patient_id
+                   for owner, _ in studies.owners(study_uid))
+        }  # fmt: skip
+        assert theirs <= set(everything), f"{search}: the grant lost {theirs - set(everything)}"
+        assert {study_uid for study_uid, _ in set(everything) - theirs} <= {studies.shared_uid}
+        event(f"a clinician's, filtered: {len(theirs)} found")
+
+
+# Each example asks a bridge of its own (its cache starts empty, so that an example fails or passes alone, as its
+# replay must) up to four times: a few dozen examples, drawn the same way on every run so that a failure is one
+# to reproduce, not a flake.
+@pytest.mark.parametrize("name", ["no systems", "patient and issuer systems"])
+@settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+async def test_no_search_shows_a_confined_token_another_patients_study(
+    pacs: OrthancServer, loaded: Catalog, verifier: Verifier, policy: Path, name: str, data: st.DataObject
+) -> None:
+    """Any search a confined token may send (GET, POST _search, the compartment route; naming no patient, its own
+    or another in any way; any UIDs, accession numbers, dates, codes, result parameters) is answered with its
+    patients' studies alone, or refused (403 naming another patient, 400 a value the bridge refuses); never 500."""
+    search = data.draw(searches(loaded), label="search")
+    client = await open_bridge(pacs, verifier, policy, CONFIGS[name])
+    try:
+        await check_search(client, search, CONFIGS[name], loaded)
+    finally:
+        await client.close()
+
+
+def sweep_searches(studies: Catalog) -> list[list[tuple[str, str]]]:
+    """Searches that, between them, bring every study of the PACS into the cache (complete, series and all)."""
+    return [
+        [("_count", "100")],
+        [("_count", "100"), ("_include", "ImagingStudy:endpoint"), ("_sort", "started")],
+        [("_id", ",".join(studies.uids)), ("_count", "100")],
+        *([("identifier", accession), ("_count", "100")] for accession in studies.accessions),
+        [("modality", "CT"), ("_summary", "count")],
+    ]
+
+
+@pytest.mark.parametrize("name", ["no systems", "patient and issuer systems"])
+async def test_a_search_naming_a_colliding_patient_is_refused(
+    pacs: OrthancServer, loaded: Catalog, verifier: Verifier, policy: Path, name: str
+) -> None:
+    """Every patient token, naming every other patient context in every way (and its own PatientID under other
+    systems): a 403, or a 400 for a value no PACS can match literally, never an answer."""
+    config = CONFIGS[name]
+    client = await open_bridge(pacs, verifier, policy, config)
+    try:
+        for who in PATIENT_TOKENS:
+            assert who.contexts is not None
+            own = who.contexts[0]
+            asked = [Search(who, "compartment", (), other) for other in CONTEXTS if other != own]
+            asked += [
+                Search(who, "GET", ((key, other),))
+                for other in CONTEXTS if other != own
+                for key in ("patient", "subject:identifier", "patient.identifier")
+            ]  # fmt: skip
+            asked += [
+                Search(who, "POST", (("patient:identifier", f"{system}|{own}"),))
+                for system in ("", PACS_SYSTEM, HOSP_B_SYSTEM, "urn:oid:1.2.3.4")
+            ]
+            for search in asked:
+                status, body = await ask(client, search)
+                assert status == expected_status(search, config), f"{search}: {status} {body}"
+                if status == 200:
+                    check_owned(matches(body), who, config, loaded)
+    finally:
+        await client.close()
+
+
+async def test_a_patient_id_that_stands_for_no_pacs_patient_sees_nothing_and_asks_the_pacs_for_nothing(
+    pacs: OrthancServer, loaded: Catalog, verifier: Verifier, policy: Path
+) -> None:
+    """With BRIDGE_PATIENT_REFERENCE=mrn-{PatientID}, Patient PAT-A (not mrn-…) stands for no PatientID: its
+    token's searches find nothing without a study being looked for at the PACS (an empty PatientID there is
+    universal matching, every patient), and its reads find nothing; Patient mrn-PAT-A stands for PatientID PAT-A."""
+    settings = orthanc_settings(
+        pacs, auth="smart", auth_jwks_url="https://auth.example.org/jwks", public_url=BASE, access_log="false",
+        patient_reference="mrn-{PatientID}",
+    )  # fmt: skip
+    source = RecordingSource(await open_source(settings))
+    client = await start_client(settings, source, verifier)
+    verifier.extra["mrn"] = claims("patient/ImagingStudy.rs", patient="mrn-PAT-A")
+    try:
+        for who in PATIENT_TOKENS:
+            for params in sweep_searches(loaded):
+                status, bundle = await ask(client, Search(who, "GET", tuple(params)))
+                assert (status, matches(bundle), bundle.get("total", 0)) == (200, [], 0), f"{who} {params}: {bundle}"
+        assert source.searches == []
+        for who in PATIENT_TOKENS:
+            for study_uid in loaded.uids:
+                response = await client.get(f"/fhir/ImagingStudy/{study_uid}", headers=authorization(who))
+                assert response.status == 404
+        mrn = Who("mrn", ("PAT-A",))
+        status, bundle = await ask(client, Search(mrn, "GET", (("_count", "100"),)))
+        assert status == 200
+        assert set(found(bundle)) == {(spec.uid, "PAT-A") for spec in loaded.of(Patient("PAT-A"))}
+    finally:
+        await client.close()
+        await source.close()
