@@ -40,7 +40,9 @@ from tests.support.colliding_patients import (
 from tests.support.dicomgen import encode, new_uid
 from tests.support.orthanc import OrthancServer
 from tests.support.recording_source import RecordingSource
+from tests.support.redis_server import RedisServer
 from tests.support.standin_tokens import Verifier, claims
+from tests.test_cache_redis import dead_pacs_url
 
 pytestmark = pytest.mark.integration
 
@@ -565,3 +567,89 @@ async def test_a_patient_id_that_stands_for_no_pacs_patient_sees_nothing_and_ask
     finally:
         await client.close()
         await source.close()
+
+
+# ---- 3. through a cache another token warmed ----
+
+
+def visible(who: Who, config: Config, studies: Catalog) -> set[tuple[str, str]]:
+    """What a search of every study finds for ``who``, as (StudyInstanceUID, PatientID): for a clinician every
+    study but the UID two patients share (which a search that names no patient leaves out); for a confined grant
+    its patients' studies, the shared UID's part included, but for a PatientID that issuers share with no system
+    to tell them apart (which a search naming it leaves out, saying so)."""
+    if who.contexts is None:
+        return {(spec.uid, patient.patient_id) for patient, spec in studies.studies if spec.uid != studies.shared_uid}
+    return {
+        (spec.uid, patient.patient_id) for patient, spec in studies.studies
+        if config.sees(who, patient) and not ambiguous(Who(who.token, (patient.patient_id,)), config, studies)
+    }  # fmt: skip
+
+
+async def sweep(
+    client: TestClient, who: Who, config: Config, studies: Catalog, etags: dict[str, str], *, searched: bool = True
+) -> None:
+    """``who`` reads every study (conditionally, on the ETags another token was given) and runs every sweep
+    search: it gets its patients' studies alone, all of them, and for a clinician every study."""
+    for study_uid in studies.uids:
+        headers = authorization(who)
+        if study_uid in etags and who.contexts is not None:
+            headers["If-None-Match"] = etags[study_uid]
+        response = await client.get(f"/fhir/ImagingStudy/{study_uid}", headers=headers)
+        owners = studies.owners(study_uid)
+        if who.contexts is None:
+            assert response.status == (200 if len(owners) == 1 else 409)
+            if response.status == 200:
+                etags[study_uid] = response.headers["ETag"]
+        elif len(owners) == 1 and config.sees(who, owners[0][0]):
+            assert response.status in (200, 304)
+        else:
+            assert response.status == 404, f"{who} read {owners}'s study: {response.status}"
+            continue
+        if response.status == 200:
+            check_owned([await response.json()], who, config, studies)
+    if not searched:
+        return
+    for params in sweep_searches(studies):
+        status, bundle = await ask(client, Search(who, "GET", tuple(params)))
+        assert status == 200, bundle
+        check_owned(matches(bundle), who, config, studies)
+        check_mentions(bundle, who, config, studies, asked=str(params))
+        if params == [("_count", "100")]:
+            assert set(found(bundle)) == visible(who, config, studies), f"{who}: not every study of its own"
+
+
+@pytest.mark.parametrize("name", ["no systems", "patient and issuer systems"])
+@pytest.mark.parametrize("clinician_first", [True, False], ids=["clinician first", "patients first"])
+async def test_a_cache_warmed_by_one_token_serves_no_other_patients_study(
+    pacs: OrthancServer, loaded: Catalog, verifier: Verifier, policy: Path, name: str, clinician_first: bool
+) -> None:
+    config = CONFIGS[name]
+    client = await open_bridge(pacs, verifier, policy, config)
+    etags: dict[str, str] = {}
+    try:
+        order = (CLINICIAN, *CONFINED) if clinician_first else (*CONFINED, CLINICIAN)
+        for who in order:
+            await sweep(client, who, config, loaded, etags)
+    finally:
+        await client.close()
+
+
+async def test_a_shared_cache_warmed_on_one_replica_serves_no_other_patients_study_on_another(
+    pacs: OrthancServer, loaded: Catalog, verifier: Verifier, policy: Path, redis_server: RedisServer
+) -> None:
+    """A clinician's reads and searches on one replica fill Redis; on a replica whose PACS is down (so that
+    every study it serves comes from Redis) and on one whose PACS answers, each patient gets its own alone."""
+    config = CONFIGS["patient and issuer systems"]
+    shared = {"cache_url": redis_server.url}
+    warm = await open_bridge(pacs, verifier, policy, config, **shared)
+    stranded = await open_bridge(pacs, verifier, policy, config, **shared, qido_url=dead_pacs_url())
+    live = await open_bridge(pacs, verifier, policy, config, **shared)
+    etags: dict[str, str] = {}
+    try:
+        await sweep(warm, CLINICIAN, config, loaded, etags)
+        for who in CONFINED:
+            await sweep(stranded, who, config, loaded, etags, searched=False)
+            await sweep(live, who, config, loaded, etags)
+    finally:
+        for client in (warm, stranded, live):
+            await client.close()
