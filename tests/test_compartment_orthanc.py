@@ -257,7 +257,7 @@ REFUSED = [
 PATIENT_REFERENCES = ("patient", "subject", "patient:Patient", "subject:Patient")
 PATIENT_IDENTIFIERS = ("patient:identifier", "subject:identifier", "patient.identifier", "subject.identifier")
 #: Parameters that shape the answer rather than choose studies (``_sort`` orders the whole answer too).
-RESULT = ("_count", "_offset", "_summary", "_elements", "_include")
+RESULT = ("_count", "_offset", "_summary", "_elements", "_include", "_total")
 RESULT_PARAMETERS = (*RESULT, "_sort")
 _DICOM_UNSAFE = re.compile(r"[*?\\]")
 
@@ -272,7 +272,7 @@ def patient_criterion(draw: st.DrawFn, studies: Catalog, who: Who) -> tuple[str,
     named = draw(st.lists(patients, min_size=1, max_size=2))
     if draw(st.booleans()):
         key = draw(st.sampled_from(PATIENT_REFERENCES))
-        prefix = draw(st.sampled_from(["", "Patient/"]))
+        prefix = draw(st.sampled_from(["", "Patient/", f"{BASE}/Patient/"]))
         return key, ",".join(f"{prefix}{patient_id}" for patient_id in named)
     key = draw(st.sampled_from(PATIENT_IDENTIFIERS))
     systems = st.sampled_from([None, "", PACS_SYSTEM, HOSP_B_SYSTEM, "urn:oid:1.2.3.4"])
@@ -289,11 +289,15 @@ def study_criterion(draw: st.DrawFn, studies: Catalog, who: Who) -> tuple[str, s
     pool = draw(st.sampled_from([own or [spec for _, spec in studies.studies], [spec for _, spec in studies.studies]]))
     uids = st.sampled_from([*sorted({spec.uid for spec in pool}), MISSING])
     kind = draw(st.sampled_from(["_id", "identifier", "started", "modality", "series", "instance", "dicom-class",
-                                 "body-site"]))  # fmt: skip
+                                 "body-site", "based-on:identifier", "status"]))  # fmt: skip
+    if kind == "status":
+        return kind, draw(st.sampled_from(["available", "cancelled"]))
     if kind == "_id":
         return kind, ",".join(draw(st.lists(uids, min_size=1, max_size=3, unique=True)))
+    accession = st.sampled_from([*sorted({spec.accession for spec in pool if spec.accession}), "ACC-9"])
+    if kind == "based-on:identifier":
+        return kind, draw(accession)
     if kind == "identifier":
-        accession = st.sampled_from([*sorted({spec.accession for spec in pool if spec.accession}), "ACC-9"])
         value = draw(st.one_of(
             accession, uids.map(lambda uid: f"{DICOM_UID_SYSTEM}|urn:oid:{uid}"), uids.map(lambda uid: f"urn:oid:{uid}")
         ))  # fmt: skip
@@ -335,6 +339,8 @@ def result_parameters(draw: st.DrawFn) -> list[tuple[str, str]]:
     if draw(st.booleans()):
         chosen.append(("_include", "ImagingStudy:endpoint"))
     if draw(st.booleans()):
+        chosen.append(("_total", draw(st.sampled_from(["accurate", "estimate", "none"]))))
+    if draw(st.booleans()):
         chosen.append(("_sort", draw(st.sampled_from(["started", "-started"]))))
     return chosen
 
@@ -366,7 +372,7 @@ def expected_status(search: Search, config: Config) -> int:
             return 400
         if key in PATIENT_REFERENCES:
             for reference in value.split(","):
-                parts = reference.split("/")
+                parts = reference.removeprefix(f"{BASE}/").split("/")
                 if len(parts) > 2:
                     return 400  # Patient/PAT/A: no reference
                 patients.append((None, parts[-1]) if len(parts) == 1 or parts[0] == "Patient" else None)
