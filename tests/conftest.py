@@ -20,6 +20,7 @@ from tests.support import catalog, integration
 from tests.support.authserver import AuthServer
 from tests.support.dicomgen import StudySpec, encode
 from tests.support.orthanc import OrthancServer
+from tests.support.redis_server import RedisServer
 from tests.support.toxic_proxy import ToxicProxy
 
 
@@ -81,6 +82,13 @@ async def start_client(
     client = TestClient(server)
     await client.start_server()
     return client
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One real Redis for the whole run (Debian's redis-server, installed by scripts/test)."""
+    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
+        yield server
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import asyncio
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import orjson
@@ -31,12 +31,6 @@ from tests.support.process import bridge_env
 from tests.support.redis_server import RedisServer
 from tests.support.waiting import eventually
 from tests.test_cache import STUDY, UNKNOWN, Clock, el, pacs
-
-
-@pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    with RedisServer(tmp_path_factory.mktemp("redis")) as server:
-        yield server
 
 
 @pytest.fixture

@@ -29,14 +29,24 @@ class Compartments:
     """Patient ids -> ``Patients``."""
 
     def __init__(
-        self, rule: PatientRule, systems: Iterable[str] = (), directory: PatientDirectory | None = None
+        self,
+        rule: PatientRule,
+        systems: Iterable[str] = (),
+        directory: PatientDirectory | None = None,
+        *,
+        own_system: str | None = None,
     ) -> None:
         self._rule = rule
-        self._systems = frozenset(systems)
+        self._systems = frozenset(systems) | ({own_system} if own_system else set())
         self._directory = directory
-        # Without a system of its own, a PatientID from the template is one under any issuer; with one (every
-        # row without an issuer carries BRIDGE_PATIENT_ID_SYSTEM), the template's PatientIDs are that system's.
-        self._template_system = next(iter(self._systems)) if len(self._systems) == 1 else None
+        # With a system of its own (BRIDGE_PATIENT_ID_SYSTEM, which every row without an issuer carries), the
+        # template's PatientIDs are that system's, whatever other issuers' systems are configured: another
+        # issuer's patient with the same PatientID is another patient. Without one, they are the one configured
+        # system's, or, with none, a PatientID under any issuer.
+        if own_system:
+            self._template_system: str | None = own_system
+        else:
+            self._template_system = next(iter(self._systems)) if len(self._systems) == 1 else None
 
     async def of(self, patient_ids: Iterable[str]) -> Patients:
         found: set[tuple[str | None, str]] = set()

@@ -91,7 +91,9 @@ async def authorization(app: web.Application) -> AsyncIterator[None]:
         raise ConfigError("BRIDGE_AUTH=smart: no way to verify a token is configured")
     directory = clinical_patients(settings)
     systems = {*settings.issuer_systems.values(), *([settings.patient_id_system] if settings.patient_id_system else [])}
-    compartments = Compartments(PatientRule(settings.patient_reference), systems, directory)
+    compartments = Compartments(
+        PatientRule(settings.patient_reference), systems, directory, own_system=settings.patient_id_system
+    )
     policy = read_policy(settings.auth_client_policy) if settings.auth_client_policy else {}
     app[AUTHORIZER] = Authorizer(verifier, compartments, policy)
     app[DISCOVERY] = Discovery(settings, made.issuer if made is not None else None)
