@@ -4,7 +4,8 @@ Pure:
 - ``scopes``: SMART v1 and v2 scopes -> what a token may do;
 - ``grant``: who is asking and what they may see, as one value the handlers consult;
 - ``claims``: a verified JWT's payload or an introspection answer -> ``Claims`` (and ``InvalidToken``);
-- ``discovery``: the smart-configuration document and the CapabilityStatement's ``rest.security``.
+- ``discovery``: the smart-configuration document and the CapabilityStatement's ``rest.security``;
+- ``auditevent``: one request to patient data -> the R5 AuditEvent the audit log writes.
 
 Shell (HTTP to the authorization and clinical FHIR servers, ``remote.JsonClient``; fetches shared and backed
 off, ``fetched.Fetched``):
