@@ -72,6 +72,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except BridgeError as exc:  # the PACS source could not be opened
             print(f"imaging-bridge: {exc.diagnostics}", file=sys.stderr)
             return 1
+        except ConfigError as exc:  # a file a setting names could not be opened (BRIDGE_AUDIT_LOG)
+            print(f"imaging-bridge: {exc}", file=sys.stderr)
+            return 2
         return 0
     if args.command == "refresh":
         if not (args.since or args.until or args.patient or args.due):

@@ -19,6 +19,7 @@ status and FHIR issue code the class declares (``bridge.web.outcomes``), so hand
     ├── Conflict              409  the PACS holds contradicting data (one StudyInstanceUID, two patients)
     ├── TooManyRequests       429  the client's rate (BRIDGE_RATE_LIMIT) is spent; Retry-After says when
     ├── AuthServerUnavailable 503  a token cannot be checked now: the authorization (or clinical FHIR) server failed
+    ├── AuditUnavailable      503  the audit log cannot keep up: patient data is not served unaudited
     └── UpstreamError              the PACS failed us
         ├── UpstreamBadResponse   502  an HTTP error status or a body that is not DICOM JSON
         ├── UpstreamUnavailable   503  connection refused, reset or dropped
@@ -145,6 +146,13 @@ class AuthServerUnavailable(BridgeError):
 
     def __init__(self, diagnostics: str, *, retry_after: int | None = 5) -> None:
         super().__init__(diagnostics, retry_after=retry_after)
+
+
+class AuditUnavailable(BridgeError):
+    """The audit log's sink is too slow or broken to record another access (``bridge.web.audit``)."""
+
+    status = 503
+    issue_code = "transient"
 
 
 class UpstreamError(BridgeError):

@@ -19,6 +19,7 @@ from bridge.qido.source import QidoSource
 from bridge.search.execute import Limits
 from bridge.settings import Settings
 from bridge.web import contexts, observe
+from bridge.web.audit import AUDIT_LOG, audit_context, audit_log
 from bridge.web.authz import step
 from bridge.web.handlers import (
     metadata,
@@ -44,6 +45,8 @@ class FhirRoute(NamedTuple):
     interaction: str
     #: What a token needs: an interaction on ImagingStudy (an Endpoint is read by whoever may read studies).
     needs: Interaction
+    #: Whether it serves patient data: then every request to it is written to the audit log.
+    audited: bool = True
 
 
 # The read first: aiohttp tries the routes under one path prefix in the order they were added.
@@ -57,7 +60,7 @@ FHIR_ROUTES = (
         "GET", "/fhir/Patient/{id}/ImagingStudy", search_patient_compartment, "ImagingStudy", "search-type",
         Interaction.SEARCH,
     ),
-    FhirRoute("GET", "/fhir/Endpoint/{id}", read_endpoint, "Endpoint", "read", Interaction.READ),
+    FhirRoute("GET", "/fhir/Endpoint/{id}", read_endpoint, "Endpoint", "read", Interaction.READ, audited=False),
 )  # fmt: skip
 
 
@@ -86,6 +89,11 @@ def create_app(
     if settings.access_log:
         app[observe.ACCESS_LOG] = access_log = observe.AccessLog()
         app.cleanup_ctx.append(observe.access_log_context)
+    # The audit log: opened before the other resources, closed after them (the last events written).
+    audit = audit_log(settings)
+    if audit is not None:
+        app[AUDIT_LOG] = audit
+        app.cleanup_ctx.append(audit_context)
     app[SETTINGS] = settings
     app[ENDPOINT] = endpoint_of(settings)
     app[MAPPING] = mapping_options(settings)
@@ -105,18 +113,23 @@ def create_app(
         app.cleanup_ctx.append(admin_listener)  # the probes and metrics are served there, not here
 
     hosts = settings.link_hosts
-    envelope = observe.Envelope(access_log, settings.request_deadline, HostCheck(hosts) if hosts is not None else None)
-    routes: list[tuple[str, str, Any, Any]] = [
-        ("GET", "/fhir/metadata", metadata, None),
-        ("GET", "/fhir/.well-known/smart-configuration", smart_configuration_document, None),
+    envelope = observe.Envelope(
+        access_log, settings.request_deadline, HostCheck(hosts) if hosts is not None else None,
+        audit=audit,
+    )  # fmt: skip
+    routes: list[tuple[str, str, Any, Any, str | None]] = [
+        ("GET", "/fhir/metadata", metadata, None, None),
+        ("GET", "/fhir/.well-known/smart-configuration", smart_configuration_document, None, None),
     ]
     for route in FHIR_ROUTES:
         authorize = step("ImagingStudy", route.needs, route.interaction) if smart else None
-        routes.append((route.method, route.path, route.handler, authorize))
+        routes.append(
+            (route.method, route.path, route.handler, authorize, route.interaction if route.audited else None)
+        )
     if settings.admin_port is None:
-        routes += [("GET", path, handler, None) for path, handler in probe_routes(settings.health_details)]
-    for method, path, handler, authorize in routes:
-        observed = envelope(handler, path, authorize)
+        routes += [("GET", path, handler, None, None) for path, handler in probe_routes(settings.health_details)]
+    for method, path, handler, authorize, audited in routes:
+        observed = envelope(handler, path, authorize, audited)
         if method == "GET":
             app.router.add_get(path, observed)  # and HEAD, with the same handler
         else:

@@ -38,6 +38,7 @@ from bridge.logs import json_line_safe
 from bridge.qido.resilience import DEADLINE
 from bridge.search.parameters import CHAINS, FORMAT_PARAMETERS, RESULT_PARAMETERS, SEARCH_PARAMETERS
 from bridge.telemetry import REGISTRY, REQUEST_ID, STATS
+from bridge.web.audit import AuditLog
 from bridge.web.hosts import HostCheck
 from bridge.web.outcomes import check_size, error_response
 
@@ -150,26 +151,43 @@ class RequestIds:
 class Envelope:
     """What every request goes through: its id, its deadline, the Host check of FHIR routes (``hosts``, when
     links are built from the Host), error rendering (``bridge.web.outcomes``), metrics and, if asked, the access
-    log.
+    log and the audit log of routes to patient data (``audit``).
 
     Applied to each route's handler when it is registered, rather than as an aiohttp middleware: the middleware
     chain adds two coroutine layers and a lookup to every request, which measurably slows a cached read."""
 
-    def __init__(self, access_log: AccessLog | None, deadline: float = 60.0, hosts: HostCheck | None = None) -> None:
+    def __init__(
+        self,
+        access_log: AccessLog | None,
+        deadline: float = 60.0,
+        hosts: HostCheck | None = None,
+        *,
+        audit: AuditLog | None = None,
+    ) -> None:
         self._access_log = access_log
         self._deadline = deadline
         self._hosts = hosts
+        self._audit = audit
         self._new_id = RequestIds()
 
     def __call__(
-        self, handler: Handler, route: str, authorize: Callable[[web.Request], Awaitable[None]] | None = None
+        self,
+        handler: Handler,
+        route: str,
+        authorize: Callable[[web.Request], Awaitable[None]] | None = None,
+        audited: str | None = None,
     ) -> Handler:
         """``handler`` wrapped; ``route`` names it in the metrics (its pattern, e.g. ``/fhir/ImagingStudy/{id}``);
-        ``authorize``, when authorization is on, runs first and sets the request's grant (or raises 401/403)."""
+        ``authorize``, when authorization is on, runs first and sets the request's grant (or raises 401/403);
+        ``audited``, for a route to patient data, is its FHIR interaction (``read``, ``search-type`` …): each of
+        its requests is then written to the audit log, refused ones too."""
         stats = STATS.route(route)
         access_log, deadline, new_id = self._access_log, self._deadline, self._new_id
         # The Host shapes the links of FHIR answers only; probes and metrics answer whatever name they are asked by.
-        check_host = self._hosts if route.startswith("/fhir") else None
+        fhir = route.startswith("/fhir")
+        check_host = self._hosts if fhir else None
+        audit = self._audit if audited else None
+        interaction = audited or ""
 
         async def observed(request: web.Request) -> web.StreamResponse:
             offered = request.headers.get(X_REQUEST_ID)
@@ -181,8 +199,12 @@ class Envelope:
             REQUEST_ID.set(request_id)
             DEADLINE.set(started + deadline)
             status = 500
+            admitted = False  # to the audit log: recorded, whatever the answer
             try:
                 try:
+                    if audit is not None:
+                        audit.admit()  # a 503 while the audit log cannot keep up: nothing is served unaudited
+                        admitted = True
                     check_size(request)
                     if check_host is not None:
                         check_host(request.headers.get(hdrs.HOST))
@@ -204,6 +226,8 @@ class Envelope:
                     access_log.record(
                         time.time() - elapsed, request_id, request.method, request.raw_path, status, elapsed
                     )
+                if admitted and audit is not None:
+                    audit.record(request, request_id, interaction, status, time.time(), elapsed)
 
         return observed
 
