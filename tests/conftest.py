@@ -1,4 +1,4 @@
-"""Shared fixtures: a real Orthanc loaded with generated studies, and the bridge in front of it; the
+"""Shared fixtures: a real Orthanc loaded with generated studies, and the bridge in front of it; a real Redis; the
 ``integration`` mark on every test that needs a real Orthanc or Redis; no test leaves a task running."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from redis.asyncio import Redis
 
 from bridge.auth.tokens import TokenVerifier
 from bridge.qido.source import QidoSource
@@ -97,6 +98,15 @@ async def bridge(orthanc: OrthancServer, studies: dict[str, StudySpec]) -> Async
     client = await start_client(orthanc_settings(orthanc))
     yield client
     await client.close()
+
+
+@pytest.fixture
+async def redis_url(redis_server: RedisServer) -> str:
+    """The shared Redis, emptied."""
+    client = Redis.from_url(redis_server.url)
+    await client.flushdb()
+    await client.aclose()
+    return redis_server.url
 
 
 @pytest.fixture

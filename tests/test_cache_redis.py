@@ -28,19 +28,8 @@ from tests.support.dicomgen import InstanceSpec, encode, simple_study
 from tests.support.fhircheck import validate
 from tests.support.orthanc import OrthancServer
 from tests.support.process import bridge_env
-from tests.support.redis_server import RedisServer
 from tests.support.waiting import eventually
 from tests.test_cache import STUDY, UNKNOWN, Clock, el, pacs
-
-
-@pytest.fixture
-async def redis_url(redis_server: RedisServer) -> str:
-    """The shared Redis, emptied."""
-    client = Redis.from_url(redis_server.url)
-    await client.flushdb()
-    await client.aclose()
-    return redis_server.url
-
 
 #: The refresh lock's key in Redis.
 LOCK_KEY = "imaging-bridge:lock:refresh"
