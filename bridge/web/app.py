@@ -31,6 +31,7 @@ from bridge.web.handlers import (
 )
 from bridge.web.hosts import HostCheck
 from bridge.web.keys import ENDPOINT, INTERACTIONS, MAPPING, SEARCH_LIMITS, SETTINGS, SOURCE
+from bridge.web.ratelimit import RATE_LIMITER, rate_limit_context, rate_limiter
 from bridge.web.server import admin_listener, probe_routes
 
 #: A POST _search form is a few kilobytes; nothing else has a body.
@@ -89,11 +90,15 @@ def create_app(
     if settings.access_log:
         app[observe.ACCESS_LOG] = access_log = observe.AccessLog()
         app.cleanup_ctx.append(observe.access_log_context)
-    # The audit log: opened before the other resources, closed after them (the last events written).
+    # Audit and rate limits: opened before the other resources, closed after them (the last events written).
     audit = audit_log(settings)
     if audit is not None:
         app[AUDIT_LOG] = audit
         app.cleanup_ctx.append(audit_context)
+    limiter = rate_limiter(settings)
+    if limiter is not None:
+        app[RATE_LIMITER] = limiter
+        app.cleanup_ctx.append(rate_limit_context)
     app[SETTINGS] = settings
     app[ENDPOINT] = endpoint_of(settings)
     app[MAPPING] = mapping_options(settings)
@@ -115,7 +120,7 @@ def create_app(
     hosts = settings.link_hosts
     envelope = observe.Envelope(
         access_log, settings.request_deadline, HostCheck(hosts) if hosts is not None else None,
-        audit=audit,
+        audit=audit, limiter=limiter,
     )  # fmt: skip
     routes: list[tuple[str, str, Any, Any, str | None]] = [
         ("GET", "/fhir/metadata", metadata, None, None),

@@ -41,6 +41,7 @@ from bridge.telemetry import REGISTRY, REQUEST_ID, STATS
 from bridge.web.audit import AuditLog
 from bridge.web.hosts import HostCheck
 from bridge.web.outcomes import check_size, error_response
+from bridge.web.ratelimit import RateLimiter, client_key
 
 #: Case-insensitive once, not on every lookup (as aiohttp's ``hdrs`` names are).
 X_REQUEST_ID = istr("X-Request-ID")
@@ -151,7 +152,7 @@ class RequestIds:
 class Envelope:
     """What every request goes through: its id, its deadline, the Host check of FHIR routes (``hosts``, when
     links are built from the Host), error rendering (``bridge.web.outcomes``), metrics and, if asked, the access
-    log and the audit log of routes to patient data (``audit``).
+    log, the audit log of routes to patient data (``audit``) and the rate limit of FHIR routes (``limiter``).
 
     Applied to each route's handler when it is registered, rather than as an aiohttp middleware: the middleware
     chain adds two coroutine layers and a lookup to every request, which measurably slows a cached read."""
@@ -163,11 +164,13 @@ class Envelope:
         hosts: HostCheck | None = None,
         *,
         audit: AuditLog | None = None,
+        limiter: RateLimiter | None = None,
     ) -> None:
         self._access_log = access_log
         self._deadline = deadline
         self._hosts = hosts
         self._audit = audit
+        self._limiter = limiter
         self._new_id = RequestIds()
 
     def __call__(
@@ -186,6 +189,7 @@ class Envelope:
         # The Host shapes the links of FHIR answers only; probes and metrics answer whatever name they are asked by.
         fhir = route.startswith("/fhir")
         check_host = self._hosts if fhir else None
+        limiter = self._limiter if fhir else None
         audit = self._audit if audited else None
         interaction = audited or ""
 
@@ -210,6 +214,9 @@ class Envelope:
                         check_host(request.headers.get(hdrs.HOST))
                     if authorize is not None:
                         await authorize(request)
+                    # After authorization: the bucket is the token's client's (a request refused 401/403 spends none).
+                    if limiter is not None:
+                        await limiter.check(client_key(request))
                     response = await handler(request)
                 except Exception as exc:
                     response = error_response(request, exc)  # raises again what is not ours to answer
