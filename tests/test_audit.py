@@ -17,13 +17,14 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from bridge.auth.auditevent import Access, Lines, Observer, audit_event, patient_reference, search_query
+from bridge.auth.auditevent import Access, Observer, audit_event, patient_reference, search_query
 from bridge.auth.grant import AuditFacts, Claims, Grant
 from bridge.errors import ConfigError, Forbidden
+from bridge.logs import json_line_safe
 from bridge.settings import Settings, load_settings
 from bridge.web import app as app_module
 from bridge.web.app import FHIR_ROUTES, create_app
-from bridge.web.audit import AUDIT_LOG, AuditLog, FileSink, StreamSink
+from bridge.web.audit import AUDIT_LOG, AuditLog, FileSink, Lines, StreamSink
 from bridge.web.keys import AUDITED, GRANT
 from bridge.web.server import server_options
 from tests.support.fhircheck import validate
@@ -232,7 +233,9 @@ def test_lines_splice_times_and_ids_into_the_same_json_as_built_whole(case: Acce
     lines = Lines(OBSERVER)
     for n in range(3):  # the first builds the shape; the others reuse it with other times and ids
         again = case._replace(request_id=f"{case.request_id}-{n}", ended=case.ended + n * 1.0005)
-        assert lines(again) == orjson.dumps(audit_event(again, OBSERVER), option=orjson.OPT_APPEND_NEWLINE)
+        assert lines(again) == json_line_safe(
+            orjson.dumps(audit_event(again, OBSERVER), option=orjson.OPT_APPEND_NEWLINE)
+        )
 
 
 def test_lines_keep_a_bounded_number_of_shapes() -> None:

@@ -19,13 +19,10 @@ is removed from a recorded query.
 from __future__ import annotations
 
 import base64
-import secrets
 import time
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 from urllib.parse import unquote_plus
-
-import orjson
 
 AUDIT_EVENT_TYPE = "http://terminology.hl7.org/CodeSystem/audit-event-type"
 RESTFUL_INTERACTION = "http://hl7.org/fhir/restful-interaction"
@@ -209,60 +206,3 @@ def _concept(system: str, code: str, display: str | None = None) -> dict[str, An
     if display:
         coding["display"] = display
     return {"coding": [coding]}
-
-
-class Lines:
-    """``audit_event`` as JSON lines, built once for events alike but for their times and request id (every
-    warm read of a study by one client): those are spliced into the serialized event. Holds ``size`` shapes at
-    most (all forgotten at once beyond)."""
-
-    def __init__(self, observer: Observer, size: int = 4096) -> None:
-        self._observer = observer
-        self._size = size
-        self._shapes: dict[tuple[Any, ...], list[bytes]] = {}
-        # Placeholders no client can write (a random mark), each a JSON string once serialized.
-        mark = "\x00" + secrets.token_hex(8)
-        self._placeholders = (f"{mark}o", f"{mark}r", f"{mark}i")
-        self._split = [orjson.dumps(placeholder) for placeholder in self._placeholders]
-        #: Instants formatted, by millisecond: events come in bursts.
-        self._instants: dict[int, bytes] = {}
-
-    def __call__(self, access: Access) -> bytes:
-        """The event of ``access``, as one line (with its newline)."""
-        key = (*access[3:13], tuple(access.named), tuple(access.returned), tuple(access.refused))
-        pieces = self._shapes.get(key)
-        if pieces is None:
-            pieces = self._pieces(access)
-            if len(self._shapes) >= self._size:
-                self._shapes.clear()
-            self._shapes[key] = pieces
-        if not pieces:  # (see _pieces)
-            return orjson.dumps(audit_event(access, self._observer), option=orjson.OPT_APPEND_NEWLINE)
-        head, occurred, recorded, tail = pieces
-        return b"".join((
-            head, self._instant(access.ended - access.seconds), occurred, self._instant(access.ended), recorded,
-            orjson.dumps(access.request_id), tail,
-        ))  # fmt: skip
-
-    def _pieces(self, access: Access) -> list[bytes]:
-        """The serialized event of ``access`` cut where its times and request id go; [] if it cannot be."""
-        event = audit_event(access, self._observer)
-        occurred, recorded, request_id = self._placeholders
-        event["occurredDateTime"], event["recorded"] = occurred, recorded
-        event["entity"][0]["what"]["identifier"]["value"] = request_id
-        text = orjson.dumps(event, option=orjson.OPT_APPEND_NEWLINE)
-        head, found_o, rest = text.partition(self._split[0])
-        middle, found_r, rest = rest.partition(self._split[1])
-        after, found_i, tail = rest.partition(self._split[2])
-        if not (found_o and found_r and found_i):  # the builder moved a field: build every such event whole
-            return []
-        return [head + b'"', b'"' + middle + b'"', b'"' + after, tail]
-
-    def _instant(self, epoch: float) -> bytes:
-        millisecond = int(epoch * 1000)
-        text = self._instants.get(millisecond)
-        if text is None:
-            if len(self._instants) >= 64:
-                self._instants.clear()
-            text = self._instants[millisecond] = instant(epoch).encode()
-        return text
