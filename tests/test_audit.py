@@ -20,8 +20,10 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from bridge.auth.auditevent import Access, Observer, audit_event, patient_reference, search_query
 from bridge.auth.grant import AuditFacts, Claims, Grant
+from bridge.auth.tokens import TokenVerifier
 from bridge.errors import AuditUnavailable, ConfigError, Forbidden
 from bridge.logs import json_line_safe
+from bridge.qido.source import QidoSource
 from bridge.settings import Settings, load_settings
 from bridge.web import app as app_module
 from bridge.web.app import FHIR_ROUTES, create_app
@@ -29,7 +31,10 @@ from bridge.web.audit import AUDIT_LOG, AuditLog, FileSink, Lines, StreamSink
 from bridge.web.keys import AUDITED, GRANT
 from bridge.web.server import server_options
 from tests.support.fhircheck import validate
+from tests.support.standin_tokens import Verifier, claims
 from tests.support.waiting import eventually
+from tests.test_authz import SECOND_OF_P1
+from tests.test_authz import pacs as patients_pacs
 from tests.test_cache import STUDY, pacs
 from tests.test_cli import clean_env, run
 from tests.test_observe import samples
@@ -399,10 +404,16 @@ def settings_for(path: Path, **environ: str) -> Settings:
 Authorize = Callable[[web.Request], tuple[Grant, AuditFacts]]
 
 
-async def start(settings: Settings, authorize: Authorize | None = None) -> TestClient:
-    """The bridge on the in-memory PACS; ``authorize`` stands in for the authorization step (it sets the
-    request's grant and audit facts before the handler runs)."""
-    app = create_app(settings, pacs())
+async def start(
+    settings: Settings,
+    authorize: Authorize | None = None,
+    source: QidoSource | None = None,
+    verifier: TokenVerifier | None = None,
+) -> TestClient:
+    """The bridge on the in-memory PACS (``source``, else one study); ``authorize`` stands in for the
+    authorization step with authorization off (it sets the request's grant and audit facts before the handler);
+    ``verifier`` verifies tokens with BRIDGE_AUTH=smart."""
+    app = create_app(settings, source or pacs(), verifier)
     if authorize is not None:
 
         @web.middleware
@@ -600,3 +611,84 @@ async def test_no_bearer_token_is_written_in_any_log_metric_or_error(
     assert b"/fhir/ImagingStudy" in out.out  # the access log was written, without the token
     assert SECRET.encode() not in out.out + out.err
     assert all(SECRET not in record.getMessage() for record in caplog.records)
+
+
+# With BRIDGE_AUTH=smart (a stand-in verifier: tests/test_authz.py's patients and tokens) ---------------------------
+
+
+def smart_settings(path: Path, **environ: str) -> Settings:
+    return settings_for(path, BRIDGE_AUTH="smart", BRIDGE_AUTH_JWKS_URL="https://auth.example.org/jwks",
+                        BRIDGE_PUBLIC_URL="https://fhir.example.org/fhir", **environ)  # fmt: skip
+
+
+async def test_with_tokens_each_access_names_its_client_user_patient_and_what_it_saw(tmp_path: Path) -> None:
+    path = tmp_path / "audit.log"
+    verifier = Verifier()
+    client = await start(smart_settings(path), source=patients_pacs(), verifier=verifier)
+    patient = {"Authorization": "Bearer patient:P1"}  # client "app", user "user-1", Patient P1
+    try:
+        answers = [
+            await client.get("/fhir/ImagingStudy/2.25.1", headers=patient),
+            await client.get("/fhir/ImagingStudy/2.25.3", headers=patient),  # P2's: answered as if it did not exist
+            await client.get("/fhir/ImagingStudy?_count=50", headers=patient),
+            await client.get("/fhir/Patient/P1/ImagingStudy", headers=patient),
+            await client.get("/fhir/ImagingStudy?patient=P2", headers=patient),
+            await client.get("/fhir/ImagingStudy/2.25.1", headers={"Authorization": "Bearer forged"}),
+            await client.get("/fhir/ImagingStudy/2.25.1"),
+        ]
+        events = await written(client, path)
+    finally:
+        await client.close()
+    assert [a.status for a in answers] == [200, 404, 200, 200, 403, 401, 401]
+    for event in events:
+        validate(event)
+    assert [request_id(e) for e in events] == [a.headers["X-Request-ID"] for a in answers]
+    assert [e["outcome"]["code"]["code"] for e in events] == ["0", "4", "0", "0", "4", "4", "4"]
+    for event in events[:5]:
+        client_agent, user, _ = event["agent"]
+        assert (client_agent["who"]["identifier"]["value"], user["who"]["identifier"]["value"]) == ("app", "user-1")
+        assert event["patient"] == {"reference": "Patient/P1"}
+    assert studies(events[0]) == {"2.25.1": "returned"}
+    assert studies(events[1]) == {"2.25.3": "refused"}
+    assert studies(events[2]) == {"2.25.1": "returned", SECOND_OF_P1: "returned"}
+    assert studies(events[3]) == {"2.25.1": "returned", SECOND_OF_P1: "returned"}
+    assert query(events[4]) == "patient=P2"
+    for refused in events[5:]:  # no verified token: the client is its address
+        assert refused["agent"][0]["who"] == {"display": "unidentified client"}
+        assert "patient" not in refused
+        assert studies(refused) == {"2.25.1": "requested"}
+
+
+async def test_with_tokens_no_bearer_token_is_written_in_any_log_metric_or_error(
+    tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    path = tmp_path / "audit.log"
+    verifier = Verifier()
+    verifier.extra[SECRET] = claims("patient/ImagingStudy.rs", patient="P1")
+    forged = SECRET[::-1]
+    client = await start(smart_settings(path), source=patients_pacs(), verifier=verifier)
+    try:
+        answers = [
+            await client.get("/fhir/ImagingStudy/2.25.1", headers={"Authorization": f"Bearer {SECRET}"}),
+            await client.get("/fhir/ImagingStudy/2.25.3", headers={"Authorization": f"Bearer {SECRET}"}),
+            await client.get("/fhir/ImagingStudy?patient=P2", headers={"Authorization": f"Bearer {SECRET}"}),
+            await client.get("/fhir/ImagingStudy/2.25.1", headers={"Authorization": f"Bearer {forged}"}),
+            await client.get(
+                f"/fhir/ImagingStudy?_count=5&access_token={forged}", headers={"Authorization": f"Bearer {SECRET}"}
+            ),
+            await client.get("/metrics"),
+        ]
+        bodies = [await answer.text() for answer in answers]
+        events = await written(client, path)
+    finally:
+        await client.close()
+    assert [a.status for a in answers] == [200, 404, 403, 401, 400, 200]
+    assert len(events) == 5
+    out, err = capsysbinary.readouterr()
+    assert b'"path":"/fhir/ImagingStudy' in out  # the access log was written, on standard output
+    logged = read(path) + out + err + "".join(r.getMessage() for r in caplog.records).encode()
+    for token in (SECRET, forged):
+        assert all(token not in body for body in bodies)
+        assert token.encode() not in logged
+        assert all(token not in query(event) for event in events if entities(event, "24"))

@@ -30,6 +30,7 @@ from bridge.web.ratelimit import (
 )
 from bridge.web.server import server_options
 from tests.support.fhircheck import validate
+from tests.support.standin_tokens import Verifier, claims
 from tests.test_cache import STUDY, pacs
 from tests.test_observe import samples
 
@@ -285,3 +286,28 @@ async def test_a_bucket_in_redis_expires_once_it_would_be_full_again(redis_url: 
         await store.close()
         await redis.aclose()
     assert 3 / 0.5 * 1000 < ttl <= 3 / 0.5 * 1000 + 1000  # full after 6 s; then gone, and memory with it
+
+
+async def test_with_tokens_the_bucket_is_the_token_clients_and_a_refused_token_spends_none() -> None:
+    verifier = Verifier()
+    verifier.extra["a"] = claims("user/ImagingStudy.rs", client="app-a")
+    verifier.extra["b"] = claims("user/ImagingStudy.rs", client="app-b")
+    settings = limited(BRIDGE_RATE_LIMIT="0.001", BRIDGE_RATE_LIMIT_BURST="1", BRIDGE_AUTH="smart",
+                       BRIDGE_AUTH_JWKS_URL="https://auth.example.org/jwks",
+                       BRIDGE_PUBLIC_URL="https://fhir.example.org/fhir")  # fmt: skip
+    app = create_app(settings, pacs(), verifier)
+    app[RATE_LIMITER].clock = Clock()
+    client = TestClient(TestServer(app))
+    await client.start_server()
+    try:
+
+        async def status(token: str) -> int:
+            return (
+                await client.get(f"/fhir/ImagingStudy/{STUDY}", headers={"Authorization": f"Bearer {token}"})
+            ).status
+
+        assert [await status("forged"), await status("forged")] == [401, 401]  # refused before the limit
+        assert [await status("a"), await status("a")] == [200, 429]
+        assert [await status("b"), await status("b")] == [200, 429]  # one address, two clients, two buckets
+    finally:
+        await client.close()
