@@ -134,7 +134,7 @@ def test_a_search_records_its_query_the_patients_named_and_each_study_returned_o
     )  # fmt: skip
     validate(event)
     assert (coding(event["code"])[1], event["action"]) == ("search-type", "E")
-    assert query(event) == "patient=pat-123&modality=CT"
+    assert query(event) == "/fhir/ImagingStudy?patient=pat-123&modality=CT"
     assert studies(event) == {"2.25.1": "returned", "2.25.2": "returned", "2.25.3": "refused"}
     # The token's patient context once, then each other patient named.
     assert [e["what"] for e in entities(event, "1")] == [{"reference": "Patient/pat-123"},
@@ -147,17 +147,20 @@ def test_a_post_search_records_its_form_as_its_query() -> None:
         OBSERVER,
     )
     validate(event)
-    assert query(event) == "_count=5&patient=pat-123&modality=MR"
+    assert query(event) == "/fhir/ImagingStudy/_search?_count=5&patient=pat-123&modality=MR"
 
 
 @pytest.mark.parametrize(
     ("target", "form", "recorded"),
     [
-        (f"/fhir/ImagingStudy?patient=p&access_token={SECRET}", None, "patient=p"),
-        (f"/fhir/ImagingStudy?access_token={SECRET}&patient=p&", None, "patient=p"),
-        (f"/fhir/ImagingStudy?access%5Ftoken={SECRET}&access_token+={SECRET}", None, ""),  # however it is spelt
-        ("/fhir/ImagingStudy/_search", f"access_token={SECRET}&patient=p".encode(), "patient=p"),
-        ("/fhir/ImagingStudy?patient=p", None, "patient=p"),
+        (f"/fhir/ImagingStudy?patient=p&access_token={SECRET}", None, "/fhir/ImagingStudy?patient=p"),
+        (f"/fhir/ImagingStudy?access_token={SECRET}&patient=p&", None, "/fhir/ImagingStudy?patient=p"),
+        # however it is spelt
+        (f"/fhir/ImagingStudy?access%5Ftoken={SECRET}&access_token+={SECRET}", None, "/fhir/ImagingStudy"),
+        ("/fhir/ImagingStudy/_search", f"access_token={SECRET}&patient=p".encode(),
+         "/fhir/ImagingStudy/_search?patient=p"),
+        ("/fhir/ImagingStudy?patient=p", None, "/fhir/ImagingStudy?patient=p"),
+        ("/fhir/Patient/p/ImagingStudy", None, "/fhir/Patient/p/ImagingStudy"),
     ],
 )  # fmt: skip
 def test_a_search_query_never_keeps_an_access_token(target: str, form: bytes | None, recorded: str) -> None:
@@ -467,8 +470,8 @@ async def test_every_request_to_patient_data_writes_one_event(audited: tuple[Tes
     ]  # fmt: skip
     assert studies(events[0]) == {STUDY: "returned"}
     assert studies(events[2]) == {"2.25.404": "requested"}
-    assert query(events[3]) == "_id=2.25.7&_count=5"
-    assert query(events[4]) == f"_id={STUDY}&modality=CT"
+    assert query(events[3]) == "/fhir/ImagingStudy?_id=2.25.7&_count=5"
+    assert query(events[4]) == f"/fhir/ImagingStudy/_search?_id={STUDY}&modality=CT"
 
 
 async def test_requests_that_serve_no_patient_data_are_not_audited(audited: tuple[TestClient, Path]) -> None:
@@ -652,7 +655,8 @@ async def test_with_tokens_each_access_names_its_client_user_patient_and_what_it
     assert studies(events[1]) == {"2.25.3": "refused"}
     assert studies(events[2]) == {"2.25.1": "returned", SECOND_OF_P1: "returned"}
     assert studies(events[3]) == {"2.25.1": "returned", SECOND_OF_P1: "returned"}
-    assert query(events[4]) == "patient=P2"
+    assert query(events[3]) == "/fhir/Patient/P1/ImagingStudy"  # the compartment names its patient in the path
+    assert query(events[4]) == "/fhir/ImagingStudy?patient=P2"
     for refused in events[5:]:  # no verified token: the client is its address
         assert refused["agent"][0]["who"] == {"display": "unidentified client"}
         assert "patient" not in refused

@@ -9,7 +9,7 @@ The shape follows IHE's Basic Audit Log Patterns (BALP) for a RESTful read or qu
 - ``agent``: the client (its OAuth client id, else its address; the requestor unless a user is named), the user
   (the token's ``sub``, the requestor) and the bridge itself; ``source.observer`` the bridge replica;
 - ``patient``: the token's patient context; ``entity``: the request (its ``X-Request-ID``), a search's query (its
-  parameters as received, base64, as FHIR's ``entity.query`` is), each patient named, and each study returned,
+  path and parameters as received, base64, as FHIR's ``entity.query`` is), each patient named, and each study returned,
   refused or asked for in vain, with its disposition.
 
 No bearer token ever reaches an AuditEvent: none is passed in, and an ``access_token`` parameter (RFC 6750 2.3)
@@ -180,9 +180,10 @@ SECRET_PARAMETERS = frozenset({"access_token"})
 
 
 def search_query(target: str, form: bytes | None) -> bytes:
-    """A search's parameters as received: the query string, then a POST's form body, joined with ``&`` as one
-    ``application/x-www-form-urlencoded`` string; ``access_token`` removed."""
-    _, _, query = target.partition("?")
+    """A search as received: its path (a compartment search names its patient there), then its parameters, the
+    query string's and a POST's form body's joined with ``&`` as one ``application/x-www-form-urlencoded``
+    string; ``access_token`` removed."""
+    path, _, query = target.partition("?")
     parts = [query] if query else []
     if form:
         parts.append(form.decode("utf-8", "replace"))
@@ -192,7 +193,7 @@ def search_query(target: str, form: bytes | None) -> bytes:
         for pair in part.split("&")
         if pair and unquote_plus(pair.partition("=")[0]).strip() not in SECRET_PARAMETERS
     ]
-    return "&".join(pairs).encode()
+    return (f"{path}?{'&'.join(pairs)}" if pairs else path).encode()
 
 
 def instant(epoch: float) -> str:
