@@ -472,6 +472,7 @@ async def test_every_request_to_patient_data_writes_one_event(audited: tuple[Tes
     assert studies(events[2]) == {"2.25.404": "requested"}
     assert query(events[3]) == "/fhir/ImagingStudy?_id=2.25.7&_count=5"
     assert query(events[4]) == f"/fhir/ImagingStudy/_search?_id={STUDY}&modality=CT"
+    assert studies(events[4]) == {STUDY: "returned"}  # a search's studies, with authorization off too
 
 
 async def test_requests_that_serve_no_patient_data_are_not_audited(audited: tuple[TestClient, Path]) -> None:

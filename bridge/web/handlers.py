@@ -13,6 +13,7 @@ from aiohttp import hdrs, web
 from multidict import CIMultiDict
 
 from bridge.auth.discovery import rest_security, smart_configuration
+from bridge.auth.grant import AuditFacts
 from bridge.cache.freshness import Entry
 from bridge.cache.service import HIT
 from bridge.errors import AuthServerUnavailable, Conflict, NotFound, RequestTimeout, UpstreamError
@@ -153,6 +154,10 @@ async def _search(request: web.Request, params: list[tuple[str, str]]) -> web.Re
     )  # fmt: skip
     if query.ignored:
         log.info("search ignored unknown parameters: %s", ", ".join(query.ignored))
+    facts = request.get(AUDITED)
+    if facts is None:  # authorization off: nothing set it, and the audit log still says what was returned
+        facts = request[AUDITED] = AuditFacts(action="search")
+    facts.patients.extend(c.applied[1] for c in query.criteria if c.parameter.names_patient and c.applied)
     grant = request.get(GRANT)
     if grant is not None and grant.patients is not None:
         query = confine(query, grant.patients)
@@ -162,10 +167,9 @@ async def _search(request: web.Request, params: list[tuple[str, str]]) -> web.Re
     if grant is not None and grant.patients is not None:
         # The confinement made the search ask for the grant's patients alone; what comes back is checked again.
         seen = [r for r in result.resources if grant.patients.admits(r.get("subject"))]
-        request[AUDITED].refused.extend(r["id"] for r in result.resources if r not in seen)
+        facts.refused.extend(r["id"] for r in result.resources if r not in seen)
         result.resources = seen
-    if AUDITED in request:
-        request[AUDITED].returned.extend(r["id"] for r in result.resources)
+    facts.returned.extend(r["id"] for r in result.resources)
     endpoint = app[ENDPOINT] or None
     bundle = searchset(base, query, result.total, result.resources, endpoint, result.warnings, has_next=result.has_next)
     response = fhir_bytes_response(media, orjson.dumps(bundle))
