@@ -185,8 +185,9 @@ class Settings(BaseSettings):
     auth_client_policy: Path | None = None
     #: The clinical FHIR server whose Patient ids tokens carry; set, a Patient's identifiers decide its PatientID.
     clinical_fhir_url: str | None = None
-    #: Where audit events go: ``stdout``, ``off``, or a file path (one JSON AuditEvent per line).
-    audit_log: str = "stdout"
+    #: Where audit events go: ``stdout``, ``off``, or a file path (one JSON AuditEvent per line). Unset:
+    #: ``stdout`` once BRIDGE_AUTH is chosen, ``off`` in the unconfigured loopback default (see ``audit_sink``).
+    audit_log: str | None = None
     #: Requests per second one client may make (by token client id, else by address); 0: no limit.
     rate_limit: Annotated[float, Field(ge=0)] = 0.0
     #: Requests a client may make at once above the rate; 0: one second's worth.
@@ -343,6 +344,15 @@ class Settings(BaseSettings):
         if self.auth_introspection_url and not (self.auth_client_id and self.auth_client_secret):
             raise ValueError("BRIDGE_AUTH_INTROSPECTION_URL needs BRIDGE_AUTH_CLIENT_ID and BRIDGE_AUTH_CLIENT_SECRET")
         return self
+
+    @property
+    def audit_sink(self) -> str:
+        """Where audit events go. Unset, ``stdout`` wherever authorization was chosen (BRIDGE_AUTH set: any
+        deployment, since off loopback it must be), and ``off`` only in the unconfigured loopback default, the
+        try-it mode of the README's first command."""
+        if self.audit_log:
+            return self.audit_log
+        return "stdout" if self.auth is not None else "off"
 
     @property
     def auth_mode(self) -> Literal["none", "smart"]:

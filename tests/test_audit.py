@@ -543,10 +543,19 @@ async def test_off_writes_nothing(tmp_path: Path, capsysbinary: pytest.CaptureFi
     assert not (tmp_path / "unused").exists()
 
 
-async def test_stdout_by_default_and_what_is_left_is_written_at_shutdown(
+def test_audit_is_on_once_authorization_is_chosen_and_off_only_in_the_unconfigured_default() -> None:
+    assert load_settings({}).audit_sink == "off"  # the try-it mode: loopback, nothing configured
+    assert load_settings({"BRIDGE_AUTH": "none"}).audit_sink == "stdout"
+    assert load_settings({"BRIDGE_HOST": "0.0.0.0", "BRIDGE_AUTH": "none"}).audit_sink == "stdout"
+    assert load_settings({"BRIDGE_AUDIT_LOG": "stdout"}).audit_sink == "stdout"
+    assert load_settings({"BRIDGE_AUTH": "none", "BRIDGE_AUDIT_LOG": "off"}).audit_sink == "off"
+
+
+async def test_stdout_by_default_once_authorization_is_chosen_and_what_is_left_is_written_at_shutdown(
     capsysbinary: pytest.CaptureFixture[bytes],
 ) -> None:
-    client = await start(load_settings({"BRIDGE_QIDO_URL": "http://pacs/dicom-web", "BRIDGE_ACCESS_LOG": "false"}))
+    client = await start(load_settings({"BRIDGE_QIDO_URL": "http://pacs/dicom-web", "BRIDGE_ACCESS_LOG": "false",
+                                        "BRIDGE_AUTH": "none"}))  # fmt: skip
     try:
         answer = await client.get(f"/fhir/ImagingStudy/{STUDY}")
     finally:

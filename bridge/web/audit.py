@@ -318,9 +318,9 @@ AUDIT_LOG = web.AppKey("audit_log", AuditLog)
 
 def audit_log(settings: Settings) -> AuditLog | None:
     """The audit log BRIDGE_AUDIT_LOG asks for (opened by ``audit_context``), or None for ``off``."""
-    if settings.audit_log == "off":
+    if settings.audit_sink == "off":
         return None
-    return AuditLog(settings.audit_log, Observer(socket.gethostname(), settings.public_url))
+    return AuditLog(settings.audit_sink, Observer(socket.gethostname(), settings.public_url))
 
 
 async def audit_context(app: web.Application) -> AsyncIterator[None]:
