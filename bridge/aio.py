@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
-from typing import TypeVar
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -21,3 +22,25 @@ async def gather_all(*aws: Awaitable[T]) -> list[T]:
 
 async def _as_coroutine(aw: Awaitable[T]) -> T:
     return await aw
+
+
+async def periodically(interval: float, action: Callable[[], Awaitable[None]]) -> None:
+    """``action`` every ``interval`` seconds until cancelled, then once more (what waits is not lost)."""
+    try:
+        while True:
+            await asyncio.sleep(interval)
+            await action()
+    finally:
+        await action()
+
+
+@contextlib.asynccontextmanager
+async def running(coroutine: Coroutine[Any, Any, None], name: str) -> AsyncIterator[None]:
+    """A background task for the duration of the block: cancelled and awaited when it ends."""
+    task = asyncio.create_task(coroutine, name=name)
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -22,7 +22,6 @@ logged and counted (``bridge_audit_lost_total``).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import secrets
@@ -37,6 +36,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import Counter, Gauge
 
+from bridge.aio import periodically, running
 from bridge.auth.auditevent import Access, Observer, audit_event, instant
 from bridge.auth.grant import AuditFacts, Grant
 from bridge.errors import AuditUnavailable, ConfigError
@@ -184,11 +184,8 @@ class AuditLog:
     async def run(self) -> None:
         """Write every ``interval`` seconds until cancelled, then once more."""
         try:
-            while True:
-                await asyncio.sleep(self._interval)
-                await self.flush()
+            await periodically(self._interval, self.flush)
         finally:
-            await self.flush()
             if self._unwritten_events:
                 LOST.inc(self._unwritten_events)
                 log.error("audit log: %d events could not be written to %s before the bridge stopped",
@@ -327,11 +324,8 @@ async def audit_context(app: web.Application) -> AsyncIterator[None]:
     """Open the sink and write in the background; at shutdown, write what is left and close the sink."""
     audit = app[AUDIT_LOG]
     audit.open()
-    task = asyncio.create_task(audit.run(), name="audit-log")
     try:
-        yield
+        async with running(audit.run(), "audit-log"):
+            yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
         audit.close()

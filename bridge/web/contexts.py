@@ -3,14 +3,13 @@ the PACS source, the study cache, and the scheduled refresher."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import web
 
+from bridge.aio import running
 from bridge.auth.clinical import clinical_patients
 from bridge.auth.compartment import Compartments, read_policy
 from bridge.auth.discovery import smart_configuration
@@ -113,14 +112,9 @@ async def refresher(app: web.Application) -> AsyncIterator[None]:
         yield
         return
     schedule = Refresher(app[CACHE], app[SOURCE], settings.refresh_interval, settings.refresh_prewarm_days)
-    task = asyncio.create_task(schedule.run(), name="cache-refresh")
     log.info("scheduled refresh every %g s", settings.refresh_interval)
-    try:
+    async with running(schedule.run(), "cache-refresh"):
         yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 def open_backend(settings: Settings) -> CacheBackend:

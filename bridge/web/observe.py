@@ -34,6 +34,7 @@ from multidict import istr
 from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from bridge.aio import periodically, running
 from bridge.logs import json_line_safe
 from bridge.qido.resilience import DEADLINE
 from bridge.search.parameters import CHAINS, FORMAT_PARAMETERS, RESULT_PARAMETERS, SEARCH_PARAMETERS
@@ -74,11 +75,8 @@ class AccessLog:
     async def run(self) -> None:
         """Flush every ``interval`` seconds until cancelled, then once more."""
         try:
-            while True:
-                await asyncio.sleep(self._interval)
-                await self.flush()
+            await periodically(self._interval, self.flush)
         finally:
-            await self.flush()
             self._writer.shutdown(wait=True)
 
     async def flush(self) -> None:
@@ -245,9 +243,5 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def access_log_context(app: web.Application) -> AsyncIterator[None]:
-    task = asyncio.create_task(app[ACCESS_LOG].run(), name="access-log")
-    try:
+    async with running(app[ACCESS_LOG].run(), "access-log"):
         yield
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
