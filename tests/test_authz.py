@@ -6,6 +6,7 @@ token is a name for the claims it carries."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -401,3 +402,37 @@ async def test_repeated_requests_with_one_token_verify_it_once(client: TestClien
         await get(client, "/fhir/ImagingStudy/2.25.1", "patient:P1")
     await get(client, "/fhir/ImagingStudy/2.25.3", "patient:P1", 404)  # and the grant still confines
     assert verifier.verified == ["patient:P1"]
+
+
+async def test_nothing_of_a_study_another_patients_rows_brought_in_reaches_a_confined_answer(
+    client: TestClient, source: MemoryQidoSource
+) -> None:
+    # "A B" is asked of the PACS as A*B, which matches AxB too: AxB's study, held for two issuers as one (its study
+    # row says I1, its series I2), would be left out with a warning naming it, in A B's Bundle.
+    for patient, study, issuer in (("A B", "2.25.40", "I1"), ("AxB", "2.25.50", "I1")):
+        source.studies.append({"0020000D": el("UI", study), "00100020": el("LO", patient), "00100021": el("LO", issuer),
+                               "00080061": el("CS", "CT")})  # fmt: skip
+        series_issuer = "I2" if study == "2.25.50" else issuer
+        source.series[study] = [{"0020000E": el("UI", f"{study}.1"), "00080060": el("CS", "CT"),
+                                 "00100020": el("LO", patient), "00100021": el("LO", series_issuer)}]  # fmt: skip
+        source.instances[(study, f"{study}.1")] = [{"00080018": el("UI", f"{study}.1.1"), "00080016": el("UI", CT)}]
+    for query in ("", "?_summary=count", "?modality=CT"):
+        bundle = await get(client, f"/fhir/ImagingStudy{query}", "patient:A B")
+        assert "2.25.50" not in str(bundle)
+    assert ids(await get(client, "/fhir/ImagingStudy", "patient:A B")) == {"2.25.40"}
+
+
+async def test_a_header_that_is_not_ascii_is_a_401_not_an_error(client: TestClient) -> None:
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    writer.write(b"GET /fhir/ImagingStudy/2.25.1 HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer \xff\xfe\r\n"
+                 b"Connection: close\r\n\r\n")  # fmt: skip
+    await writer.drain()
+    answer = await reader.read()
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 401"), answer[:80]
+
+
+async def test_the_compartment_is_one_patients(client: TestClient, verifier: Verifier) -> None:
+    verifier.extra["clinician"] = claims("user/ImagingStudy.rs")
+    refused = await get(client, "/fhir/Patient/P1,P2/ImagingStudy", "clinician", 400)
+    assert "is not a Patient id" in refused["issue"][0]["diagnostics"]

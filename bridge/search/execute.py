@@ -37,7 +37,7 @@ from bridge.search.match import instance_matches, matches, series_matches, study
 from bridge.search.parameters import PATIENT_PARAMETERS, Level
 from bridge.search.plan import LevelQueries, Plan, plan_search
 from bridge.search.query import Criterion, SearchQuery
-from bridge.search.values import Token
+from bridge.search.values import Reference, Token
 from bridge.studies import read_study
 
 log = logging.getLogger(__name__)
@@ -259,6 +259,11 @@ async def find_candidates(
     patient_criteria = [c for c in query.criteria if c.name in PATIENT_PARAMETERS]
     warnings: list[str] = []
     if patient_criteria and plan.study_queries is not None:
+        # The PACS's answer to a patient is a superset (its case rules, our wildcards): nothing about a study that
+        # another PatientID's row brought in may reach this search's answer, a warning included.
+        named = {v.id if isinstance(v, Reference) else v.code
+                 for c in patient_criteria for v in c.values if isinstance(v, Reference | Token)}  # fmt: skip
+        rows = [row for row in rows if (owner := identity_of(row)) is not None and owner.patient_id in named]
         rows, warnings = await _without_merged_owners(source, rows)
     candidates = _matching(rows, query, lower, options, zone)
     if patient_criteria:

@@ -19,6 +19,7 @@ from bridge.auth.scopes import Context, Interaction, Scopes
 from bridge.auth.tokens import TokenVerifier, digest
 from bridge.errors import Forbidden, Unauthorized
 from bridge.web.keys import AUDITED, GRANT
+from bridge.web.ratelimit import RATE_LIMITER, client_key
 
 Authorize = Callable[[web.Request], Awaitable[None]]
 
@@ -33,6 +34,11 @@ def step(resource_type: str, interaction: Interaction, action: str) -> Authorize
         # A grant decided in the last minute is taken without another coroutine: most requests of a warm read.
         grant = authorizer.cached(authorization, resource_type, interaction)
         if grant is None:
+            # A token not seen lately is verified, which may cost the authorization server a request (an
+            # introspection): verifications are limited per address, before the attempt, so that a stream of
+            # made-up tokens is refused (429) rather than passed on.
+            if (limiter := request.app.get(RATE_LIMITER)) is not None:
+                await limiter.check("verify:" + client_key(request))
             grant = await authorizer.grant(authorization, resource_type, interaction)
         request[GRANT] = grant
 
@@ -63,7 +69,7 @@ class Authorizer:
 
     def cached(self, authorization: str | None, resource_type: str, interaction: Interaction) -> Grant | None:
         """The grant of a well-formed bearer token decided within ``GRANT_TTL``, if there is one."""
-        if not authorization or not authorization.startswith(("Bearer ", "bearer ")):
+        if not authorization or not authorization.startswith(("Bearer ", "bearer ")) or not authorization.isascii():
             return None
         found = self._grants.get((digest(authorization[7:].strip()), resource_type, interaction))
         return found[1] if found is not None and self._clock() < found[0] else None
@@ -75,6 +81,8 @@ class Authorizer:
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthorized("the Authorization header must be Bearer <access token>", error="invalid_request")
         token = token.strip()
+        if not token.isascii():  # header bytes that are not ASCII (aiohttp keeps them as surrogates): no token
+            raise Unauthorized("the token is malformed: not a bearer token (RFC 6750 2.1)")
         key = (digest(token), resource_type, interaction)
         now = self._clock()
         cached = self._grants.get(key)

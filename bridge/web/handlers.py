@@ -16,7 +16,8 @@ from bridge.auth.discovery import rest_security, smart_configuration
 from bridge.auth.grant import AuditFacts
 from bridge.cache.freshness import Entry
 from bridge.cache.service import HIT
-from bridge.errors import AuthServerUnavailable, Conflict, NotFound, RequestTimeout, UpstreamError
+from bridge.datatypes import is_fhir_id
+from bridge.errors import AuthServerUnavailable, Conflict, InvalidRequest, NotFound, RequestTimeout, UpstreamError
 from bridge.search.bundle import needs_series, searchset
 from bridge.search.confine import confine
 from bridge.search.execute import run_search
@@ -137,7 +138,10 @@ async def search_imaging_study(request: web.Request) -> web.Response:
 
 async def search_patient_compartment(request: web.Request) -> web.Response:
     """GET [base]/Patient/{id}/ImagingStudy?…: the patient compartment, as ``ImagingStudy?patient=Patient/{id}``."""
-    return await _search(request, [("patient", f"Patient/{request.match_info['id']}")])
+    patient = request.match_info["id"]
+    if not is_fhir_id(patient):  # one Patient: not a list of them, nor anything else a search value could be
+        raise InvalidRequest(f"{patient!r} is not a Patient id")
+    return await _search(request, [("patient", f"Patient/{patient}")])
 
 
 async def _search(request: web.Request, params: list[tuple[str, str]]) -> web.Response:
