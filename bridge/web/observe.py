@@ -212,7 +212,8 @@ class Envelope:
                         check_host(request.headers.get(hdrs.HOST))
                     if authorize is not None:
                         await authorize(request)
-                    # After authorization: the bucket is the token's client's (a request refused 401/403 spends none).
+                    # After authorization: the bucket is the token's client's (verifying a new token is limited per
+                    # address in the authorization step).
                     if limiter is not None:
                         await limiter.check(client_key(request))
                     response = await handler(request)
