@@ -16,7 +16,6 @@ from bridge.auth.discovery import rest_security, smart_configuration
 from bridge.auth.grant import AuditFacts
 from bridge.cache.freshness import Entry
 from bridge.cache.service import HIT
-from bridge.datatypes import is_fhir_id
 from bridge.errors import AuthServerUnavailable, Conflict, InvalidRequest, NotFound, RequestTimeout, UpstreamError
 from bridge.search.bundle import needs_series, searchset
 from bridge.search.confine import confine
@@ -139,8 +138,8 @@ async def search_imaging_study(request: web.Request) -> web.Response:
 async def search_patient_compartment(request: web.Request) -> web.Response:
     """GET [base]/Patient/{id}/ImagingStudy?…: the patient compartment, as ``ImagingStudy?patient=Patient/{id}``."""
     patient = request.match_info["id"]
-    if not is_fhir_id(patient):  # one Patient: not a list of them, nor anything else a search value could be
-        raise InvalidRequest(f"{patient!r} is not a Patient id")
+    if "," in patient:  # one Patient: as a search value, a comma would make a list of them
+        raise InvalidRequest(f"{patient!r} is not a Patient id: a compartment is one Patient's")
     return await _search(request, [("patient", f"Patient/{patient}")])
 
 
