@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -34,13 +34,22 @@ async def periodically(interval: float, action: Callable[[], Awaitable[None]]) -
         await action()
 
 
-@contextlib.asynccontextmanager
-async def running(coroutine: Coroutine[Any, Any, None], name: str) -> AsyncIterator[None]:
-    """A background task for the duration of the block: cancelled and awaited when it ends."""
-    task = asyncio.create_task(coroutine, name=name)
-    try:
-        yield
-    finally:
-        task.cancel()
+class running:
+    """A background task for the duration of a block: cancelled and awaited when it ends, however it ends.
+
+    A class rather than a generator-based context manager: a cleanup context closed while the start-up fails
+    (its generator thrown into, or finalized) must not have a second generator to stop."""
+
+    def __init__(self, coroutine: Coroutine[Any, Any, None], name: str) -> None:
+        self._coroutine, self._name = coroutine, name
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> None:
+        self._task = asyncio.create_task(self._coroutine, name=self._name)
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._task is None:
+            return
+        self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await task
+            await self._task
