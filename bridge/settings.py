@@ -92,6 +92,28 @@ def host_name(name: str) -> str:
     return f"[{address}]" if address.version == 6 else str(address)
 
 
+def web_origin(value: str) -> str:
+    """An origin as a browser sends it in ``Origin``: ``scheme://host[:port]``, lower case, without a default port
+    or a trailing slash; or ``*``. ``null`` (sandboxed frames, files) is refused: any page can send it."""
+    value = value.strip()
+    if value == "*":
+        return value
+    parts = urlsplit(value)
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"origin {value!r} has an invalid port: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.password:
+        raise ValueError(f"{value!r} is not an origin: give scheme://host[:port], e.g. https://viewer.example.org")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError(f"origin {value!r} has a path: an origin is scheme://host[:port] alone")
+    host = parts.hostname
+    netloc = f"[{host}]" if ":" in host else host
+    if port is not None and port != {"http": 80, "https": 443}[parts.scheme]:
+        netloc += f":{port}"
+    return f"{parts.scheme}://{netloc}"
+
+
 class Settings(BaseSettings):
     """Typed, immutable configuration. See the README's configuration table for each variable."""
 
@@ -106,6 +128,9 @@ class Settings(BaseSettings):
     #: Host header names (any port) a request under /fhir may carry: the names links may be built from when
     #: ``public_url`` is unset. None: loopback names and ``host`` (see ``link_hosts``).
     allowed_hosts: Annotated[tuple[str, ...] | None, NoDecode] = None
+    #: Web origins (``https://app.example.org``) whose pages may call /fhir from a browser (CORS); ``*`` any
+    #: origin (with BRIDGE_AUTH=smart only). Empty: no CORS headers, and a preflight gets 405.
+    cors_origins: Annotated[tuple[str, ...], NoDecode] = ()
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 8080
     #: A second listener for /healthz, /readyz (with the reason) and /metrics, which then leave the public one.
@@ -250,6 +275,18 @@ class Settings(BaseSettings):
             return tuple(host_name(str(name)) for name in value)
         return value
 
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _cors_origins(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, list | tuple):
+            origins = tuple(web_origin(str(origin)) for origin in value)
+            if "*" in origins and len(origins) > 1:
+                raise ValueError("give either * or a list of origins, not both")
+            return origins
+        return value
+
     @field_validator("patient_id_system")
     @classmethod
     def _system(cls, value: str | None) -> str | None:
@@ -340,6 +377,12 @@ class Settings(BaseSettings):
             raise ValueError(
                 "BRIDGE_CLINICAL_FHIR_URL needs BRIDGE_PATIENT_ID_SYSTEM or BRIDGE_ISSUER_SYSTEMS: the identifier "
                 "systems of the PACS's PatientIDs, which pick a Patient's identifier there"
+            )
+        if self.cors_origins == ("*",) and self.auth != "smart":
+            raise ValueError(
+                "BRIDGE_CORS_ORIGINS=* needs BRIDGE_AUTH=smart: without tokens, being able to reach the bridge is the "
+                "only credential, and * would let any web page opened on this network read every study; list the "
+                "origins of the apps instead"
             )
         if self.auth_introspection_url and not (self.auth_client_id and self.auth_client_secret):
             raise ValueError("BRIDGE_AUTH_INTROSPECTION_URL needs BRIDGE_AUTH_CLIENT_ID and BRIDGE_AUTH_CLIENT_SECRET")

@@ -18,7 +18,7 @@ from bridge.mapping.imagingstudy import MappingOptions
 from bridge.qido.source import QidoSource
 from bridge.search.execute import Limits
 from bridge.settings import Settings
-from bridge.web import contexts, observe
+from bridge.web import contexts, cors, observe
 from bridge.web.audit import AUDIT_LOG, audit_context, audit_log
 from bridge.web.authz import step
 from bridge.web.handlers import (
@@ -139,6 +139,10 @@ def create_app(
             app.router.add_get(path, observed)  # and HEAD, with the same handler
         else:
             app.router.add_route(method, path, observed)
+    if settings.cors_origins:
+        cors.install(app, settings.cors_origins)
+        for path, name in cors.routes():  # no token asked, no audit, no PACS: see bridge.web.cors
+            app.router.add_route("OPTIONS", path, envelope(cors.preflight, name))
     # Last, so it matches only what nothing else does: answered through the envelope too (counted, logged, and
     # an OperationOutcome under /fhir).
     app.router.add_route("*", "/{path:.*}", envelope(unmatched, "unmatched"))
@@ -160,6 +164,7 @@ async def unmatched(request: web.Request) -> web.StreamResponse:
         if resource is not catch_all:
             _, methods = await resource.resolve(request)
             allowed |= methods
+    allowed.discard("OPTIONS")  # the CORS preflight routes catch OPTIONS under a prefix: they serve no path
     if allowed:
         raise web.HTTPMethodNotAllowed(request.method, allowed)
     raise web.HTTPNotFound()
