@@ -134,10 +134,12 @@ class Recorder:
 
     def __init__(self, status: int = 200) -> None:
         self.paths: list[str] = []
+        self.headers: list[dict[str, str]] = []
         self.status = status
 
     async def handle(self, request: web.Request) -> web.Response:
         self.paths.append(request.path)
+        self.headers.append(dict(request.headers))
         return web.Response(status=self.status, body=b"pixels", content_type="application/octet-stream")
 
 
@@ -178,6 +180,25 @@ async def test_a_token_reaches_its_patient_only(
         assert len(pixels.paths) == 1
     finally:
         await client.close()
+
+
+async def test_accept_goes_to_the_pacs_with_the_bridges_credentials(
+    orthanc: OrthancServer, loaded: Loaded, recorder: tuple[Recorder, str]
+) -> None:
+    pacs, wado = recorder
+    accept = 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.50'
+    client = await start_client(orthanc_settings(orthanc, wado_url=wado, **SMART), verifier=Verifier())
+    try:
+        got = await client.get(
+            "/dicom-web" + loaded.instance_path, headers={"Authorization": "Bearer patient:GW-A", "Accept": accept}
+        )
+        assert got.status == 200
+    finally:
+        await client.close()
+    assert pacs.paths == ["/wado" + loaded.instance_path]
+    assert pacs.headers[0]["Accept"] == accept
+    # The PACS gets the bridge's own credentials, never the app's token.
+    assert pacs.headers[0]["Authorization"].startswith("Basic ")
 
 
 async def test_a_failing_pacs_is_a_5xx_not_a_500(orthanc: OrthancServer, recorder: tuple[Recorder, str]) -> None:
