@@ -3,6 +3,7 @@ reaches only its patient's studies, and a failing PACS is a 5xx the client can a
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -136,10 +137,12 @@ class Recorder:
         self.paths: list[str] = []
         self.headers: list[dict[str, str]] = []
         self.status = status
+        self.delay = 0.0
 
     async def handle(self, request: web.Request) -> web.Response:
         self.paths.append(request.path)
         self.headers.append(dict(request.headers))
+        await asyncio.sleep(self.delay)
         return web.Response(status=self.status, body=b"pixels", content_type="application/octet-stream")
 
 
@@ -208,6 +211,14 @@ async def test_a_failing_pacs_is_a_5xx_not_a_500(orthanc: OrthancServer, recorde
     try:
         got = await client.get("/dicom-web/studies/2.25.1/metadata")
         assert got.status == 502
+    finally:
+        await client.close()
+    # Silent past BRIDGE_QIDO_TIMEOUT: a 504, not a hang.
+    pacs.status, pacs.delay = 200, 5.0
+    client = await start_client(orthanc_settings(orthanc, wado_url=wado, qido_timeout="0.5"))
+    try:
+        got = await client.get("/dicom-web/studies/2.25.1/metadata")
+        assert got.status == 504
     finally:
         await client.close()
     # Nothing listens there.
