@@ -18,7 +18,7 @@ from bridge.mapping.imagingstudy import MappingOptions
 from bridge.qido.source import QidoSource
 from bridge.search.execute import Limits
 from bridge.settings import Settings
-from bridge.web import contexts, cors, observe
+from bridge.web import contexts, cors, gateway, observe
 from bridge.web.audit import AUDIT_LOG, audit_context, audit_log
 from bridge.web.authz import step
 from bridge.web.handlers import (
@@ -108,6 +108,7 @@ def create_app(
     else:
         app[SOURCE] = source
     app.cleanup_ctx.append(contexts.study_cache)
+    app.cleanup_ctx.append(gateway.gateway_context)
     smart = settings.auth_mode == "smart"
     if smart:
         if verifier is not None:
@@ -131,6 +132,10 @@ def create_app(
         routes.append(
             (route.method, route.path, route.handler, authorize, route.interaction if route.audited else None)
         )
+    # The DICOMweb gateway: a retrieve needs what an ImagingStudy read does, and is audited as one.
+    for path in gateway.ROUTES:
+        authorize = step("ImagingStudy", Interaction.READ, "read") if smart else None
+        routes.append(("GET", gateway.PREFIX + path, gateway.retrieve, authorize, "read"))
     if settings.admin_port is None:
         routes += [("GET", path, handler, None, None) for path, handler in probe_routes(settings.health_details)]
     for method, path, handler, authorize, audited in routes:

@@ -55,7 +55,7 @@ async def read_imaging_study(request: web.Request) -> web.StreamResponse:
         raise
     if grant is not None and grant.patients is not None:
         # Checked on what is served, whichever path it came by (cache hit, shared cache, PACS read).
-        if not grant.patients.admits(_subject(entry)):
+        if not grant.patients.admits(served_subject(entry)):
             raise _unseen(request, study_id)
         request[AUDITED].returned.append(study_id)
     if _not_modified(request, entry):
@@ -69,7 +69,7 @@ def _unseen(request: web.Request, study_id: str) -> NotFound:
     return NotFound(f"the PACS has no study with StudyInstanceUID {study_id}")
 
 
-def _subject(entry: Entry) -> dict[str, Any] | None:
+def served_subject(entry: Entry) -> dict[str, Any] | None:
     """A served study's ``subject``, parsed once per content version (the version hashes the whole resource)."""
     if entry.version in _SUBJECTS:
         return _SUBJECTS[entry.version]

@@ -1,0 +1,243 @@
+"""The DICOMweb gateway (/dicom-web) against a real Orthanc: what comes through is what the PACS sends, a token
+reaches only its patient's studies, and a failing PACS is a 5xx the client can act on, never a 500."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aiohttp
+import pydicom
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from bridge.settings import load_settings
+from tests.conftest import orthanc_settings, start_client
+from tests.support.dicomgen import StudySpec, encode, simple_study
+from tests.support.orthanc import OrthancServer
+from tests.support.standin_tokens import Verifier
+
+pytestmark = pytest.mark.integration
+
+INSTANCE = 'multipart/related; type="application/dicom"; transfer-syntax=*'
+FRAME = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
+PIXELS = bytes(range(16))
+SMART = {"auth": "smart", "auth_jwks_url": "https://auth.example.org/jwks", "public_url": "https://fhir.test/fhir"}
+
+
+@dataclass
+class Loaded:
+    spec: StudySpec
+    other: StudySpec
+
+    @property
+    def instance_path(self) -> str:
+        series = self.spec.series[0]
+        return f"/studies/{self.spec.uid}/series/{series.uid}/instances/{series.instances[0].uid}"
+
+
+def with_pixels(part10: bytes) -> bytes:
+    """A generated instance given a 4x4 8-bit image, so that it has a frame."""
+    ds = pydicom.dcmread(io.BytesIO(part10))
+    ds.Rows, ds.Columns, ds.SamplesPerPixel = 4, 4, 1
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.PixelData = PIXELS
+    ds["PixelData"].VR = "OB"
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def loaded(orthanc: OrthancServer) -> Loaded:
+    spec = simple_study(patient_id="GW-A", patient_name="Gate^Alpha")
+    other = simple_study(patient_id="GW-B", patient_name="Gate^Beta")
+    for study in (spec, other):
+        orthanc.upload_many(with_pixels(part) for part in encode(study))
+    return Loaded(spec, other)
+
+
+async def direct(orthanc: OrthancServer, path: str, accept: str) -> tuple[int, str, bytes]:
+    """The same request, asked of Orthanc itself."""
+    pair = base64.b64encode(f"{orthanc.username}:{orthanc.password}".encode()).decode()
+    headers = {"Authorization": f"Basic {pair}", "Accept": accept}
+    async with aiohttp.ClientSession() as session, session.get(orthanc.dicomweb_url + path, headers=headers) as got:
+        return got.status, got.headers["Content-Type"], await got.read()
+
+
+def unbounded(content_type: str, body: bytes) -> bytes:
+    """A multipart body with its boundary (random per answer) replaced by a fixed one."""
+    boundary = next(
+        part.split("=", 1)[1].strip('"') for part in content_type.split(";") if part.strip().startswith("boundary=")
+    )
+    return body.replace(boundary.encode(), b"BOUNDARY")
+
+
+@pytest.fixture
+async def bridge(orthanc: OrthancServer, loaded: Loaded) -> AsyncIterator[TestClient]:
+    client = await start_client(orthanc_settings(orthanc))
+    yield client
+    await client.close()
+
+
+async def test_an_instance_comes_through_byte_for_byte(
+    bridge: TestClient, orthanc: OrthancServer, loaded: Loaded
+) -> None:
+    got = await bridge.get("/dicom-web" + loaded.instance_path, headers={"Accept": INSTANCE})
+    body = await got.read()
+    status, content_type, expected = await direct(orthanc, loaded.instance_path, INSTANCE)
+    assert (got.status, status) == (200, 200)
+    assert got.headers["Content-Type"].startswith("multipart/related")
+    assert "boundary=" in got.headers["Content-Type"]
+    assert unbounded(got.headers["Content-Type"], body) == unbounded(content_type, expected)
+    assert loaded.spec.series[0].instances[0].uid.encode() in body
+
+
+async def test_metadata_is_the_pacs_json(bridge: TestClient, orthanc: OrthancServer, loaded: Loaded) -> None:
+    for path in (f"/studies/{loaded.spec.uid}/metadata", loaded.instance_path + "/metadata"):
+        got = await bridge.get("/dicom-web" + path, headers={"Accept": "application/dicom+json"})
+        status, content_type, expected = await direct(orthanc, path, "application/dicom+json")
+        assert got.status == status == 200
+        assert got.headers["Content-Type"] == content_type
+        assert await got.json(content_type=None) == json.loads(expected)
+
+
+async def test_a_frame(bridge: TestClient, orthanc: OrthancServer, loaded: Loaded) -> None:
+    path = loaded.instance_path + "/frames/1"
+    got = await bridge.get("/dicom-web" + path, headers={"Accept": FRAME})
+    body = await got.read()
+    status, content_type, expected = await direct(orthanc, path, FRAME)
+    assert got.status == status == 200
+    assert got.headers["Content-Type"].startswith("multipart/related")
+    assert PIXELS in body
+    assert unbounded(got.headers["Content-Type"], body) == unbounded(content_type, expected)
+
+
+async def test_an_unknown_study_is_404(bridge: TestClient, loaded: Loaded) -> None:
+    got = await bridge.get("/dicom-web/studies/2.25.404404/metadata", headers={"Accept": "application/dicom+json"})
+    assert got.status == 404
+
+
+async def test_a_path_that_is_no_uid_is_refused_before_the_pacs(bridge: TestClient) -> None:
+    got = await bridge.get("/dicom-web/studies/1.2.x/metadata")
+    assert got.status == 400
+
+
+class Recorder:
+    """A stand-in WADO-RS server: records every path asked, answers ``status``."""
+
+    def __init__(self, status: int = 200) -> None:
+        self.paths: list[str] = []
+        self.headers: list[dict[str, str]] = []
+        self.status = status
+        self.delay = 0.0
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.paths.append(request.path)
+        self.headers.append(dict(request.headers))
+        await asyncio.sleep(self.delay)
+        return web.Response(status=self.status, body=b"pixels", content_type="application/octet-stream")
+
+
+@pytest.fixture
+async def recorder() -> AsyncIterator[tuple[Recorder, str]]:
+    recorder = Recorder()
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", recorder.handle)
+    server = TestServer(app)
+    await server.start_server()
+    yield recorder, str(server.make_url("/wado"))
+    await server.close()
+
+
+async def test_a_token_reaches_its_patient_only(
+    orthanc: OrthancServer, loaded: Loaded, recorder: tuple[Recorder, str]
+) -> None:
+    """Studies are decided through the cache (a QIDO to Orthanc); pixels come from the PACS's WADO-RS, here the
+    recorder: another patient's study gets the 404 of a study that does not exist, and no pixel is asked for."""
+    pixels, wado = recorder
+    client = await start_client(orthanc_settings(orthanc, wado_url=wado, **SMART), verifier=Verifier())
+    try:
+        own = await client.get("/dicom-web" + loaded.instance_path, headers={"Authorization": "Bearer patient:GW-A"})
+        assert own.status == 200
+        assert await own.read() == b"pixels"
+        assert len(pixels.paths) == 1
+        series = loaded.other.series[0]
+        foreign = f"/dicom-web/studies/{loaded.other.uid}/series/{series.uid}/instances/{series.instances[0].uid}"
+        refused = await client.get(foreign, headers={"Authorization": "Bearer patient:GW-A"})
+        missing = await client.get("/dicom-web/studies/2.25.404404", headers={"Authorization": "Bearer patient:GW-A"})
+        assert refused.status == missing.status == 404
+        assert (await refused.text()).replace(loaded.other.uid, "X") == (await missing.text()).replace(
+            "2.25.404404", "X"
+        )
+        assert len(pixels.paths) == 1, "the PACS was asked for another patient's pixels"
+        anonymous = await client.get("/dicom-web" + loaded.instance_path)
+        assert anonymous.status == 401
+        assert len(pixels.paths) == 1
+    finally:
+        await client.close()
+
+
+async def test_accept_goes_to_the_pacs_with_the_bridges_credentials(
+    orthanc: OrthancServer, loaded: Loaded, recorder: tuple[Recorder, str]
+) -> None:
+    pacs, wado = recorder
+    accept = 'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.50'
+    client = await start_client(orthanc_settings(orthanc, wado_url=wado, **SMART), verifier=Verifier())
+    try:
+        got = await client.get(
+            "/dicom-web" + loaded.instance_path, headers={"Authorization": "Bearer patient:GW-A", "Accept": accept}
+        )
+        assert got.status == 200
+    finally:
+        await client.close()
+    assert pacs.paths == ["/wado" + loaded.instance_path]
+    assert pacs.headers[0]["Accept"] == accept
+    # The PACS gets the bridge's own credentials, never the app's token.
+    assert pacs.headers[0]["Authorization"].startswith("Basic ")
+
+
+async def test_a_failing_pacs_is_a_5xx_not_a_500(orthanc: OrthancServer, recorder: tuple[Recorder, str]) -> None:
+    pacs, wado = recorder
+    pacs.status = 500
+    client = await start_client(orthanc_settings(orthanc, wado_url=wado))
+    try:
+        got = await client.get("/dicom-web/studies/2.25.1/metadata")
+        assert got.status == 502
+    finally:
+        await client.close()
+    # Silent past BRIDGE_QIDO_TIMEOUT: a 504, not a hang.
+    pacs.status, pacs.delay = 200, 5.0
+    client = await start_client(orthanc_settings(orthanc, wado_url=wado, qido_timeout="0.5"))
+    try:
+        got = await client.get("/dicom-web/studies/2.25.1/metadata")
+        assert got.status == 504
+    finally:
+        await client.close()
+    # Nothing listens there.
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))  # held, never listened on: connections are refused
+        port = unused.getsockname()[1]
+        client = await start_client(orthanc_settings(orthanc, wado_url=f"http://127.0.0.1:{port}/wado"))
+        try:
+            got = await client.get("/dicom-web/studies/2.25.1/metadata")
+            assert got.status in (502, 503)
+        finally:
+            await client.close()
+
+
+async def test_a_folder_source_is_not_served_yet() -> None:
+    client = await start_client(load_settings({}))
+    try:
+        got = await client.get("/dicom-web/studies/2.25.1/metadata")
+        assert got.status == 501
+        assert "sample folder" in await got.text()
+    finally:
+        await client.close()
