@@ -58,6 +58,17 @@ def query_string(filters: Filters, fields: Sequence[str], limit: int | None = No
     return "&".join(f"{quote(key, safe='')}={quote(value, safe='*,')}" for key, value in pairs)
 
 
+def pacs_credentials(username: str | None, password: str | None, token: str | None) -> dict[str, str]:
+    """The ``Authorization`` header the bridge's own PACS credentials make (bearer, or basic), if any."""
+    if token:
+        return {"Authorization": f"Bearer {token}"}
+    if username is not None:
+        # RFC 7617 with UTF-8; built here because aiohttp's BasicAuth is deprecated.
+        pair = base64.b64encode(f"{username}:{password or ''}".encode()).decode("ascii")
+        return {"Authorization": f"Basic {pair}"}
+    return {}
+
+
 class HttpQidoSource:
     """A DICOMweb server's QIDO-RS service."""
 
@@ -91,13 +102,7 @@ class HttpQidoSource:
         self.breaker = breaker or CircuitBreaker()
         BREAKER_OPEN.set_function(lambda: float(self.breaker.state is State.OPEN))
         self._semaphore = asyncio.Semaphore(concurrency)
-        headers = {"Accept": ACCEPT}
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        elif username is not None:
-            # RFC 7617 with UTF-8; built here because aiohttp's BasicAuth is deprecated.
-            pair = base64.b64encode(f"{username}:{password or ''}".encode()).decode("ascii")
-            headers["Authorization"] = f"Basic {pair}"
+        headers = {"Accept": ACCEPT, **pacs_credentials(username, password, token)}
         self._session = aiohttp.ClientSession(
             headers=headers,
             connector=aiohttp.TCPConnector(limit=concurrency, limit_per_host=concurrency),

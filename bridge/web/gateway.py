@@ -15,7 +15,6 @@ Only a PACS over HTTP is served for now; with a folder (or the embedded samples)
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import logging
 import re
@@ -33,6 +32,7 @@ from bridge.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from bridge.qido.http import pacs_credentials
 from bridge.settings import Settings
 from bridge.telemetry import REQUEST_ID
 from bridge.web.handlers import served_subject
@@ -78,12 +78,7 @@ class Gateway:
         self._base = URL(base_url)
         self._base_path = self._base.path.rstrip("/")
         self.description = str(self._base)
-        headers: dict[str, str] = {}
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
-        elif username is not None:
-            pair = base64.b64encode(f"{username}:{password or ''}".encode()).decode("ascii")
-            headers["Authorization"] = f"Basic {pair}"
+        headers = pacs_credentials(username, password, token)
         # No total timeout: a large series takes as long as it takes; a PACS that stops sending is cut after
         # ``timeout`` seconds of silence. Bodies pass through as sent (no decompression): Content-Length and
         # Content-Encoding stay true.
