@@ -125,6 +125,9 @@ class Settings(BaseSettings):
     wado_url: str | None = None
     #: The bridge's own public base URL (``https://host/fhir``) for links; unset: taken from each request.
     public_url: str | None = None
+    #: Serve the PACS's DICOMweb under ``/dicom-web`` with the app's token, and give viewers that address (the
+    #: Endpoint's). Off: viewers are sent straight to the PACS (refused with BRIDGE_AUTH=smart).
+    dicomweb_gateway: bool = True
     #: Host header names (any port) a request under /fhir may carry: the names links may be built from when
     #: ``public_url`` is unset. None: loopback names and ``host`` (see ``link_hosts``).
     allowed_hosts: Annotated[tuple[str, ...] | None, NoDecode] = None
@@ -386,6 +389,19 @@ class Settings(BaseSettings):
             )
         if self.auth_introspection_url and not (self.auth_client_id and self.auth_client_secret):
             raise ValueError("BRIDGE_AUTH_INTROSPECTION_URL needs BRIDGE_AUTH_CLIENT_ID and BRIDGE_AUTH_CLIENT_SECRET")
+        if self.auth == "smart" and self.public_wado_url is not None:
+            # Viewers send the app's token to the Endpoint's address and nowhere else: that must be the gateway.
+            if not self.dicomweb_gateway:
+                raise ValueError(
+                    "BRIDGE_DICOMWEB_GATEWAY=false with BRIDGE_AUTH=smart would send viewers straight to the PACS, "
+                    "which cannot take the app's token and must not be opened to browsers: remove "
+                    "BRIDGE_DICOMWEB_GATEWAY=false (the gateway is on by default)"
+                )
+            if not self.public_url:
+                raise ValueError(
+                    "BRIDGE_AUTH=smart with a PACS over HTTP needs BRIDGE_PUBLIC_URL: the DICOMweb gateway's public "
+                    "address (its origin + /dicom-web) is the Endpoint viewers send their token to"
+                )
         return self
 
     @property
@@ -414,6 +430,23 @@ class Settings(BaseSettings):
         if self.qido_url and not self.qido_url.startswith("file://"):
             return _redact(self.qido_url)
         return None
+
+    @property
+    def gateway_url(self) -> str | None:
+        """The DICOMweb gateway's public base: the origin of BRIDGE_PUBLIC_URL + ``/dicom-web``; None when the
+        gateway is off or BRIDGE_PUBLIC_URL is unset (the public origin is then known per request only)."""
+        if not (self.dicomweb_gateway and self.public_url):
+            return None
+        parts = urlsplit(self.public_url)
+        return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}/dicom-web"
+
+    @property
+    def endpoint_address(self) -> str | None:
+        """The Endpoint's address: the gateway's public URL when the gateway is on and the PACS is over HTTP;
+        the PACS's WADO-RS when the gateway is off, or (auth none only) when BRIDGE_PUBLIC_URL is unset."""
+        if self.public_wado_url is None:
+            return None
+        return self.gateway_url or self.public_wado_url
 
     @property
     def link_hosts(self) -> frozenset[str] | None:

@@ -9,10 +9,11 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from bridge.errors import UpstreamBadResponse, UpstreamTimeout, UpstreamUnavailable
+from bridge.errors import ConfigError, UpstreamBadResponse, UpstreamTimeout, UpstreamUnavailable
 from bridge.qido.memory import MemoryQidoSource
 from bridge.search.parameters import SEARCH_PARAMETERS
 from bridge.settings import load_settings
+from bridge.web.app import endpoint_of
 from tests.conftest import start_client
 from tests.support.fhircheck import validate
 
@@ -288,3 +289,78 @@ async def test_oversized_requests_are_operation_outcomes(
 ) -> None:
     body = await outcome(await client.get(path, headers=headers), status)
     assert body["issue"][0]["code"] == "too-long"
+
+
+ENDPOINT_PACS = {"BRIDGE_QIDO_URL": "http://pacs.internal/dicom-web", "BRIDGE_WADO_URL": WADO}
+SMART_ENV = {"BRIDGE_AUTH": "smart", "BRIDGE_AUTH_JWKS_URL": "https://auth.example.org/jwks"}
+
+
+async def endpoint_served(environ: dict[str, str]) -> dict[str, Any]:
+    """The Endpoint a study references, as read through the bridge built from ``environ``."""
+    client = await start_client(load_settings(environ), pacs())
+    try:
+        study = await (await client.get(f"/fhir/ImagingStudy/{STUDY}")).json()
+        endpoint: dict[str, Any] = await (await client.get(f"/fhir/{study['endpoint'][0]['reference']}")).json()
+        validate(endpoint)
+        return endpoint
+    finally:
+        await client.close()
+
+
+async def test_the_endpoint_is_the_gateway_at_the_public_origin() -> None:
+    """Gateway on (the default): the address is the origin of BRIDGE_PUBLIC_URL + /dicom-web, never the PACS."""
+    endpoint = await endpoint_served({**ENDPOINT_PACS, "BRIDGE_PUBLIC_URL": "https://fhir.example.org:8443/r5/fhir"})
+    assert endpoint["address"] == "https://fhir.example.org:8443/dicom-web"
+    assert "extension" not in endpoint  # no authorization: no token to send
+    smart = endpoint_of(
+        load_settings({**ENDPOINT_PACS, **SMART_ENV, "BRIDGE_PUBLIC_URL": "https://fhir.example.org/fhir"})
+    )
+    validate(smart)
+    assert smart["address"] == "https://fhir.example.org/dicom-web"
+    assert smart["extension"] == [
+        {
+            "url": "http://fhir.org/argonaut/smart-imaging/StructureDefinition/requires-access-token",
+            "valueBoolean": True,
+        }
+    ]
+    assert smart["id"] != (await endpoint_served(ENDPOINT_PACS))["id"]  # the id follows the address
+
+
+async def test_with_the_gateway_off_the_endpoint_is_the_pacs() -> None:
+    off = {**ENDPOINT_PACS, "BRIDGE_PUBLIC_URL": "https://fhir.example.org/fhir", "BRIDGE_DICOMWEB_GATEWAY": "false"}
+    assert (await endpoint_served(off))["address"] == WADO
+    client = await start_client(load_settings(off), pacs())
+    try:
+        assert (await client.get(f"/dicom-web/studies/{STUDY}/metadata")).status == 404  # no gateway served
+    finally:
+        await client.close()
+
+
+async def test_without_a_public_url_the_endpoint_falls_back_to_the_pacs_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The Endpoint is one per app; without BRIDGE_PUBLIC_URL the gateway's public origin is not known, so (without
+    authorization only) viewers are given the PACS, and the log says how to fix it."""
+    with caplog.at_level("WARNING", logger="bridge.web.app"):
+        endpoint = await endpoint_served(ENDPOINT_PACS)
+    assert endpoint["address"] == WADO
+    assert any("BRIDGE_PUBLIC_URL" in record.getMessage() for record in caplog.records)
+
+
+@pytest.mark.parametrize(
+    ("environ", "fix"),
+    [
+        ({**ENDPOINT_PACS, **SMART_ENV, "BRIDGE_PUBLIC_URL": "https://fhir.example.org/fhir",
+          "BRIDGE_DICOMWEB_GATEWAY": "false"}, "BRIDGE_DICOMWEB_GATEWAY=false"),
+        ({**ENDPOINT_PACS, **SMART_ENV, "BRIDGE_AUTH_AUDIENCE": "https://fhir.example.org/fhir"}, "BRIDGE_PUBLIC_URL"),
+    ],
+)  # fmt: skip
+def test_smart_never_sends_viewers_to_the_pacs(environ: dict[str, str], fix: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        load_settings(environ)
+    assert fix in str(refused.value)
+
+
+def test_the_gateway_off_is_fine_without_a_pacs_over_http() -> None:
+    """With the embedded samples or a folder there is no PACS to open to browsers: nothing to refuse."""
+    load_settings({**SMART_ENV, "BRIDGE_PUBLIC_URL": "https://fhir.example.org/fhir", "BRIDGE_DICOMWEB_GATEWAY": "0"})

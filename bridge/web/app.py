@@ -6,6 +6,7 @@ from it, so the statement cannot claim what is not served.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple
 
@@ -38,6 +39,9 @@ from bridge.web.server import admin_listener, probe_routes
 MAX_BODY = 64 * 1024
 
 
+log = logging.getLogger(__name__)
+
+
 class FhirRoute(NamedTuple):
     method: str
     path: str
@@ -66,8 +70,9 @@ FHIR_ROUTES = (
 
 
 def endpoint_of(settings: Settings) -> dict[str, Any]:
-    """The WADO-RS Endpoint the studies reference, or {} when no address is known."""
-    address = settings.public_wado_url
+    """The WADO-RS Endpoint the studies reference (the gateway's public URL, see ``Settings.endpoint_address``),
+    or {} when no address is known."""
+    address = settings.endpoint_address
     return wado_endpoint(address, requires_token=settings.auth_mode == "smart") if address else {}
 
 
@@ -101,6 +106,14 @@ def create_app(
         app.cleanup_ctx.append(rate_limit_context)
     app[SETTINGS] = settings
     app[ENDPOINT] = endpoint_of(settings)
+    if settings.dicomweb_gateway and settings.public_wado_url and settings.gateway_url is None:
+        # Only without authorization (BRIDGE_AUTH=smart refuses this at start): the Endpoint is one per app, and
+        # without BRIDGE_PUBLIC_URL the gateway's public origin is known per request only.
+        log.warning(
+            "BRIDGE_PUBLIC_URL is unset: the Endpoint gives viewers the PACS's own address (%s), not the DICOMweb "
+            "gateway's; set BRIDGE_PUBLIC_URL to send them through /dicom-web",
+            settings.public_wado_url,
+        )
     app[MAPPING] = mapping_options(settings)
     app[SEARCH_LIMITS] = Limits(settings.search_max_queries, settings.search_max_rows)
     if source is None:
@@ -108,7 +121,8 @@ def create_app(
     else:
         app[SOURCE] = source
     app.cleanup_ctx.append(contexts.study_cache)
-    app.cleanup_ctx.append(gateway.gateway_context)
+    if settings.dicomweb_gateway:
+        app.cleanup_ctx.append(gateway.gateway_context)
     smart = settings.auth_mode == "smart"
     if smart:
         if verifier is not None:
@@ -133,7 +147,7 @@ def create_app(
             (route.method, route.path, route.handler, authorize, route.interaction if route.audited else None)
         )
     # The DICOMweb gateway: a retrieve needs what an ImagingStudy read does, and is audited as one.
-    for path in gateway.ROUTES:
+    for path in gateway.ROUTES if settings.dicomweb_gateway else ():
         authorize = step("ImagingStudy", Interaction.READ, "read") if smart else None
         routes.append(("GET", gateway.PREFIX + path, gateway.retrieve, authorize, "read"))
     if settings.admin_port is None:
