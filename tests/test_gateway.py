@@ -106,7 +106,11 @@ async def test_metadata_is_the_pacs_json(bridge: TestClient, orthanc: OrthancSer
         status, content_type, expected = await direct(orthanc, path, "application/dicom+json")
         assert got.status == status == 200
         assert got.headers["Content-Type"] == content_type
-        assert await got.json(content_type=None) == json.loads(expected)
+        # The same JSON, but for the BulkDataURIs, which name the gateway where Orthanc named itself.
+        gateway_url = str(bridge.make_url("/dicom-web"))
+        assert await got.json(content_type=None) == json.loads(
+            expected.replace(orthanc.dicomweb_url.rstrip("/").encode() + b"/", gateway_url.encode() + b"/")
+        )
 
 
 async def test_a_frame(bridge: TestClient, orthanc: OrthancServer, loaded: Loaded) -> None:
@@ -241,3 +245,53 @@ async def test_a_folder_source_is_not_served_yet() -> None:
         assert "sample folder" in await got.text()
     finally:
         await client.close()
+
+
+def bulkdata_uris(node: object) -> list[str]:
+    """Every BulkDataURI in a DICOM JSON document, at any depth."""
+    if isinstance(node, list):
+        return [uri for item in node for uri in bulkdata_uris(item)]
+    if isinstance(node, dict):
+        own = [node["BulkDataURI"]] if isinstance(node.get("BulkDataURI"), str) else []
+        return own + [uri for value in node.values() for uri in bulkdata_uris(value)]
+    return []
+
+
+@pytest.mark.parametrize("public_url", [None, "https://fhir.test/fhir"])
+async def test_bulkdata_uris_in_metadata_point_at_the_gateway(
+    orthanc: OrthancServer, loaded: Loaded, public_url: str | None
+) -> None:
+    """Orthanc writes its own URL into every BulkDataURI (pixel data included): through the gateway each starts
+    with the gateway's public URL (the origin of BRIDGE_PUBLIC_URL, else the request's) and resolves through it."""
+    client = await start_client(orthanc_settings(orthanc, **({"public_url": public_url} if public_url else {})))
+    try:
+        gateway_url = "https://fhir.test/dicom-web" if public_url else str(client.make_url("/dicom-web"))
+        for path in (f"/studies/{loaded.spec.uid}/metadata", loaded.instance_path + "/metadata"):
+            got = await client.get("/dicom-web" + path, headers={"Accept": "application/dicom+json"})
+            assert got.status == 200
+            assert got.headers["Content-Type"].startswith("application/dicom+json")
+            metadata = await got.json(content_type=None)
+            _, _, direct_body = await direct(orthanc, path, "application/dicom+json")
+            assert bulkdata_uris(json.loads(direct_body)), "Orthanc wrote no BulkDataURI: nothing was tested"
+            uris = bulkdata_uris(metadata)
+            assert len(uris) == len(bulkdata_uris(json.loads(direct_body)))
+            assert all(uri.startswith(gateway_url + "/") for uri in uris), uris
+            # Nothing else changed.
+            assert str(metadata).count("BulkDataURI") == str(json.loads(direct_body)).count("BulkDataURI")
+        pixel = next(uri for uri in uris if "7fe00010" in uri.lower())
+        bulk = await client.get(
+            "/dicom-web" + pixel.removeprefix(gateway_url),
+            headers={"Accept": 'multipart/related; type="application/octet-stream"; transfer-syntax=*'},
+        )
+        assert bulk.status == 200
+        assert PIXELS in await bulk.read()
+    finally:
+        await client.close()
+
+
+async def test_a_bulkdata_path_that_is_no_tag_is_refused_before_the_pacs(bridge: TestClient, loaded: Loaded) -> None:
+    for tail in ("pixels", "7fe00010/x", "7fe00010/0"):
+        got = await bridge.get("/dicom-web" + loaded.instance_path + "/bulk/" + tail)
+        assert got.status == 400, tail
+    got = await bridge.get("/dicom-web" + loaded.instance_path + "/bulk/7fe00010%2F..")
+    assert got.status == 400

@@ -10,6 +10,11 @@ PACS credentials and copies the answer through chunk by chunk, so a 2 GB series 
 connection a 503; no answer in time a 504; after the first byte has been sent a failure can only cut the
 connection (the client sees a truncated body, never a complete-looking one).
 
+``metadata`` is the one answer not streamed: the PACS's own ``BulkDataURI`` values point past the gateway (at the
+PACS, which a browser cannot reach with its token), so the JSON is read whole (bounded by BRIDGE_QIDO_MAX_BYTES),
+every ``BulkDataURI`` under the PACS's WADO-RS base rewritten to the gateway's public URL, and sent re-serialized.
+The bulkdata those URIs name is served under ``…/instances/{instance}/bulk/{tag path}``, streamed.
+
 Only a PACS over HTTP is served for now; with a folder (or the embedded samples) every retrieve answers 501.
 """
 
@@ -21,6 +26,7 @@ import re
 from collections.abc import AsyncIterator
 
 import aiohttp
+import orjson
 from aiohttp import hdrs, web
 from yarl import URL
 
@@ -50,10 +56,13 @@ ROUTES = (
     "/studies/{study}/series/{series}/instances/{instance}",
     "/studies/{study}/series/{series}/instances/{instance}/metadata",
     "/studies/{study}/series/{series}/instances/{instance}/frames/{frames}",
+    "/studies/{study}/series/{series}/instances/{instance}/bulk/{bulk:.+}",
 )
 #: PS3.5 9.1: digits and dots, at most 64 characters. Checked so no path segment (``..``) reaches the PACS.
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _FRAMES = re.compile(r"^[1-9][0-9]*(,[1-9][0-9]*)*$")
+#: A bulkdata path as PACSes write it: a tag, or tags and item numbers down a sequence (``00081111/0/7fe00010``).
+_BULK = re.compile(r"^[0-9A-Fa-f]{8}(/[0-9]+/[0-9A-Fa-f]{8})*$")
 #: Bytes copied at a time: large enough to keep the copy cheap, small enough to keep memory flat.
 CHUNK = 256 * 1024
 #: Request headers passed to the PACS (``Authorization`` is the bridge's own, never the client's).
@@ -74,10 +83,14 @@ class Gateway:
         username: str | None = None,
         password: str | None = None,
         token: str | None = None,
+        max_bytes: int = 256 * 1024 * 1024,
     ) -> None:
         self._base = URL(base_url)
         self._base_path = self._base.path.rstrip("/")
         self.description = str(self._base)
+        #: How the PACS's own URLs begin (BulkDataURI values in metadata), to be rewritten to the gateway's.
+        self.pacs_prefix = str(self._base).rstrip("/")
+        self.max_bytes = max_bytes
         headers = pacs_credentials(username, password, token)
         # No total timeout: a large series takes as long as it takes; a PACS that stops sending is cut after
         # ``timeout`` seconds of silence. Bodies pass through as sent (no decompression): Content-Length and
@@ -125,6 +138,7 @@ async def gateway_context(app: web.Application) -> AsyncIterator[None]:
         username=settings.pacs_username,
         password=settings.pacs_password.get_secret_value() if settings.pacs_password else None,
         token=settings.pacs_token.get_secret_value() if settings.pacs_token else None,
+        max_bytes=settings.qido_max_bytes,
     )
     app[GATEWAY] = gateway
     try:
@@ -144,12 +158,17 @@ async def retrieve(request: web.Request) -> web.StreamResponse:
         )
     await _authorize_study(request, study)
     url = gateway.url(request.rel_url.raw_path.removeprefix(PREFIX), request.rel_url.raw_query_string)
-    headers: dict[str, str] = {name: value for name in _FORWARDED if (value := request.headers.get(name)) is not None}
+    metadata = request.path.endswith("/metadata")
+    # Metadata is read and rewritten here: asked for uncompressed (no Accept-Encoding passed on).
+    forwarded = (hdrs.ACCEPT,) if metadata else _FORWARDED
+    headers: dict[str, str] = {name: value for name in forwarded if (value := request.headers.get(name)) is not None}
     if request_id := REQUEST_ID.get():
         headers["X-Request-ID"] = request_id
     where = f"WADO-RS {request.path.removeprefix(PREFIX)}"
     try:
         async with gateway.request(url, headers) as upstream:
+            if metadata and upstream.status == 200:
+                return await _rewritten(request, gateway, upstream, where)
             return await _relay(request, upstream, where)
     except TimeoutError:
         raise UpstreamTimeout(f"the PACS did not answer {where} in time (BRIDGE_QIDO_TIMEOUT)") from None
@@ -187,6 +206,44 @@ async def _relay(request: web.Request, upstream: aiohttp.ClientResponse, where: 
     return response
 
 
+async def _rewritten(
+    request: web.Request, gateway: Gateway, upstream: aiohttp.ClientResponse, where: str
+) -> web.StreamResponse:
+    """A metadata answer with every BulkDataURI that points at the PACS pointing at the gateway instead."""
+    headers = {name: value for name in (hdrs.CONTENT_TYPE, hdrs.LAST_MODIFIED) if (value := upstream.headers.get(name))}
+    if request.method == hdrs.METH_HEAD:
+        return web.Response(status=200, headers=headers)  # the length of a rewritten body is not the PACS's
+    if upstream.headers.get(hdrs.CONTENT_ENCODING, "identity") != "identity":
+        raise UpstreamBadResponse(f"the PACS answered {where} compressed, which was not asked for")
+    body = bytearray()
+    async for chunk in upstream.content.iter_chunked(CHUNK):
+        body += chunk
+        if len(body) > gateway.max_bytes:
+            raise UpstreamBadResponse(f"the PACS's answer to {where} exceeds BRIDGE_QIDO_MAX_BYTES")
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise UpstreamBadResponse(f"the PACS answered {where} with a body that is not JSON") from None
+    public = request.app[SETTINGS].gateway_url or f"{request.url.origin()}{PREFIX}"
+    _rewrite_bulkdata(document, gateway.pacs_prefix, public)
+    return web.Response(status=200, body=orjson.dumps(document), headers=headers)
+
+
+def _rewrite_bulkdata(node: object, prefix: str, public: str) -> None:
+    """In place, through every dataset and sequence item: ``BulkDataURI`` values under ``prefix`` (the PACS's
+    WADO-RS base) re-rooted at ``public`` (the gateway's). Others (another server's, relative ones) are left."""
+    if isinstance(node, list):
+        for item in node:
+            _rewrite_bulkdata(item, prefix, public)
+    elif isinstance(node, dict):
+        uri = node.get("BulkDataURI")
+        if isinstance(uri, str) and (uri == prefix or uri.startswith(prefix + "/")):
+            node["BulkDataURI"] = public + uri[len(prefix) :]
+        for value in node.values():
+            if isinstance(value, (dict, list)):
+                _rewrite_bulkdata(value, prefix, public)
+
+
 def _checked_path(request: web.Request) -> str:
     """The study UID; every UID and the frame list checked to be what they claim, before anything is asked."""
     info = request.match_info
@@ -195,6 +252,10 @@ def _checked_path(request: web.Request) -> str:
             raise InvalidRequest(f"{info[key]!r} is not a DICOM UID (digits and dots, at most 64 characters)")
     if "frames" in info and not _FRAMES.match(info["frames"]):
         raise InvalidRequest(f"{info['frames']!r} is not a list of frame numbers (1,2,3)")
+    if "bulk" in info and not _BULK.match(info["bulk"]):
+        raise InvalidRequest(
+            f"{info['bulk']!r} is not a bulkdata path (a tag such as 7fe00010, or tags down a sequence)"
+        )
     return info["study"]
 
 
