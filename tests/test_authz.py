@@ -298,12 +298,16 @@ def test_authorization_must_be_chosen_off_loopback() -> None:
         load_settings({"BRIDGE_AUTH": "smart", "BRIDGE_PUBLIC_URL": "https://fhir.example.org/fhir"})
 
 
+#: A PACS over HTTP under BRIDGE_AUTH=smart: the Endpoint is the gateway, whose public origin must be known.
+GATEWAYED = {"BRIDGE_QIDO_URL": "http://pacs.internal/dicom-web", "BRIDGE_PUBLIC_URL": "https://fhir.example.org/fhir"}
+
+
 # ---- end to end: real tokens from a real (test) authorization server ----
 
 
 async def test_real_tokens_from_the_authorization_server(source: MemoryQidoSource, auth_server: AuthServer) -> None:
     environ = auth_server.environ(auth_introspection_url=auth_server.introspection_url)
-    settings = load_settings({"BRIDGE_QIDO_URL": "http://pacs.internal/dicom-web", **environ})
+    settings = load_settings({**GATEWAYED, **environ})
     client = await start_client(settings, source)
     try:
         token = auth_server.mint(scope="launch/patient patient/ImagingStudy.rs", patient="P2")
@@ -322,7 +326,7 @@ async def test_real_tokens_from_the_authorization_server(source: MemoryQidoSourc
 
 
 async def test_discovery_names_the_authorization_server(source: MemoryQidoSource, auth_server: AuthServer) -> None:
-    settings = load_settings({"BRIDGE_QIDO_URL": "http://pacs.internal/dicom-web", **auth_server.environ()})
+    settings = load_settings({**GATEWAYED, **auth_server.environ()})
     client = await start_client(settings, source)
     try:
         response = await client.get("/fhir/.well-known/smart-configuration")  # no token needed
@@ -355,7 +359,7 @@ async def test_a_patient_context_maps_through_the_clinical_fhir_server(
     mrn = "https://hospital.example.org/mrn"
     auth_server.add_patient("ehr-77", [("http://ssn.example", "P1"), (mrn, "P2")])  # only the PACS's system counts
     environ = auth_server.environ(clinical_fhir_url=auth_server.clinical_url, patient_id_system=mrn)
-    client = await start_client(load_settings({"BRIDGE_QIDO_URL": "http://pacs.internal/dicom-web", **environ}), source)
+    client = await start_client(load_settings({**GATEWAYED, **environ}), source)
     try:
         token = auth_server.mint(scope="patient/ImagingStudy.rs", patient="ehr-77")
         assert ids(await get(client, "/fhir/ImagingStudy", token)) == {"2.25.3"}
