@@ -30,6 +30,7 @@ import orjson
 from aiohttp import hdrs, web
 from yarl import URL
 
+from bridge.datatypes import is_uid
 from bridge.errors import (
     Conflict,
     InvalidRequest,
@@ -39,10 +40,9 @@ from bridge.errors import (
     UpstreamUnavailable,
 )
 from bridge.qido.http import pacs_credentials
-from bridge.settings import Settings
 from bridge.telemetry import REQUEST_ID
-from bridge.web.handlers import served_subject
-from bridge.web.keys import AUDITED, CACHE, GRANT, SETTINGS
+from bridge.web.handlers import admit_study, unseen
+from bridge.web.keys import CACHE, GRANT, SETTINGS
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +58,6 @@ ROUTES = (
     "/studies/{study}/series/{series}/instances/{instance}/frames/{frames}",
     "/studies/{study}/series/{series}/instances/{instance}/bulk/{bulk:.+}",
 )
-#: PS3.5 9.1: digits and dots, at most 64 characters. Checked so no path segment (``..``) reaches the PACS.
-_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _FRAMES = re.compile(r"^[1-9][0-9]*(,[1-9][0-9]*)*$")
 #: A bulkdata path as PACSes write it: a tag, or tags and item numbers down a sequence (``00081111/0/7fe00010``).
 _BULK = re.compile(r"^[0-9A-Fa-f]{8}(/[0-9]+/[0-9A-Fa-f]{8})*$")
@@ -119,15 +117,10 @@ class Gateway:
 GATEWAY = web.AppKey("gateway", Gateway)
 
 
-def wado_base(settings: Settings) -> str | None:
-    """The PACS WADO-RS base the gateway forwards to: BRIDGE_WADO_URL, else the QIDO URL; None for a folder."""
-    return settings.public_wado_url
-
-
 async def gateway_context(app: web.Application) -> AsyncIterator[None]:
     """The gateway's session to the PACS, when the PACS is reached over HTTP."""
     settings = app[SETTINGS]
-    base = wado_base(settings)
+    base = settings.public_wado_url  # BRIDGE_WADO_URL, else the QIDO URL; None for a folder
     if base is None:
         yield
         return
@@ -248,7 +241,8 @@ def _checked_path(request: web.Request) -> str:
     """The study UID; every UID and the frame list checked to be what they claim, before anything is asked."""
     info = request.match_info
     for key in ("study", "series", "instance"):
-        if key in info and (len(info[key]) > 64 or not _UID.match(info[key])):
+        # PS3.5 9.1: digits and dots, at most 64 characters; so no path segment (``..``) reaches the PACS.
+        if key in info and not is_uid(info[key]):
             raise InvalidRequest(f"{info[key]!r} is not a DICOM UID (digits and dots, at most 64 characters)")
     if "frames" in info and not _FRAMES.match(info["frames"]):
         raise InvalidRequest(f"{info['frames']!r} is not a list of frame numbers (1,2,3)")
@@ -264,20 +258,11 @@ async def _authorize_study(request: web.Request, study: str) -> None:
     grant = request.get(GRANT)
     if grant is None or grant.patients is None:
         return
-    unseen = NotFound(f"the PACS has no study with StudyInstanceUID {study}")
-    facts = request.get(AUDITED)
+    cache = request.app[CACHE]
     try:
-        cache = request.app[CACHE]
         entry = cache.fresh(study) or (await cache.read(study)).entry
     except Conflict:
-        if facts is not None:
-            facts.refused.append(study)
-        raise unseen from None
+        raise unseen(request, study) from None  # one UID under several patients: refused, as a read refuses it
     except NotFound:
-        raise unseen from None
-    if not grant.patients.admits(served_subject(entry)):
-        if facts is not None:
-            facts.refused.append(study)
-        raise unseen
-    if facts is not None:
-        facts.returned.append(study)
+        raise NotFound(f"the PACS has no study with StudyInstanceUID {study}") from None
+    admit_study(request, grant.patients, study, entry)

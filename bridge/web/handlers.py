@@ -13,7 +13,7 @@ from aiohttp import hdrs, web
 from multidict import CIMultiDict
 
 from bridge.auth.discovery import rest_security, smart_configuration
-from bridge.auth.grant import AuditFacts
+from bridge.auth.grant import AuditFacts, Patients
 from bridge.cache.freshness import Entry
 from bridge.cache.service import HIT
 from bridge.errors import AuthServerUnavailable, Conflict, InvalidRequest, NotFound, RequestTimeout, UpstreamError
@@ -51,20 +51,25 @@ async def read_imaging_study(request: web.Request) -> web.StreamResponse:
     except Conflict:
         if grant is not None and grant.patients is not None:
             # One UID under several patients: to a token confined to patients, as if it did not exist.
-            raise _unseen(request, study_id) from None
+            raise unseen(request, study_id) from None
         raise
     if grant is not None and grant.patients is not None:
-        # Checked on what is served, whichever path it came by (cache hit, shared cache, PACS read).
-        if not grant.patients.admits(served_subject(entry)):
-            raise _unseen(request, study_id)
-        request[AUDITED].returned.append(study_id)
+        admit_study(request, grant.patients, study_id, entry)
     if _not_modified(request, entry):
         return web.Response(status=304, headers=_read_headers(entry, None, outcome.header))
     return web.Response(body=entry.body, headers=_read_headers(entry, media, outcome.header))
 
 
-def _unseen(request: web.Request, study_id: str) -> NotFound:
-    """The answer to a read of a study the grant may not see: the one a study that does not exist gets."""
+def admit_study(request: web.Request, patients: Patients, study_id: str, entry: Entry) -> None:
+    """A study served to a grant confined to ``patients`` is one of theirs, else ``unseen``. Checked on what is
+    served, whichever path it came by (cache hit, shared cache, PACS read)."""
+    if not patients.admits(served_subject(entry)):
+        raise unseen(request, study_id)
+    request[AUDITED].returned.append(study_id)
+
+
+def unseen(request: web.Request, study_id: str) -> NotFound:
+    """The answer to a request for a study the grant may not see: the one a study that does not exist gets."""
     request[AUDITED].refused.append(study_id)
     return NotFound(f"the PACS has no study with StudyInstanceUID {study_id}")
 
