@@ -111,6 +111,9 @@ async def test_the_access_log_writes_json_lines_in_batches() -> None:
          "/fhir/ImagingStudy?subject:Patient=***&***&***&***"),  # unknown names may be identifiers themselves
         ("/fhir/ImagingStudy?_id=2.25.1&started=ge2024&_elements=identifier&patient",
          "/fhir/ImagingStudy?_id=***&started=***&_elements=identifier&patient"),
+        ("/fhir/Patient/PAT-123/ImagingStudy?modality=CT&_id=2.25.1",
+         "/fhir/Patient/***/ImagingStudy?modality=CT&_id=***"),  # the compartment's path names its patient
+        ("/fhir/Patient/PAT%20123/ImagingStudy", "/fhir/Patient/***/ImagingStudy"),
     ],
 )  # fmt: skip
 async def test_the_access_log_keeps_patients_out_of_query_strings(path: str, logged: str) -> None:

@@ -114,9 +114,14 @@ _KNOWN = frozenset(
 REDACTED = "***"
 
 
+#: The patient compartment's path names the patient: ``/fhir/Patient/PAT-123/ImagingStudy``.
+_COMPARTMENT = re.compile(r"^(/fhir/Patient/)[^/?]*")
+
+
 def redacted(path: str) -> str:
-    """The raw path with its query's values redacted, but for ``_KEPT`` parameters; unknown names, which may be
-    anything (``?PAT-123``), are left out whole."""
+    """The raw path with the patient of a compartment search and its query's values redacted, but for ``_KEPT``
+    parameters; unknown names, which may be anything (``?PAT-123``), are left out whole."""
+    path = _COMPARTMENT.sub(rf"\g<1>{REDACTED}", path)
     head, mark, query = path.partition("?")
     if not mark:
         return path
