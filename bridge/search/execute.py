@@ -118,11 +118,12 @@ async def run_search(
     if not complete:
         result.resources = [c.summary for c in page]
         return result
-    reads = await gather_all(
-        *(_already(whole[c.summary["id"]]) if c.summary["id"] in whole else _complete(source, c, options, cache)
-          for c in page)
-    )  # fmt: skip
-    for candidate, read in zip(page, reads, strict=True):
+    unread = [c for c in page if c.summary["id"] not in whole]
+    reads = await gather_all(*(_complete(source, c, options, cache) for c in unread))
+    served: dict[str, dict[str, Any] | BridgeError] = {**whole}
+    served.update((c.summary["id"], read) for c, read in zip(unread, reads, strict=True))
+    for candidate in page:
+        read = served[candidate.summary["id"]]
         if isinstance(read, BridgeError):
             result.warnings.append(f"study {candidate.summary['id']} could not be read: {read.diagnostics}")
         else:
@@ -159,10 +160,6 @@ async def _on_resources(
             kept.append(candidate)
             resources[candidate.summary["id"]] = resource
     return kept, resources
-
-
-async def _already(resource: dict[str, Any]) -> dict[str, Any]:
-    return resource
 
 
 def paged_at_pacs(query: SearchQuery, plan: Plan) -> bool:
