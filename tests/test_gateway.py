@@ -237,16 +237,6 @@ async def test_a_failing_pacs_is_a_5xx_not_a_500(orthanc: OrthancServer, recorde
             await client.close()
 
 
-async def test_a_folder_source_is_not_served_yet() -> None:
-    client = await start_client(load_settings({}))
-    try:
-        got = await client.get("/dicom-web/studies/2.25.1/metadata")
-        assert got.status == 501
-        assert "sample folder" in await got.text()
-    finally:
-        await client.close()
-
-
 def bulkdata_uris(node: object) -> list[str]:
     """Every BulkDataURI in a DICOM JSON document, at any depth."""
     if isinstance(node, list):
