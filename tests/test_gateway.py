@@ -17,7 +17,6 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from bridge.settings import load_settings
 from tests.conftest import orthanc_settings, start_client
 from tests.support.dicomgen import StudySpec, encode, simple_study
 from tests.support.orthanc import OrthancServer
