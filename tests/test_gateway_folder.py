@@ -33,6 +33,10 @@ def sample(name: str) -> pydicom.Dataset:
     return pydicom.dcmread(path)
 
 
+def sample_bytes(name: str) -> bytes:
+    return Path(str(get_testdata_file(name))).read_bytes()
+
+
 def instance_path(ds: pydicom.Dataset) -> str:
     return f"/dicom-web/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
 
@@ -124,13 +128,30 @@ async def test_sample_metadata_is_the_header_without_pixel_data(embedded: TestCl
     assert ds.SOPInstanceUID in [d["00080018"]["Value"][0] for d in await series.json()]
 
 
-async def test_sample_instance_parses_back_to_the_same_instance(embedded: TestClient) -> None:
+async def test_sample_instance_is_the_file_as_stored(embedded: TestClient) -> None:
     ds = sample("MR_small.dcm")
     [(media, part10)] = await get_parts(embedded, instance_path(ds), 'multipart/related; type="application/dicom"')
     assert media == "application/dicom; transfer-syntax=1.2.840.10008.1.2.1"
     back = pydicom.dcmread(io.BytesIO(part10))
     assert back.SOPInstanceUID == ds.SOPInstanceUID
-    assert back.PixelData == ds.PixelData
+    assert part10 == sample_bytes("MR_small.dcm")
+
+
+async def test_a_file_without_file_meta_comes_as_part10(tmp_path: Path) -> None:
+    ds = generated(tmp_path, "meta.dcm", frames=1)
+    bare = pydicom.dcmread(tmp_path / "meta.dcm")
+    bare.file_meta = pydicom.Dataset()
+    (tmp_path / "meta.dcm").unlink()
+    pydicom.dcmwrite(tmp_path / "bare.dcm", bare, implicit_vr=True, little_endian=True, force_encoding=True)
+    client = await folder_client(tmp_path)
+    try:
+        [(media, part10)] = await get_parts(client, instance_path(ds), "*/*")
+        assert media == "application/dicom; transfer-syntax=1.2.840.10008.1.2"
+        back = pydicom.dcmread(io.BytesIO(part10))  # no force: a preamble and File Meta Information
+        assert back.SOPInstanceUID == ds.SOPInstanceUID
+        assert back.PixelData == ds.PixelData
+    finally:
+        await client.close()
 
 
 @pytest.mark.parametrize(
