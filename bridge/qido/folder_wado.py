@@ -173,9 +173,11 @@ def read_dataset(path: Path, *, pixels: bool) -> Dataset:
 
 def metadata(path: Path) -> dict[str, Any]:
     """The instance's DICOM JSON, its pixel data left out (viewers fetch ``frames``); small binary values
-    inline, as the DICOM file client gives them."""
+    inline, as the DICOM file client gives them. Available Transfer Syntax UID says how its frames come."""
     dataset = read_dataset(path, pixels=False)
-    return dict(dataset.to_json_dict())
+    document = dataset.to_json_dict()
+    document["00083002"] = {"vr": "UI", "Value": [str(dataset.file_meta.TransferSyntaxUID)]}
+    return dict(sorted(document.items()))  # in tag order, as DICOM JSON is written
 
 
 def frames(path: Path, numbers: list[int]) -> Iterator[bytes]:

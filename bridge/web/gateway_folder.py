@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from functools import partial
 from pathlib import Path
 
 import orjson
@@ -54,7 +55,7 @@ async def _metadata(
         return response
     try:
         for number, (_, _, path) in enumerate(files):
-            document = await folder.on_worker(lambda path=path: folder_wado.metadata(path))  # type: ignore[misc]
+            document = await folder.on_worker(partial(folder_wado.metadata, path))
             await response.write((b"[" if number == 0 else b",") + orjson.dumps(document))
         await response.write(b"]")
     except Exception as exc:  # headers are sent: only a cut connection can say the body is not whole
@@ -101,7 +102,7 @@ async def _instances(
         return response
     try:
         for _, _, path in files:
-            data, syntax = await folder.on_worker(lambda path=path: folder_wado.part10(path))  # type: ignore[misc]
+            data, syntax = await folder.on_worker(partial(folder_wado.part10, path))
             head = f"--{boundary}\r\nContent-Type: application/dicom; transfer-syntax={syntax}\r\n\r\n"
             await response.write(head.encode())
             await response.write(data)
