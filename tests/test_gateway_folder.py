@@ -16,7 +16,9 @@ from pydicom.data import get_testdata_file
 from pydicom.encaps import get_frame
 from yarl import URL
 
+from bridge.errors import NotAcceptable
 from bridge.mapping.endpoint import REQUIRES_ACCESS_TOKEN
+from bridge.qido.folder_wado import choose_frame_type, choose_instance_syntax
 from bridge.settings import load_settings
 from tests.conftest import start_client
 from tests.support.dicomgen import encode, simple_study
@@ -331,3 +333,61 @@ async def test_a_patient_token_reaches_only_its_patients_pixels(tmp_path: Path) 
         assert endpoint["extension"] == [{"url": REQUIRES_ACCESS_TOKEN, "valueBoolean": True}]
     finally:
         await client.close()
+
+
+# Content negotiation, as a table: (Accept, stored transfer syntax) -> (part media type, transfer syntax) or 406.
+
+CT = "1.2.840.10008.1.2.1"
+IMPLICIT = "1.2.840.10008.1.2"
+JLS = "1.2.840.10008.1.2.4.80"
+RLE = "1.2.840.10008.1.2.5"
+
+
+@pytest.mark.parametrize(
+    ("accept", "stored", "served"),
+    [
+        (None, CT, ("application/octet-stream", CT)),
+        ("*/*", IMPLICIT, ("application/octet-stream", CT)),
+        ("multipart/related; type=application/octet-stream; transfer-syntax=*", JLS, ("image/jls", JLS)),
+        ('multipart/related; type="application/octet-stream"', CT, ("application/octet-stream", CT)),
+        ('multipart/related; type="application/octet-stream"', JLS, None),
+        (f'multipart/related; type="application/octet-stream"; transfer-syntax={CT}', IMPLICIT,
+         ("application/octet-stream", CT)),
+        ('multipart/related; type="image/jls"', JLS, ("image/jls", JLS)),
+        (f'multipart/related; type="image/jls"; transfer-syntax={JLS}', JLS, ("image/jls", JLS)),
+        ('multipart/related; type="image/jls"; transfer-syntax=1.2.840.10008.1.2.4.81', JLS, None),
+        ('multipart/related; type="image/*"', JLS, ("image/jls", JLS)),
+        ('multipart/related; type="image/*"', CT, None),
+        ('multipart/related; type="image/x-dicom-rle"', RLE, ("image/dicom-rle", RLE)),
+        ('multipart/related; type="image/jpeg", multipart/related; type="image/jls"', JLS, ("image/jls", JLS)),
+        ('multipart/related; type="image/jls"; q=0, */*', CT, ("application/octet-stream", CT)),
+        ('multipart/related; type="image/jls"; q=0', JLS, None),
+        ("image/jls", JLS, ("image/jls", JLS)),
+        ("text/html", CT, None),
+    ],
+)  # fmt: skip
+def test_frame_negotiation(accept: str | None, stored: str, served: tuple[str, str] | None) -> None:
+    if served is None:
+        with pytest.raises(NotAcceptable):
+            choose_frame_type(accept, stored)
+    else:
+        assert choose_frame_type(accept, stored) == served
+
+
+@pytest.mark.parametrize(
+    ("accept", "stored", "served"),
+    [
+        (None, JLS, JLS),
+        ('multipart/related; type="application/dicom"', JLS, JLS),
+        ('multipart/related; type="application/dicom"; transfer-syntax=*', IMPLICIT, IMPLICIT),
+        (f'multipart/related; type="application/dicom"; transfer-syntax={JLS}', JLS, JLS),
+        (f'multipart/related; type="application/dicom"; transfer-syntax={CT}', JLS, None),
+        ('multipart/related; type="application/octet-stream"', CT, None),
+    ],
+)
+def test_instance_negotiation(accept: str | None, stored: str, served: str | None) -> None:
+    if served is None:
+        with pytest.raises(NotAcceptable):
+            choose_instance_syntax(accept, stored)
+    else:
+        assert choose_instance_syntax(accept, stored) == served
