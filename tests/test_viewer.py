@@ -34,7 +34,7 @@ from tests.support import viewer_page
 from tests.support.orthanc import OrthancServer
 from tests.support.standin_tokens import Verifier
 
-pytestmark = pytest.mark.viewer
+pytestmark = [pytest.mark.browser, pytest.mark.viewer]
 
 SAMPLES = ("CT_small.dcm", "MR_small.dcm")
 SMART = {"BRIDGE_AUTH": "smart", "BRIDGE_AUTH_JWKS_URL": "https://auth.example.org/jwks", "BRIDGE_AUDIT_LOG": "off"}
@@ -53,8 +53,14 @@ class Sample:
         return f"patient:{self.patient}"  # tests/support/standin_tokens.py
 
 
+def sample_file(name: str) -> Path:
+    path = get_testdata_file(name)
+    assert isinstance(path, str), f"pydicom has no test file {name}"
+    return Path(path)
+
+
 def sample(name: str) -> Sample:
-    ds = pydicom.dcmread(get_testdata_file(name), stop_before_pixels=True)
+    ds = pydicom.dcmread(sample_file(name), stop_before_pixels=True)
     return Sample(name, ds.PatientID, ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
 
 
@@ -85,7 +91,7 @@ async def browser() -> AsyncIterator[Browser]:
 
 @pytest.fixture(scope="module")
 def orthanc_samples(orthanc: OrthancServer) -> None:
-    orthanc.upload_many(Path(get_testdata_file(name)).read_bytes() for name in SAMPLES)
+    orthanc.upload_many(sample_file(name).read_bytes() for name in SAMPLES)
 
 
 def origin(server: TestServer) -> str:
@@ -191,7 +197,8 @@ async def test_a_viewer_renders_the_first_frame_through_the_endpoint_only(
     assert address == f"{bridge}/dicom-web", seen.explain()
     assert seen.result["uids"] == {"study": shown.study, "series": shown.series, "instance": shown.instance}
     pixels = seen.result["pixels"]
-    assert pixels["distinct"] > 16 and pixels["variance"] > 100, f"the canvas is blank or nearly so: {pixels}"
+    assert pixels["distinct"] > 16, f"the canvas is blank or nearly so: {pixels}"
+    assert pixels["variance"] > 100, f"the canvas is blank or nearly so: {pixels}"
     # Every request for pixels or their metadata went to the Endpoint's address; the frame was among them.
     # (blob: and data: URLs are the page's own memory, not requests.)
     network = [url for url in seen.requests if url.startswith(("http:", "https:"))]

@@ -22,7 +22,8 @@ def build() -> Path:
     npm = shutil.which("npm")
     assert npm, "npm is not installed (scripts/test installs Debian's nodejs and npm)"
     lock = (VIEWER / "package-lock.json").read_bytes()
-    assert INSTALLED_LOCK.is_file() and INSTALLED_LOCK.read_bytes() == lock, (
+    installed = INSTALLED_LOCK.read_bytes() if INSTALLED_LOCK.is_file() else None
+    assert installed == lock, (
         "viewer/node_modules is missing or not installed from viewer/package-lock.json: run scripts/test "
         "(or `npm ci` in viewer/ and copy package-lock.json to node_modules/.installed-package-lock.json)"
     )
