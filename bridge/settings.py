@@ -442,11 +442,18 @@ class Settings(BaseSettings):
 
     @property
     def endpoint_address(self) -> str | None:
-        """The Endpoint's address: the gateway's public URL when the gateway is on and the PACS is over HTTP;
-        the PACS's WADO-RS when the gateway is off, or (auth none only) when BRIDGE_PUBLIC_URL is unset."""
+        """The Endpoint's address: the gateway's public URL when the gateway is on and BRIDGE_PUBLIC_URL set;
+        else, for a PACS over HTTP, its WADO-RS (gateway off, or auth none only); for a folder, None (the
+        gateway's address is then each request's origin + ``/dicom-web``, see ``endpoint_per_request``)."""
         if self.public_wado_url is None:
-            return None
+            return self.gateway_url  # a folder: only the gateway serves its pixels
         return self.gateway_url or self.public_wado_url
+
+    @property
+    def endpoint_per_request(self) -> bool:
+        """Whether the Endpoint's address is the gateway at each request's own origin: a folder served by the
+        gateway (the embedded default) without BRIDGE_PUBLIC_URL."""
+        return self.dicomweb_gateway and self.public_wado_url is None and self.gateway_url is None
 
     @property
     def link_hosts(self) -> frozenset[str] | None:

@@ -17,7 +17,6 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from bridge.settings import load_settings
 from tests.conftest import orthanc_settings, start_client
 from tests.support.dicomgen import StudySpec, encode, simple_study
 from tests.support.orthanc import OrthancServer
@@ -235,16 +234,6 @@ async def test_a_failing_pacs_is_a_5xx_not_a_500(orthanc: OrthancServer, recorde
             assert got.status in (502, 503)
         finally:
             await client.close()
-
-
-async def test_a_folder_source_is_not_served_yet() -> None:
-    client = await start_client(load_settings({}))
-    try:
-        got = await client.get("/dicom-web/studies/2.25.1/metadata")
-        assert got.status == 501
-        assert "sample folder" in await got.text()
-    finally:
-        await client.close()
 
 
 def bulkdata_uris(node: object) -> list[str]:

@@ -16,7 +16,8 @@ environment without ``BRIDGE_*`` variables:
 - ``curl`` against ``http://127.0.0.1:8080``: it must exit 0 with a FHIR resource, valid R5, of the type the
   line's comment starts with (``# 400 OperationOutcome``), else of the type the URL asks for; with ``-i``, the
   status the comment starts with, else 200. A read answers the study asked for; a search finds something; an
-  ``_include=ImagingStudy:endpoint`` includes an Endpoint unless the comment says ``no Endpoint``.
+  ``_include=ImagingStudy:endpoint`` includes an Endpoint unless the comment says ``no Endpoint``. Under
+  ``/dicom-web`` (WADO-RS from the samples): see ``check_dicomweb``.
 - the venv's bridge ``get`` (the study asked for) and ``refresh`` (a summary, nothing failed, and studies fetched
   when it names some).
 """
@@ -245,6 +246,9 @@ def test_curl(command: Command, clone: Path, service: int) -> None:
     address = URL.search(command.text)
     assert address is not None
     url = urlsplit(address[0])
+    if url.path.startswith("/dicom-web/"):
+        check_dicomweb(command, url.path, result.stdout, clone)
+        return
     status, resource_type = expected_answer(command, url.path)
     shows_headers = re.search(r" (?:-\w*i|--include)\b", command.text) is not None
     assert status is None or shows_headers, "the comment names a status the command does not show: add -i"
@@ -261,6 +265,24 @@ def test_curl(command: Command, clone: Path, service: int) -> None:
         if "_include=ImagingStudy:endpoint" in url.query:
             included = [e for e in resource.get("entry", []) if e["resource"]["resourceType"] == "Endpoint"]
             assert bool(included) != ("no Endpoint" in command.comment), command.comment
+
+
+def check_dicomweb(command: Command, path: str, output: str, clone: Path) -> None:
+    """A WADO-RS command: metadata is DICOM JSON, one dataset per instance; a command that writes its body to
+    a file (``-o``) prints the status and media type its comment starts with (``-w``), and the file holds it."""
+    if path.endswith("/metadata"):
+        datasets = json.loads(output)
+        assert datasets, output[:2000]
+        assert all("00080018" in dataset for dataset in datasets), output[:2000]
+        return
+    written = re.search(r" -o (\S+)", command.text)
+    assert written is not None, "a WADO-RS command printing binary: write it to a file with -o"
+    status, _, media_type = command.comment.partition(":")[0].partition(" ")
+    assert output.split(";")[0].strip() == f"{status} {media_type}", output
+    body = (clone / written[1]).read_bytes()
+    boundary = output.split("boundary=")[1].strip().strip('"').encode()
+    assert body.startswith(b"--" + boundary), body[:200]
+    assert body.rstrip().endswith(b"--" + boundary + b"--"), body[-200:]
 
 
 @pytest.mark.parametrize("command", [c.text for c in COMMANDS if CLI.fullmatch(c.text)])

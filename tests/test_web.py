@@ -218,8 +218,10 @@ async def test_probes(client: TestClient, source: MemoryQidoSource) -> None:
     assert (await client.get("/healthz")).status == 200
 
 
-async def test_no_endpoint_without_a_wado_address() -> None:
-    client = await start_client(load_settings({"BRIDGE_QIDO_URL": f"file://{Path(__file__).parent}"}), pacs())
+async def test_no_endpoint_for_a_folder_with_the_gateway_off() -> None:
+    # A folder has no WADO-RS of its own: without the gateway nothing serves its pixels.
+    environ = {"BRIDGE_QIDO_URL": f"file://{Path(__file__).parent}", "BRIDGE_DICOMWEB_GATEWAY": "false"}
+    client = await start_client(load_settings(environ), pacs())
     try:
         study = await (await client.get(f"/fhir/ImagingStudy/{STUDY}")).json()
         validate(study)

@@ -20,7 +20,11 @@ REQUIRES_ACCESS_TOKEN = "http://fhir.org/argonaut/smart-imaging/StructureDefinit
 
 def wado_endpoint(address: str, *, requires_token: bool = False) -> dict[str, Any]:
     """The Endpoint for a WADO-RS base URL (scheme, host, path; a viewer appends ``/studies/{uid}``);
-    ``requires_token`` marks it as taking the client's access token (authorization is on)."""
+    ``requires_token`` marks it as taking the client's access token (authorization is on).
+
+    ``address`` may be a path alone (``/dicom-web``): the Endpoint is then this server's, at whatever origin
+    it is reached by, and each answer completes the address with its request's origin (``with_origin``); its
+    id, derived from the path, is the same at every origin."""
     address = address.rstrip("/")
     extension = [{"url": REQUIRES_ACCESS_TOKEN, "valueBoolean": True}] if requires_token else []
     return {
@@ -35,3 +39,11 @@ def wado_endpoint(address: str, *, requires_token: bool = False) -> dict[str, An
         "payload": [{"mimeType": list(PAYLOAD_MIME_TYPES)}],
         "address": address,
     }
+
+
+def with_origin(endpoint: dict[str, Any], origin: str) -> dict[str, Any]:
+    """The Endpoint with a path-only address completed with ``origin`` (scheme://host[:port]); others as they are."""
+    address = endpoint.get("address", "")
+    if not address.startswith("/"):
+        return endpoint
+    return {**endpoint, "address": origin + address}

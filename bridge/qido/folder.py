@@ -143,6 +143,38 @@ class FolderQidoSource:
     async def study_metadata(self, study_uid: str) -> list[DicomJson]:
         return await self._call(lambda c: c.retrieve_study_metadata(study_instance_uid=study_uid))
 
+    async def instance_files(
+        self, study_uid: str, series_uid: str | None = None, instance_uid: str | None = None
+    ) -> list[tuple[str, str, Path]]:
+        """(series UID, SOP instance UID, file) of each instance indexed under the study (and series, and
+        instance, when given): the files WADO-RS serves. Compared exactly: no wildcard reaches the index."""
+        client = self._client
+        if client is None:
+            raise UpstreamUnavailable(f"{self.description} is not indexed yet")
+
+        def find() -> list[tuple[str, str, Path]]:
+            index = client._db_manager  # what the file client's own retrieve_* methods ask
+            found = index.get_instance_identifiers(study_uid, series_uid)
+            return [
+                (series, instance, index.get_instance_file_path(study, series, instance))
+                for study, series, instance in found
+                if study == study_uid
+                and (instance_uid is None or instance == instance_uid)
+                and (series_uid is None or series == series_uid)
+            ]
+
+        return await self._run(find)
+
+    async def on_worker(self, func: Callable[[], T]) -> T:
+        """``func`` run on the folder's worker thread (reading its files), warnings about broken values hidden."""
+
+        def run() -> T:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return func()
+
+        return await self._run(run)
+
     async def _call(self, query: Callable[[Any], list[DicomJson]]) -> list[DicomJson]:
         client = self._client
         if client is None:
@@ -175,6 +207,7 @@ def _index_skipped_files(index: Any) -> None:
     base: Path = index.base_dir
     indexed = set(index._get_indexed_file_paths())
     known = set(index.get_instance_identifiers())
+    duplicates: dict[tuple[str, str, str], list[Path]] = {}
     for path in sorted(base.glob("**/*")):
         if path in indexed or path.name == "DICOMDIR" or not path.is_file():
             continue
@@ -193,7 +226,9 @@ def _index_skipped_files(index: Any) -> None:
             continue
         key = (uids["StudyInstanceUID"], uids["SeriesInstanceUID"], sop_uid)
         if key in known:
-            continue  # another file holds the same instance (pydicom's samples re-encode some)
+            # Another file holds the same instance (pydicom's samples re-encode some, and truncate one).
+            duplicates.setdefault(key, []).append(path)
+            continue
         try:
             _index_file(index, path.relative_to(base), dataset)
         except Exception as exc:  # whatever the index makes of this file's values, the file is reported
@@ -201,6 +236,28 @@ def _index_skipped_files(index: Any) -> None:
         else:
             known.add(key)
             log.debug("%s: indexed instance %s, which the DICOM file client skipped", path, sop_uid)
+    for key, paths in duplicates.items():
+        _serve_the_best_copy(index, key, paths)
+
+
+def _serve_the_best_copy(index: Any, key: tuple[str, str, str], others: list[Path]) -> None:
+    """Of the files that hold one instance, index the one a viewer can best show: whole pixel data first, then
+    uncompressed, then by name (so the choice does not depend on the order the folder is listed in)."""
+    from bridge.qido.folder_wado import pixel_rank
+
+    base: Path = index.base_dir
+    current = index.get_instance_file_path(*key)
+    best = min([current, *others], key=lambda path: (pixel_rank(path), str(path)))
+    if best == current:
+        return
+    try:
+        from pydicom import dcmread
+
+        _index_file(index, best.relative_to(base), dcmread(best, stop_before_pixels=True, force=True))
+    except Exception as exc:  # the file already indexed stays served
+        log.warning("%s: not served in place of %s: %s", best, current, exc)
+    else:
+        log.debug("%s: served for instance %s in place of %s", best, key[2], current)
 
 
 def _index_file(index: Any, relative_path: Path, dataset: Dataset) -> None:

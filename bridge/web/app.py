@@ -70,9 +70,9 @@ FHIR_ROUTES = (
 
 
 def endpoint_of(settings: Settings) -> dict[str, Any]:
-    """The WADO-RS Endpoint the studies reference (the gateway's public URL, see ``Settings.endpoint_address``),
-    or {} when no address is known."""
-    address = settings.endpoint_address
+    """The WADO-RS Endpoint the studies reference (the gateway's public URL, see ``Settings.endpoint_address``;
+    the path ``/dicom-web`` alone when each request's origin completes it), or {} when no address is known."""
+    address = settings.endpoint_address or (gateway.PREFIX if settings.endpoint_per_request else None)
     return wado_endpoint(address, requires_token=settings.auth_mode == "smart") if address else {}
 
 

@@ -15,7 +15,8 @@ PACS, which a browser cannot reach with its token), so the JSON is read whole (b
 every ``BulkDataURI`` under the PACS's WADO-RS base rewritten to the gateway's public URL, and sent re-serialized.
 The bulkdata those URIs name is served under ``…/instances/{instance}/bulk/{tag path}``, streamed.
 
-Only a PACS over HTTP is served for now; with a folder (or the embedded samples) every retrieve answers 501.
+With a folder (the embedded samples, ``file://``) and no BRIDGE_WADO_URL, the same routes are served from its files
+(``bridge.web.gateway_folder``), after the same authorization.
 """
 
 from __future__ import annotations
@@ -39,10 +40,12 @@ from bridge.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from bridge.qido.folder import FolderQidoSource
 from bridge.qido.http import pacs_credentials
 from bridge.telemetry import REQUEST_ID
+from bridge.web import gateway_folder
 from bridge.web.handlers import admit_study, unseen
-from bridge.web.keys import CACHE, GRANT, SETTINGS
+from bridge.web.keys import CACHE, GRANT, SETTINGS, SOURCE
 
 log = logging.getLogger(__name__)
 
@@ -145,10 +148,12 @@ async def retrieve(request: web.Request) -> web.StreamResponse:
     study = _checked_path(request)
     gateway = request.app.get(GATEWAY)
     if gateway is None:
-        raise web.HTTPNotImplemented(
-            text="the DICOMweb gateway serves a PACS reached over HTTP (BRIDGE_QIDO_URL or BRIDGE_WADO_URL); "
-            "it does not yet serve the sample folder or a file:// source"
-        )
+        # A folder (the embedded default, file://): served from its files, after the same authorization.
+        source = request.app[SOURCE]
+        if not isinstance(source, FolderQidoSource):
+            raise web.HTTPNotImplemented(text="the DICOMweb gateway has no WADO-RS source to serve")
+        await _authorize_study(request, study)
+        return await gateway_folder.retrieve(request, source)
     await _authorize_study(request, study)
     url = gateway.url(request.rel_url.raw_path.removeprefix(PREFIX), request.rel_url.raw_query_string)
     metadata = request.path.endswith("/metadata")

@@ -17,6 +17,7 @@ from bridge.auth.grant import AuditFacts, Patients
 from bridge.cache.freshness import Entry
 from bridge.cache.service import HIT
 from bridge.errors import AuthServerUnavailable, Conflict, InvalidRequest, NotFound, RequestTimeout, UpstreamError
+from bridge.mapping.endpoint import with_origin
 from bridge.search.bundle import needs_series, searchset
 from bridge.search.confine import confine
 from bridge.search.execute import run_search
@@ -178,7 +179,7 @@ async def _search(request: web.Request, params: list[tuple[str, str]]) -> web.Re
         facts.refused.extend(r["id"] for r in result.resources if r not in seen)
         result.resources = seen
     facts.returned.extend(r["id"] for r in result.resources)
-    endpoint = app[ENDPOINT] or None
+    endpoint = endpoint_of_request(request) or None
     bundle = searchset(base, query, result.total, result.resources, endpoint, result.warnings, has_next=result.has_next)
     response = fhir_bytes_response(media, orjson.dumps(bundle))
     # Patient data, and unlike a read no validator to revalidate with: no cache may keep it, the client's included.
@@ -217,10 +218,16 @@ def _base(request: web.Request) -> str:
 
 async def read_endpoint(request: web.Request) -> web.Response:
     media = response_type(request)
-    endpoint = request.app[ENDPOINT]
+    endpoint = endpoint_of_request(request)
     if not endpoint or request.match_info["id"] != endpoint["id"]:
         raise NotFound(f"no Endpoint with id {request.match_info['id']!r}")
     return fhir_bytes_response(media, orjson.dumps(endpoint))
+
+
+def endpoint_of_request(request: web.Request) -> dict[str, Any]:
+    """The app's Endpoint, its address completed with this request's origin when it is this server's own
+    gateway reached at no configured public URL (the Host is checked as for links, see ``bridge.web.hosts``)."""
+    return with_origin(request.app[ENDPOINT], str(request.url.origin()))
 
 
 async def metadata(request: web.Request) -> web.Response:

@@ -1,0 +1,311 @@
+"""The DICOMweb gateway serving a folder (the embedded default, ``file://``): what comes through is what the
+files hold, read by pydicom here as the reference; a token reaches only its patient's studies; the Endpoint
+names the gateway at the address the client used."""
+
+from __future__ import annotations
+
+import io
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pydicom
+import pytest
+from aiohttp.test_utils import TestClient
+from pydicom.data import get_testdata_file
+from pydicom.encaps import get_frame
+from yarl import URL
+
+from bridge.mapping.endpoint import REQUIRES_ACCESS_TOKEN
+from bridge.settings import load_settings
+from tests.conftest import start_client
+from tests.support.dicomgen import encode, simple_study
+from tests.support.fhircheck import validate
+from tests.support.standin_tokens import Verifier
+
+FRAME = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
+SMART = {"BRIDGE_AUTH": "smart", "BRIDGE_AUTH_JWKS_URL": "https://auth.example.org/jwks"}
+
+
+def sample(name: str) -> pydicom.Dataset:
+    path = get_testdata_file(name)
+    assert path is not None, name
+    return pydicom.dcmread(path)
+
+
+def instance_path(ds: pydicom.Dataset) -> str:
+    return f"/dicom-web/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}/instances/{ds.SOPInstanceUID}"
+
+
+def parts(content_type: str, body: bytes) -> list[tuple[str, bytes]]:
+    """(Content-Type, body) of each part of a multipart/related answer."""
+    assert content_type.startswith("multipart/related"), content_type
+    boundary = content_type.split("boundary=")[1].split(";")[0].strip('"').encode()
+    assert body.endswith(b"--" + boundary + b"--\r\n"), body[-100:]
+    found = []
+    for chunk in body.split(b"--" + boundary)[1:-1]:
+        head, _, content = chunk.removeprefix(b"\r\n").partition(b"\r\n\r\n")
+        headers = dict(line.split(": ", 1) for line in head.decode().split("\r\n"))
+        found.append((headers["Content-Type"], content.removesuffix(b"\r\n")))
+    return found
+
+
+async def get_parts(client: TestClient, path: str, accept: str = FRAME, **headers: str) -> list[tuple[str, bytes]]:
+    got = await client.get(path, headers={"Accept": accept, **headers})
+    assert got.status == 200, await got.text()
+    return parts(got.headers["Content-Type"], await got.read())
+
+
+@pytest.fixture
+async def embedded() -> AsyncIterator[TestClient]:
+    """The bridge with no configuration: pydicom's samples."""
+    client = await start_client(load_settings({}))
+    yield client
+    await client.close()
+
+
+async def folder_client(folder: Path, **environ: str) -> TestClient:
+    return await start_client(load_settings({"BRIDGE_QIDO_URL": f"file://{folder}", **environ}), verifier=Verifier())
+
+
+def generated(folder: Path, name: str, *, frames: int, patient_id: str = "GF-1") -> pydicom.Dataset:
+    """A CT instance with ``frames`` 4x4 16-bit frames, each a different ramp, written to ``folder/name``."""
+    ds = pydicom.dcmread(io.BytesIO(next(encode(simple_study(patient_id=patient_id)))))
+    ds.Rows, ds.Columns, ds.SamplesPerPixel = 4, 4, 1
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    if frames > 1:
+        ds.NumberOfFrames = frames
+    ds.PixelData = b"".join(bytes((f * 32 + i) % 256 for i in range(32)) for f in range(frames))
+    ds["PixelData"].VR = "OW"
+    ds.save_as(folder / name, enforce_file_format=True)
+    return ds
+
+
+# The embedded default: pydicom's CT and MR samples and compressed ones, through /dicom-web.
+
+
+@pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small.dcm"])
+async def test_an_uncompressed_sample_frame_is_its_pixel_data(embedded: TestClient, name: str) -> None:
+    ds = sample(name)
+    [(media, frame)] = await get_parts(embedded, instance_path(ds) + "/frames/1")
+    assert media == "application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1"
+    assert frame == ds.PixelData
+
+
+@pytest.mark.parametrize(
+    ("name", "numbers", "media"),
+    [
+        ("examples_ybr_color.dcm", [3, 30], "image/jpeg; transfer-syntax=1.2.840.10008.1.2.4.50"),
+        ("SC_rgb_gdcm_KY.dcm", [1], "image/jp2; transfer-syntax=1.2.840.10008.1.2.4.91"),
+    ],
+)
+async def test_a_compressed_sample_frame_is_its_encapsulated_frame(
+    embedded: TestClient, name: str, numbers: list[int], media: str
+) -> None:
+    ds = sample(name)
+    count = int(ds.get("NumberOfFrames") or 1)
+    path = instance_path(ds) + "/frames/" + ",".join(map(str, numbers))
+    got = await get_parts(embedded, path)
+    assert got == [(media, get_frame(ds.PixelData, n - 1, number_of_frames=count)) for n in numbers]
+    # Asked for by its own media type too.
+    assert await get_parts(embedded, path, f'multipart/related; type="{media.split(";")[0]}"') == got
+
+
+async def test_sample_metadata_is_the_header_without_pixel_data(embedded: TestClient) -> None:
+    ds = sample("CT_small.dcm")
+    got = await embedded.get(instance_path(ds) + "/metadata", headers={"Accept": "application/dicom+json"})
+    assert got.status == 200
+    assert got.headers["Content-Type"] == "application/dicom+json"
+    [dataset] = await got.json()
+    assert "7FE00010" not in dataset
+    assert dataset == pydicom.dcmread(get_testdata_file("CT_small.dcm"), stop_before_pixels=True).to_json_dict()
+    series = await embedded.get(f"/dicom-web/studies/{ds.StudyInstanceUID}/metadata")
+    assert ds.SOPInstanceUID in [d["00080018"]["Value"][0] for d in await series.json()]
+
+
+async def test_sample_instance_parses_back_to_the_same_instance(embedded: TestClient) -> None:
+    ds = sample("MR_small.dcm")
+    [(media, part10)] = await get_parts(embedded, instance_path(ds), 'multipart/related; type="application/dicom"')
+    assert media == "application/dicom; transfer-syntax=1.2.840.10008.1.2.1"
+    back = pydicom.dcmread(io.BytesIO(part10))
+    assert back.SOPInstanceUID == ds.SOPInstanceUID
+    assert back.PixelData == ds.PixelData
+
+
+@pytest.mark.parametrize(
+    ("suffix", "says"),
+    [
+        ("/frames/2", "has 1 frame(s); there is no frame 2"),
+        ("/frames/1,9", "there is no frame 9"),
+    ],
+)
+async def test_a_frame_past_the_last_is_404(embedded: TestClient, suffix: str, says: str) -> None:
+    got = await embedded.get(instance_path(sample("CT_small.dcm")) + suffix, headers={"Accept": FRAME})
+    assert got.status == 404
+    assert says in await got.text()
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/dicom-web/studies/2.25.1/metadata",
+        "/dicom-web/studies/1.3.6.1.4.1.5962.1.2.1.20040119072730.12322/series/2.25.2",
+        "/dicom-web/studies/1.3.6.1.4.1.5962.1.2.1.20040119072730.12322/series/"
+        "1.3.6.1.4.1.5962.1.3.1.1.20040119072730.12322/instances/2.25.3/frames/1",
+    ],
+)
+async def test_unknown_study_series_or_instance_is_404(embedded: TestClient, path: str) -> None:
+    got = await embedded.get(path)
+    assert got.status == 404
+    assert "has no" in await got.text()
+
+
+@pytest.mark.parametrize(
+    ("suffix", "accept", "says"),
+    [
+        ("/frames/1", 'multipart/related; type="image/jpeg"', 'type="application/octet-stream"'),
+        (
+            "/frames/1",
+            'multipart/related; type="application/octet-stream"; transfer-syntax=1.2.840.10008.1.2.4.50',
+            "transfer syntax 1.2.840.10008.1.2.1",
+        ),
+        ("/metadata", "application/dicom", "application/dicom+json"),
+        (
+            "",
+            'multipart/related; type="application/dicom"; transfer-syntax=1.2.840.10008.1.2.4.50',
+            "transfer syntax 1.2.840.10008.1.2.1",
+        ),
+    ],
+)
+async def test_an_accept_the_stored_encoding_cannot_meet_is_406_saying_what_can(
+    embedded: TestClient, suffix: str, accept: str, says: str
+) -> None:
+    got = await embedded.get(instance_path(sample("CT_small.dcm")) + suffix, headers={"Accept": accept})
+    assert got.status == 406
+    assert says in (await got.json())["issue"][0]["diagnostics"]
+
+
+async def test_head_answers_the_type_without_a_body(embedded: TestClient) -> None:
+    ds = sample("CT_small.dcm")
+    for suffix, media in [
+        ("/frames/1", "multipart/related"),
+        ("/metadata", "application/dicom+json"),
+        ("", "multipart"),
+    ]:
+        got = await embedded.head(instance_path(ds) + suffix, headers={"Accept": "*/*"})
+        assert got.status == 200, suffix
+        assert got.headers["Content-Type"].startswith(media)
+        assert await got.read() == b""
+
+
+async def test_the_samples_endpoint_is_the_gateway_at_the_requests_origin(embedded: TestClient) -> None:
+    ds = sample("CT_small.dcm")
+    host = {"Host": "localhost:8123"}
+    study = await (await embedded.get(f"/fhir/ImagingStudy/{ds.StudyInstanceUID}", headers=host)).json()
+    [reference] = study["endpoint"]
+    endpoint = await (await embedded.get(f"/fhir/{reference['reference']}", headers=host)).json()
+    validate(endpoint)
+    assert endpoint["address"] == "http://localhost:8123/dicom-web"
+    search = f"/fhir/ImagingStudy?_id={ds.StudyInstanceUID}&_include=ImagingStudy:endpoint"
+    bundle = await (await embedded.get(search, headers={"Host": "127.0.0.1:9000"})).json()
+    validate(bundle)
+    [included] = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Endpoint"]
+    assert included == {**endpoint, "address": "http://127.0.0.1:9000/dicom-web"}
+    # And the address serves the study's pixels.
+    frame = URL(endpoint["address"]).path + instance_path(ds).removeprefix("/dicom-web") + "/frames/1"
+    assert await get_parts(embedded, frame, **host)
+
+
+# A folder of generated files, where the test needs control.
+
+
+async def test_frame_n_of_a_multiframe_file_is_its_nth_slice(tmp_path: Path) -> None:
+    ds = generated(tmp_path, "multi.dcm", frames=3)
+    client = await folder_client(tmp_path)
+    try:
+        got = await get_parts(client, instance_path(ds) + "/frames/2,3")
+        assert [frame for _, frame in got] == [ds.PixelData[32:64], ds.PixelData[64:96]]
+        missing = await client.get(instance_path(ds) + "/frames/4")
+        assert missing.status == 404
+        assert "has 3 frame(s)" in await missing.text()
+    finally:
+        await client.close()
+
+
+async def test_frames_of_an_instance_without_pixel_data_are_404(tmp_path: Path) -> None:
+    ds = pydicom.dcmread(io.BytesIO(next(encode(simple_study(patient_id="GF-2")))))
+    ds.save_as(tmp_path / "header.dcm", enforce_file_format=True)
+    client = await folder_client(tmp_path)
+    try:
+        got = await client.get(instance_path(ds) + "/frames/1")
+        assert got.status == 404
+        assert "no pixel data" in await got.text()
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize(
+    ("name", "media"),
+    [
+        ("MR_small_jpeg_ls_lossless.dcm", "image/jls; transfer-syntax=1.2.840.10008.1.2.4.80"),
+        ("MR_small_RLE.dcm", "image/dicom-rle; transfer-syntax=1.2.840.10008.1.2.5"),
+        ("JPGExtended.dcm", "image/jpeg; transfer-syntax=1.2.840.10008.1.2.4.51"),
+    ],
+)
+async def test_a_compressed_frame_is_the_encapsulated_frame(tmp_path: Path, name: str, media: str) -> None:
+    shutil.copy(get_testdata_file(name), tmp_path / name)  # alone: in the samples another file holds it
+    ds = sample(name)
+    client = await folder_client(tmp_path)
+    try:
+        got = await get_parts(client, instance_path(ds) + "/frames/1")
+        assert got == [(media, get_frame(ds.PixelData, 0, number_of_frames=1))]
+    finally:
+        await client.close()
+
+
+async def test_big_endian_frames_come_little_endian(tmp_path: Path) -> None:
+    shutil.copy(get_testdata_file("MR_small_bigendian.dcm"), tmp_path / "big.dcm")
+    client = await folder_client(tmp_path)
+    try:
+        [(media, frame)] = await get_parts(client, instance_path(sample("MR_small_bigendian.dcm")) + "/frames/1")
+        assert media == "application/octet-stream; transfer-syntax=1.2.840.10008.1.2.1"
+        assert frame == sample("MR_small.dcm").PixelData
+    finally:
+        await client.close()
+
+
+async def test_a_series_comes_one_part_per_instance(tmp_path: Path) -> None:
+    spec = simple_study(instances=3, patient_id="GF-3")
+    for number, data in enumerate(encode(spec)):
+        (tmp_path / f"{number}.dcm").write_bytes(data)
+    series = spec.series[0]
+    client = await folder_client(tmp_path)
+    try:
+        got = await get_parts(client, f"/dicom-web/studies/{spec.uid}/series/{series.uid}", "*/*")
+        uids = sorted(pydicom.dcmread(io.BytesIO(part)).SOPInstanceUID for _, part in got)
+        assert uids == sorted(instance.uid for instance in series.instances)
+    finally:
+        await client.close()
+
+
+async def test_a_patient_token_reaches_only_its_patients_pixels(tmp_path: Path) -> None:
+    mine = generated(tmp_path, "mine.dcm", frames=1, patient_id="GF-A")
+    theirs = generated(tmp_path, "theirs.dcm", frames=1, patient_id="GF-B")
+    client = await folder_client(tmp_path, **SMART, BRIDGE_PUBLIC_URL="https://fhir.test/fhir")
+    try:
+        token = {"Authorization": "Bearer patient:GF-A"}
+        assert await get_parts(client, instance_path(mine) + "/frames/1", **token)
+        for suffix in ("/frames/1", "/metadata", ""):
+            refused = await client.get(instance_path(theirs) + suffix, headers={"Accept": "*/*", **token})
+            assert refused.status == 404, suffix
+            assert theirs.PixelData not in await refused.read()
+        assert (await client.get(instance_path(mine) + "/frames/1")).status == 401  # no token
+        # The Endpoint names the public gateway, and asks for the token.
+        study = await (await client.get(f"/fhir/ImagingStudy/{mine.StudyInstanceUID}", headers=token)).json()
+        endpoint = await (await client.get(f"/fhir/{study['endpoint'][0]['reference']}", headers=token)).json()
+        validate(endpoint)
+        assert endpoint["address"] == "https://fhir.test/dicom-web"
+        assert endpoint["extension"] == [{"url": REQUIRES_ACCESS_TOKEN, "valueBoolean": True}]
+    finally:
+        await client.close()
