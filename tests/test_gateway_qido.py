@@ -4,6 +4,7 @@ asked, and one search has a bounded cost."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -12,12 +13,14 @@ from aiohttp.test_utils import TestClient
 
 from bridge.errors import InvalidRequest
 from bridge.mapping import tags
+from bridge.qido.factory import open_source
 from bridge.settings import load_settings
 from bridge.web.gateway_qido import parse_qido
 from tests.conftest import orthanc_settings, start_client
-from tests.support.colliding_patients import PATIENTS, Catalog, catalog
+from tests.support.colliding_patients import HOSP_B_SYSTEM, NAMED_ISSUER, PATIENTS, Catalog, catalog
 from tests.support.dicomgen import encode
 from tests.support.orthanc import OrthancServer
+from tests.support.recording_source import RecordingSource
 from tests.support.standin_tokens import Verifier, claims
 
 pytestmark = pytest.mark.integration
@@ -92,6 +95,46 @@ async def test_a_confined_study_search_returns_its_patients_rows_only(
     assert {value(row, tags.PATIENT_ID) for row in rows} == {patient_id}
 
 
+async def test_one_patient_id_from_several_issuers_is_told_apart_by_issuer(
+    pacs: OrthancServer, loaded: Catalog
+) -> None:
+    """With one issuer given a system, a token for ISS-1 stands for HOSP-B's ISS-1 alone (as in FHIR search):
+    the same PatientID from the other issuers is someone else, at every level."""
+    environ = {"issuer_systems": json.dumps({NAMED_ISSUER: HOSP_B_SYSTEM})}
+    client = await start_client(orthanc_settings(pacs, access_log="false", **SMART, **environ), verifier=verifier())
+    try:
+        status, rows = await search(client, "/studies", token("ISS-1"))
+        assert status == 200
+        own = [(owner, spec) for owner, spec in loaded.studies if owner.patient_id == "ISS-1"]
+        assert {(value(row, tags.STUDY_INSTANCE_UID), value(row, tags.ISSUER_OF_PATIENT_ID)) for row in rows} == {
+            (spec.uid, owner.issuer) for owner, spec in own if owner.issuer == NAMED_ISSUER
+        }
+        for owner, spec in own:
+            status, rows = await search(client, f"/studies/{spec.uid}/series", token("ISS-1"))
+            assert status == (200 if owner.issuer == NAMED_ISSUER else 404), owner
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize(("patient_id", "sent"), [("PAT-A", "PAT-A"), ("PAT?A", "PAT*A"), ("PAT A", "PAT*A")])
+async def test_a_confined_study_search_asks_the_pacs_for_its_patient_id(
+    pacs: OrthancServer, loaded: Catalog, patient_id: str, sent: str
+) -> None:
+    """Narrowed at the PACS by the grant's PatientID, as the FHIR search sends it (what cannot be sent exactly as
+    a ``*`` pattern); the rows then checked exactly."""
+    settings = orthanc_settings(pacs, access_log="false", **SMART)
+    source = RecordingSource(await open_source(settings))
+    client = await start_client(settings, source=source, verifier=verifier())
+    try:
+        status, rows = await search(client, "/studies?StudyDate=19000101-", token(patient_id))
+        assert status == 200
+        assert rows
+        assert source.searches == [("studies", {"StudyDate": "19000101-", "PatientID": sent})]
+    finally:
+        await client.close()
+        await source.close()
+
+
 async def test_an_unconfined_study_search_returns_every_patient(bridge: TestClient, loaded: Catalog) -> None:
     status, rows = await search(bridge, "/studies", CLINICIAN)
     assert status == 200
@@ -113,7 +156,11 @@ async def test_a_confined_search_under_its_own_study_lists_its_series_and_instan
     status, rows = await search(bridge, f"/studies/{spec.uid}/instances", token("PAT*A"))
     assert status == 200
     assert {value(row, tags.SOP_INSTANCE_UID) for row in rows} == {i.uid for s in spec.series for i in s.instances}
-    assert all(tags.PATIENT_ID in row and "00081190" not in row for row in rows)
+    assert all(tags.PATIENT_ID in row for row in rows)
+    status, rows = await search(bridge, f"/studies/{spec.uid}/instances?includefield=RetrieveURL", token("PAT*A"))
+    assert status == 200
+    assert rows
+    assert not any("00081190" in row for row in rows)  # the PACS's address, which the token cannot reach
 
 
 async def test_another_patients_study_is_not_found_under_a_confined_token(bridge: TestClient, loaded: Catalog) -> None:
