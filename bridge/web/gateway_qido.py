@@ -35,8 +35,9 @@ A token confined to patients (``patient/``, or a ``system/`` policy) sees only i
   patient in a way the PACS can be asked to narrow by, so a confined answer could only be had by reading the
   whole PACS's series.
 
-Series and instance searches read the whole list their path names (a study's series, a series' instances), within
-the budget, then apply ``offset`` and ``limit``: ``QidoSource`` pages those levels itself.
+Series and instance searches read the whole list their path names (a study's series, a series' instances; at the
+root, for an unconfined token, every series or instance: a 400 on a large PACS unless matching keys narrow it),
+within the budget, then apply ``offset`` and ``limit``: ``QidoSource`` pages those levels itself.
 """
 
 from __future__ import annotations
