@@ -181,13 +181,16 @@ async def test_root_level_series_and_instances_are_refused_to_a_confined_token(b
         assert (await bridge.get(f"/dicom-web/{level}?limit=1", headers=CLINICIAN)).status == 200
 
 
-async def test_a_patient_id_the_token_does_not_hold_is_forbidden(bridge: TestClient) -> None:
+async def test_a_patient_id_the_token_does_not_hold_is_forbidden(bridge: TestClient, loaded: Catalog) -> None:
     for asked in ("PATA", "PAT*", "pat-a", "*"):
         status, _ = await search(bridge, f"/studies?PatientID={asked}", token("PAT*A"))
         assert status == 403, asked
     status, rows = await search(bridge, "/studies?PatientID=PAT-A", token("PAT-A"))
     assert status == 200
     assert {value(row, tags.PATIENT_ID) for row in rows} == {"PAT-A"}
+    own = loaded.of(next(p for p in PATIENTS if p.patient_id == "PAT*A"))[0]
+    status, _ = await search(bridge, f"/studies/{own.uid}/series?PatientID=PATA", token("PAT*A"))
+    assert status == 403
 
 
 async def test_a_search_needs_the_search_scope(bridge: TestClient) -> None:
@@ -213,6 +216,15 @@ async def test_matching_keys_narrow_a_confined_search(bridge: TestClient, loaded
 async def test_a_query_the_gateway_does_not_understand_is_a_400(bridge: TestClient, query: str) -> None:
     status, body = await search(bridge, f"/studies?{query}", CLINICIAN)
     assert status == 400, body
+
+
+async def test_an_answer_in_dicom_json_only(bridge: TestClient) -> None:
+    for accept in ("application/dicom+json", "application/json", "*/*", "text/html, application/*;q=0.5"):
+        got = await bridge.get("/dicom-web/studies?limit=1", headers={**CLINICIAN, "Accept": accept})
+        assert got.status == 200, accept
+    for accept in ('multipart/related; type="application/dicom+xml"', "application/dicom+json;q=0"):
+        got = await bridge.get("/dicom-web/studies?limit=1", headers={**CLINICIAN, "Accept": accept})
+        assert got.status == 406, accept
 
 
 async def test_limit_is_capped_at_the_search_row_limit(pacs: OrthancServer, loaded: Catalog) -> None:

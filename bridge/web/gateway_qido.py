@@ -3,7 +3,8 @@
 Searches go through the bridge's own ``QidoSource`` (``app[SOURCE]``), not raw HTTP forwarding: it brings the
 request's deadline, the retries and circuit breaker, paging and the proof that an answer is whole, the
 ``BRIDGE_QIDO_MAX_BYTES`` bound, and it also serves the folder source of the embedded default. The answer is
-re-serialized from the rows it returns: ``application/dicom+json``, and 200 with ``[]`` for no match, as Orthanc
+re-serialized from the rows it returns: ``application/dicom+json`` (an ``Accept`` without it, ``application/json``
+or a wildcard is a 406), and 200 with ``[]`` for no match, as Orthanc
 answers (PS3.18 allows 204 too; an empty JSON array is what every client reads).
 
 The client's query (PS3.18 8.3.4) is parsed before anything is asked (``parse_qido``, pure): matching keys named
@@ -53,7 +54,7 @@ from pydicom.datadict import keyword_for_tag, tag_for_keyword
 
 from bridge.auth.grant import AuditFacts, Patients
 from bridge.datatypes import is_uid
-from bridge.errors import BudgetExceeded, Forbidden, InvalidRequest
+from bridge.errors import BudgetExceeded, Forbidden, InvalidRequest, NotAcceptable
 from bridge.mapping import tags
 from bridge.mapping.dicomjson import DicomJson
 from bridge.mapping.imagingstudy import MappingOptions, subject_of
@@ -208,6 +209,7 @@ async def search(request: web.Request, level: Level) -> web.Response:
     for key in ("study", "series"):
         if key in info and not is_uid(info[key]):
             raise InvalidRequest(f"{info[key]!r} is not a DICOM UID (digits and dots, at most 64 characters)")
+    _check_accept(request.headers.get(hdrs.ACCEPT))
     query = parse_qido(request.query.items())
     study, series = info.get("study"), info.get("series")
     app = request.app
@@ -225,10 +227,11 @@ async def search(request: web.Request, level: Level) -> web.Response:
                 f"a token confined to patients searches {level} under a study: ask "
                 f"{PREFIX}/studies/{{StudyInstanceUID}}/{level} (find the studies with {PREFIX}/studies)"
             )
-        if study is not None:
-            await _authorize_study(request, study)
         if asked := query.filters.get("PatientID"):
             facts.patients.append(asked)
+            patient_ids(patients, asked)  # at every level: naming another patient is a 403, never an empty answer
+        if study is not None:
+            await _authorize_study(request, study)
     fields = (*DEFAULT_FIELDS[level], *query.fields, *tags.OWNER)
     fields = tuple(f for f in dict.fromkeys(fields) if f not in _LEFT_OUT)
     try:
@@ -288,6 +291,22 @@ async def _confined_studies(
                 seen.add(key)
                 rows.append(row)
     return rows
+
+
+#: The media ranges a QIDO-RS answer in DICOM JSON satisfies.
+_JSON_RANGES = frozenset({"application/dicom+json", "application/json", "application/*", "*/*"})
+
+
+def _check_accept(accept: str | None) -> None:
+    """406 for an ``Accept`` that DICOM JSON does not satisfy (``multipart/related; type=application/dicom+xml``)."""
+    if accept is None:
+        return
+    for media_range in accept.lower().split(","):
+        media, *parameters = (part.strip().replace(" ", "") for part in media_range.split(";"))
+        refused = any(p.startswith("q=") and p[2:].strip("0.") == "" for p in parameters)  # q=0, q=0.0 …
+        if media in _JSON_RANGES and not refused:
+            return
+    raise NotAcceptable(f"this QIDO-RS search answers application/dicom+json only, not {accept[:100]!r}")
 
 
 def _first(row: DicomJson, tag: str) -> str | None:
