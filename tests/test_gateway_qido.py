@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from bridge.mapping import tags
 from bridge.qido.factory import open_source
 from bridge.settings import load_settings
 from bridge.web.gateway_qido import parse_qido
+from bridge.web.observe import redacted
 from tests.conftest import orthanc_settings, start_client
 from tests.support.colliding_patients import HOSP_B_SYSTEM, NAMED_ISSUER, PATIENTS, Catalog, catalog
 from tests.support.dicomgen import encode
@@ -133,6 +135,27 @@ async def test_a_confined_study_search_asks_the_pacs_for_its_patient_id(
     finally:
         await client.close()
         await source.close()
+
+
+async def test_a_grant_of_several_patients_sees_each_of_them(
+    pacs: OrthancServer, loaded: Catalog, tmp_path: Path
+) -> None:
+    """A backend service whose client policy names three patients: one PACS search per PatientID, every row
+    checked, none of the colliders (pat-a, PATA, PAT*A …) in the answer."""
+    policy = tmp_path / "clients.json"
+    granted = ("PAT-A", "PAT A", "ISS-1")
+    policy.write_text(json.dumps({"registry": granted}))
+    tokens = verifier()
+    tokens.extra["registry"] = claims("system/ImagingStudy.rs", client="registry")
+    settings = orthanc_settings(pacs, access_log="false", auth_client_policy=str(policy), **SMART)
+    client = await start_client(settings, verifier=tokens)
+    try:
+        status, rows = await search(client, "/studies", {**JSON, "Authorization": "Bearer registry"})
+        assert status == 200
+        expected = {(spec.uid, owner.patient_id) for owner, spec in loaded.studies if owner.patient_id in granted}
+        assert owners(rows) == expected
+    finally:
+        await client.close()
 
 
 async def test_an_unconfined_study_search_returns_every_patient(bridge: TestClient, loaded: Catalog) -> None:
@@ -313,6 +336,10 @@ async def test_the_embedded_default_answers_qido_from_its_folder() -> None:
         assert series
     finally:
         await client.close()
+
+
+def test_the_access_log_keeps_patient_ids_of_a_qido_search_out() -> None:
+    assert redacted("/dicom-web/studies?PatientID=PAT-A&00100010=DOE&limit=1") == "/dicom-web/studies?***&***&***"
 
 
 @pytest.mark.parametrize(
