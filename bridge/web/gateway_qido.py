@@ -50,7 +50,6 @@ from typing import Literal
 
 import orjson
 from aiohttp import hdrs, web
-from pydicom.datadict import keyword_for_tag, tag_for_keyword
 
 from bridge.auth.grant import AuditFacts, Patients
 from bridge.datatypes import is_uid
@@ -60,6 +59,7 @@ from bridge.mapping.dicomjson import DicomJson
 from bridge.mapping.imagingstudy import MappingOptions, subject_of
 from bridge.qido.budget import Budget, spending
 from bridge.qido.source import QidoSource, qido_value
+from bridge.terminology import keyword_tag, tag_keyword
 from bridge.web.gateway import PREFIX, _authorize_study
 from bridge.web.keys import AUDITED, GRANT, MAPPING, SETTINGS, SOURCE
 
@@ -153,10 +153,10 @@ def _keyword(name: str) -> str:
     if "." in name:
         raise InvalidRequest(f"{name!r}: sequence matching (attribute paths) is not served through the gateway")
     if _TAG.match(name):
-        keyword = keyword_for_tag(int(name, 16))
+        keyword = tag_keyword(int(name, 16))
         if keyword:
             return str(keyword)
-    elif tag_for_keyword(name) is not None:
+    elif keyword_tag(name) is not None:
         return name
     raise InvalidRequest(
         f"{name!r} is not a QIDO-RS parameter the gateway understands: a DICOM keyword or tag, includefield, "
@@ -167,9 +167,9 @@ def _keyword(name: str) -> str:
 def _tag(name: str, parameter: str) -> str:
     """A keyword or tag as the 8-digit tag the DICOM JSON rows are keyed by."""
     if _TAG.match(name):
-        if keyword_for_tag(int(name, 16)):
+        if tag_keyword(int(name, 16)):
             return name.upper()
-    elif (tag := tag_for_keyword(name)) is not None:
+    elif (tag := keyword_tag(name)) is not None:
         return f"{tag:08X}"
     raise InvalidRequest(f"{parameter}={name!r} is neither a DICOM keyword nor a tag in the DICOM dictionary")
 
