@@ -216,6 +216,12 @@ async def test_a_patient_id_the_token_does_not_hold_is_forbidden(bridge: TestCli
     assert status == 403
 
 
+async def test_a_path_that_is_no_uid_is_refused_before_the_pacs(bridge: TestClient) -> None:
+    for path in ("/studies/1.2.x/series", "/studies/1.2/series/..%2F/instances", "/studies/2.25.1%2F../instances"):
+        status, _ = await search(bridge, path, CLINICIAN)
+        assert status == 400, path
+
+
 async def test_a_search_needs_the_search_scope(bridge: TestClient) -> None:
     status, _ = await search(bridge, "/studies", {**JSON, "Authorization": "Bearer reader"})
     assert status == 403
