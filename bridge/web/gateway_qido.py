@@ -219,6 +219,9 @@ async def search(request: web.Request, level: Level) -> web.Response:
     facts = request.get(AUDITED)
     if facts is None:
         facts = request[AUDITED] = AuditFacts(action="search")
+    asked = query.filters.get("PatientID")
+    if asked:
+        facts.patients.append(asked)  # the audit log says which patient a search named, as for a FHIR search
     grant = request.get(GRANT)
     patients = grant.patients if grant is not None else None
     if patients is not None:
@@ -227,8 +230,7 @@ async def search(request: web.Request, level: Level) -> web.Response:
                 f"a token confined to patients searches {level} under a study: ask "
                 f"{PREFIX}/studies/{{StudyInstanceUID}}/{level} (find the studies with {PREFIX}/studies)"
             )
-        if asked := query.filters.get("PatientID"):
-            facts.patients.append(asked)
+        if asked:
             patient_ids(patients, asked)  # at every level: naming another patient is a 403, never an empty answer
         if study is not None:
             await _authorize_study(request, study)
