@@ -284,3 +284,54 @@ async def test_a_bulkdata_path_that_is_no_tag_is_refused_before_the_pacs(bridge:
         assert got.status == 400, tail
     got = await bridge.get("/dicom-web" + loaded.instance_path + "/bulk/7fe00010%2F..")
     assert got.status == 400
+
+
+def rendered_paths(loaded: Loaded, kind: str) -> list[str]:
+    series = f"/studies/{loaded.spec.uid}/series/{loaded.spec.series[0].uid}"
+    return [
+        f"/studies/{loaded.spec.uid}/{kind}",
+        f"{series}/{kind}",
+        f"{loaded.instance_path}/{kind}",
+        f"{loaded.instance_path}/frames/1/{kind}",
+    ]
+
+
+async def test_rendered_images_are_the_pacs_images(bridge: TestClient, orthanc: OrthancServer, loaded: Loaded) -> None:
+    """Orthanc renders a study, a series, an instance and a frame; PS3.18's query parameters reach it."""
+    for path in [*rendered_paths(loaded, "rendered"), f"{loaded.instance_path}/rendered?viewport=2,2&quality=50"]:
+        got = await bridge.get("/dicom-web" + path, headers={"Accept": "image/jpeg"})
+        status, content_type, expected = await direct(orthanc, path, "image/jpeg")
+        assert got.status == status == 200, path
+        assert got.headers["Content-Type"] == content_type == "image/jpeg"
+        assert await got.read() == expected
+
+
+async def test_a_thumbnail_the_pacs_does_not_have_is_404(bridge: TestClient, loaded: Loaded) -> None:
+    """Orthanc's plugin makes no thumbnails: its 404 comes through (a PACS that has them is streamed)."""
+    for path in rendered_paths(loaded, "thumbnail"):
+        got = await bridge.get("/dicom-web" + path, headers={"Accept": "image/jpeg"})
+        assert got.status == 404, path
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["rendered?accept=image/png", "rendered?viewport=2,2&viewport=4,4", "rendered?quality=%3Cx%3E",
+     "rendered?window=40%20400", "thumbnail?quality=50", "rendered?Viewport=2,2"],
+)  # fmt: skip
+async def test_a_rendering_parameter_ps3_18_does_not_define_is_a_400(
+    bridge: TestClient, loaded: Loaded, query: str
+) -> None:
+    got = await bridge.get(f"/dicom-web{loaded.instance_path}/{query}", headers={"Accept": "image/jpeg"})
+    assert got.status == 400
+
+
+async def test_another_patients_rendered_image_is_not_found(orthanc: OrthancServer, loaded: Loaded) -> None:
+    client = await start_client(orthanc_settings(orthanc, **SMART), verifier=Verifier())
+    try:
+        headers = {"Authorization": "Bearer patient:GW-A", "Accept": "image/jpeg"}
+        own = await client.get(f"/dicom-web/studies/{loaded.spec.uid}/rendered", headers=headers)
+        assert own.status == 200
+        foreign = await client.get(f"/dicom-web/studies/{loaded.other.uid}/rendered", headers=headers)
+        assert foreign.status == 404
+    finally:
+        await client.close()

@@ -170,6 +170,13 @@ async def test_a_frame_past_the_last_is_404(embedded: TestClient, suffix: str, s
     assert says in await got.text()
 
 
+@pytest.mark.parametrize("suffix", ["/rendered", "/thumbnail", "/frames/1/rendered"])
+async def test_rendered_and_thumbnails_are_not_served_from_a_folder(embedded: TestClient, suffix: str) -> None:
+    got = await embedded.get(instance_path(sample("CT_small.dcm")) + suffix)
+    assert got.status == 404
+    assert "no rendered images or thumbnails" in await got.text()
+
+
 @pytest.mark.parametrize(
     "path",
     [

@@ -182,6 +182,11 @@ def _issuer(designator: DicomJson) -> tuple[str | None, str | None]:
     return None, text(designator, tags.LOCAL_NAMESPACE_ENTITY_ID) or universal
 
 
+def subject_of(row: DicomJson, options: MappingOptions) -> dict[str, Any]:
+    """The ``subject`` an ImagingStudy made from ``row`` (any level's row naming its patient) would carry."""
+    return _subject(row, options)
+
+
 def _subject(study: DicomJson, options: MappingOptions) -> dict[str, Any]:
     subject: dict[str, Any] = {"type": "Patient"}
     # The identifier carries the PACS's raw values: a PatientID the bridge cleaned would name another patient

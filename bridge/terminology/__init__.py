@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import csv
 import functools
+import importlib
 import importlib.util
 from importlib import resources
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 SNOMED = "http://snomed.info/sct"
 DCM = "http://dicom.nema.org/resources/ontology/DCM"
@@ -84,14 +85,38 @@ def uid_name(uid: str) -> str | None:
 def _uid_names() -> dict[str, str]:
     """pydicom's UID dictionary, read from its data module alone. ``import pydicom`` imports numpy and requests
     as well: 18 MiB of a 75 MiB process that, reading an HTTP PACS, uses nothing else of pydicom."""
+    table: dict[str, tuple[str, ...]] = _pydicom_table("_uid_dict", "UID_dictionary")
+    return {uid: entry[0] for uid, entry in table.items()}
+
+
+def keyword_tag(keyword: str) -> int | None:
+    """The tag of a DICOM keyword (``PatientID`` -> 0x00100020), or None for one the dictionary has not."""
+    return _keywords()[0].get(keyword)
+
+
+def tag_keyword(tag: int) -> str | None:
+    """The keyword of a tag in the DICOM dictionary, or None (a private tag, a tag it does not have)."""
+    return _keywords()[1].get(tag)
+
+
+@functools.cache
+def _keywords() -> tuple[dict[str, int], dict[int, str]]:
+    """pydicom's data dictionary, read from its data module alone (as ``_uid_names``): keyword -> tag, tag ->
+    keyword."""
+    table: dict[int, tuple[str, ...]] = _pydicom_table("_dicom_dict", "DicomDictionary")
+    by_tag = {tag: entry[4] for tag, entry in table.items() if entry[4]}
+    return {keyword: tag for tag, keyword in by_tag.items()}, by_tag
+
+
+def _pydicom_table(module_name: str, attribute: str) -> Any:
+    """A dictionary literal of one of pydicom's data modules, executed on its own (not importing pydicom)."""
     spec = importlib.util.find_spec("pydicom")  # finds the package without importing it
     locations = list(spec.submodule_search_locations or []) if spec is not None else []
-    table = Path(locations[0], "_uid_dict.py") if locations else None
-    loader = importlib.util.spec_from_file_location("bridge.terminology._uid_dict", table) if table else None
-    if table is None or not table.is_file() or loader is None or loader.loader is None:
-        from pydicom._uid_dict import UID_dictionary  # a pydicom laid out otherwise: the whole package, then
-
-        return {uid: entry[0] for uid, entry in UID_dictionary.items()}
+    path = Path(locations[0], f"{module_name}.py") if locations else None
+    loader = importlib.util.spec_from_file_location(f"bridge.terminology.{module_name}", path) if path else None
+    if path is None or not path.is_file() or loader is None or loader.loader is None:
+        # A pydicom laid out otherwise: the whole package, then.
+        return getattr(importlib.import_module(f"pydicom.{module_name}"), attribute)
     module = importlib.util.module_from_spec(loader)
     loader.loader.exec_module(module)  # a dictionary literal, nothing more
-    return {uid: entry[0] for uid, entry in module.UID_dictionary.items()}
+    return getattr(module, attribute)

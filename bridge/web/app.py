@@ -19,7 +19,7 @@ from bridge.mapping.imagingstudy import MappingOptions
 from bridge.qido.source import QidoSource
 from bridge.search.execute import Limits
 from bridge.settings import Settings
-from bridge.web import contexts, cors, gateway, observe
+from bridge.web import contexts, cors, gateway, gateway_qido, observe
 from bridge.web.audit import AUDIT_LOG, audit_context, audit_log
 from bridge.web.authz import step
 from bridge.web.handlers import (
@@ -150,6 +150,10 @@ def create_app(
     for path in gateway.ROUTES if settings.dicomweb_gateway else ():
         authorize = step("ImagingStudy", Interaction.READ, "read") if smart else None
         routes.append(("GET", gateway.PREFIX + path, gateway.retrieve, authorize, "read"))
+    # Its QIDO-RS searches need what an ImagingStudy search does, and are audited as one.
+    for path, level in gateway_qido.ROUTES if settings.dicomweb_gateway else ():
+        authorize = step("ImagingStudy", Interaction.SEARCH, "search-type") if smart else None
+        routes.append(("GET", gateway.PREFIX + path, gateway_qido.searcher(level), authorize, "search-type"))
     if settings.admin_port is None:
         routes += [("GET", path, handler, None, None) for path, handler in probe_routes(settings.health_details)]
     for method, path, handler, authorize, audited in routes:

@@ -17,6 +17,11 @@ The bulkdata those URIs name is served under ``…/instances/{instance}/bulk/{ta
 
 With a folder (the embedded samples, ``file://``) and no BRIDGE_WADO_URL, the same routes are served from its files
 (``bridge.web.gateway_folder``), after the same authorization.
+
+``rendered`` and ``thumbnail`` (of a study, series, instance or frame) are streamed like the others, where the PACS
+has them (Orthanc's plugin renders at every level and has no thumbnails: those are its 404). Their query
+parameters are passed on only when PS3.18 defines them for the resource, with plain values; anything else is a
+400. QIDO-RS searches are ``bridge.web.gateway_qido``'s.
 """
 
 from __future__ import annotations
@@ -60,7 +65,25 @@ ROUTES = (
     "/studies/{study}/series/{series}/instances/{instance}/metadata",
     "/studies/{study}/series/{series}/instances/{instance}/frames/{frames}",
     "/studies/{study}/series/{series}/instances/{instance}/bulk/{bulk:.+}",
+    *(
+        f"{resource}/{kind}"
+        for kind in ("rendered", "thumbnail")
+        for resource in (
+            "/studies/{study}",
+            "/studies/{study}/series/{series}",
+            "/studies/{study}/series/{series}/instances/{instance}",
+            "/studies/{study}/series/{series}/instances/{instance}/frames/{frames}",
+        )
+    ),
 )
+#: The query parameters PS3.18 defines for rendered (8.3.5.1: annotation, quality, viewport, window,
+#: iccprofile) and thumbnail (8.3.5.1.3: viewport) resources; the only query a client may send them.
+RENDERING = {
+    "rendered": frozenset({"annotation", "quality", "viewport", "window", "iccprofile"}),
+    "thumbnail": frozenset({"viewport"}),
+}
+#: Their values: numbers, words and commas (``viewport=512,512``, ``window=40,400,linear``, ``annotation=patient``).
+_RENDERING_VALUE = re.compile(r"^[A-Za-z0-9.,-]{1,64}$")
 _FRAMES = re.compile(r"^[1-9][0-9]*(,[1-9][0-9]*)*$")
 #: A bulkdata path as PACSes write it: a tag, or tags and item numbers down a sequence (``00081111/0/7fe00010``).
 _BULK = re.compile(r"^[0-9A-Fa-f]{8}(/[0-9]+/[0-9A-Fa-f]{8})*$")
@@ -255,7 +278,22 @@ def _checked_path(request: web.Request) -> str:
         raise InvalidRequest(
             f"{info['bulk']!r} is not a bulkdata path (a tag such as 7fe00010, or tags down a sequence)"
         )
+    if (kind := request.path.rsplit("/", 1)[-1]) in RENDERING:
+        _check_rendering(request, kind)
     return info["study"]
+
+
+def _check_rendering(request: web.Request, kind: str) -> None:
+    """A rendered or thumbnail resource's query: PS3.18's parameters of it, once each, with plain values."""
+    for name in request.query:
+        if name not in RENDERING[kind]:
+            known = ", ".join(sorted(RENDERING[kind]))
+            raise InvalidRequest(f"{name!r} is not a query parameter of a {kind} resource (PS3.18: {known})")
+        values = request.query.getall(name)
+        if len(values) > 1:
+            raise InvalidRequest(f"{name} is given more than once")
+        if not _RENDERING_VALUE.match(values[0]):
+            raise InvalidRequest(f"{name}={values[0][:64]!r} is not a {name} value (numbers, words and commas)")
 
 
 async def _authorize_study(request: web.Request, study: str) -> None:

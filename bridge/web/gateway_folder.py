@@ -32,6 +32,8 @@ async def retrieve(request: web.Request, folder: FolderQidoSource) -> web.Stream
     study, series, instance = info["study"], info.get("series"), info.get("instance")
     if "bulk" in info:
         raise NotFound("the folder's metadata names no bulkdata: pixel data is served as frames")
+    if request.path.endswith(("/rendered", "/thumbnail")):
+        raise NotFound("a folder has no rendered images or thumbnails: its pixel data is served as frames")
     files = await folder.instance_files(study, series, instance)
     if not files:
         what = f"instance {instance}" if instance else f"series {series}" if series else f"study {study}"

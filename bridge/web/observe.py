@@ -153,9 +153,10 @@ class RequestIds:
 
 
 class Envelope:
-    """What every request goes through: its id, its deadline, the Host check of FHIR routes (``hosts``, when
-    links are built from the Host), error rendering (``bridge.web.outcomes``), metrics and, if asked, the access
-    log, the audit log of routes to patient data (``audit``) and the rate limit of FHIR routes (``limiter``).
+    """What every request goes through: its id, its deadline, the Host check of FHIR and DICOMweb routes
+    (``hosts``, when links are built from the Host), error rendering (``bridge.web.outcomes``), metrics and, if
+    asked, the access log, the audit log of routes to patient data (``audit``) and the rate limit of FHIR and
+    DICOMweb routes (``limiter``).
 
     Applied to each route's handler when it is registered, rather than as an aiohttp middleware: the middleware
     chain adds two coroutine layers and a lookup to every request, which measurably slows a cached read."""
@@ -189,10 +190,11 @@ class Envelope:
         its requests is then written to the audit log, refused ones too."""
         stats = STATS.route(route)
         access_log, deadline, new_id = self._access_log, self._deadline, self._new_id
-        # The Host shapes the links of FHIR answers only; probes and metrics answer whatever name they are asked by.
-        fhir = route.startswith("/fhir")
-        check_host = self._hosts if fhir else None
-        limiter = self._limiter if fhir else None
+        # The Host shapes the links of FHIR answers and of the gateway's (BulkDataURIs), and both serve patient data a
+        # rebound name must not reach (bridge.web.hosts); probes and metrics answer whatever name they are asked by.
+        served = route.startswith(("/fhir", "/dicom-web"))
+        check_host = self._hosts if served else None
+        limiter = self._limiter if served else None
         audit = self._audit if audited else None
         interaction = audited or ""
 
