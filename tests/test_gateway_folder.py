@@ -23,6 +23,7 @@ from bridge.settings import load_settings
 from tests.conftest import start_client
 from tests.support.dicomgen import encode, simple_study
 from tests.support.fhircheck import validate
+from tests.support.pixel_studies import pixel_study
 from tests.support.standin_tokens import Verifier
 
 FRAME = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
@@ -398,3 +399,25 @@ def test_instance_negotiation(accept: str | None, stored: str, served: str | Non
             choose_instance_syntax(accept, stored)
     else:
         assert choose_instance_syntax(accept, stored) == served
+
+
+async def test_a_patient_token_lists_its_own_series_and_instances_in_a_folder(tmp_path: Path) -> None:
+    # The folder's index keeps PatientID at the study level only; a confined search checks every row's patient.
+    mine = pixel_study("GF-MINE", [[1, 3]])
+    for number, data in enumerate([*mine.files, *pixel_study("GF-OTHER", [[1]]).files]):
+        (tmp_path / f"{number}.dcm").write_bytes(data)
+    client = await folder_client(tmp_path, **SMART, BRIDGE_PUBLIC_URL="https://bridge.test/fhir")
+    try:
+        token = {"Authorization": "Bearer patient:GF-MINE", "Accept": "application/dicom+json"}
+        series = mine.series[0]
+        got = await client.get(f"/dicom-web/studies/{mine.uid}/series", headers=token)
+        assert got.status == 200
+        assert [row["0020000E"]["Value"] for row in await got.json()] == [[series.uid]]
+        got = await client.get(f"/dicom-web/studies/{mine.uid}/series/{series.uid}/instances", headers=token)
+        assert got.status == 200
+        assert {row["00080018"]["Value"][0] for row in await got.json()} == {i.uid for i in series.instances}
+        got = await client.get(f"/dicom-web/studies/{mine.uid}/instances", headers=token)
+        assert got.status == 200
+        assert {row["00080018"]["Value"][0] for row in await got.json()} == {i.uid for i in series.instances}
+    finally:
+        await client.close()
