@@ -421,3 +421,13 @@ async def test_a_patient_token_lists_its_own_series_and_instances_in_a_folder(tm
         assert {row["00080018"]["Value"][0] for row in await got.json()} == {i.uid for i in series.instances}
     finally:
         await client.close()
+
+
+@pytest.mark.parametrize("path", ["/dicom-web/studies/", "/wado?requestType=WADO"])
+async def test_a_path_nothing_serves_is_a_404_saying_so(embedded: TestClient, path: str) -> None:
+    # A trailing slash, or a WADO-URI viewer's /wado: a new user's first tries, told what is wrong.
+    got = await embedded.get(path)
+    assert got.status == 404
+    outcome = await got.json()
+    assert outcome["resourceType"] == "OperationOutcome"
+    assert path.split("?")[0] in outcome["issue"][0]["diagnostics"]

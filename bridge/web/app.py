@@ -14,6 +14,7 @@ from aiohttp import web
 
 from bridge.auth.scopes import Interaction
 from bridge.auth.tokens import TokenVerifier
+from bridge.errors import NotFound
 from bridge.mapping.endpoint import wado_endpoint
 from bridge.mapping.imagingstudy import MappingOptions
 from bridge.qido.source import QidoSource
@@ -190,4 +191,6 @@ async def unmatched(request: web.Request) -> web.StreamResponse:
     allowed.discard("OPTIONS")  # the CORS preflight routes catch OPTIONS under a prefix: they serve no path
     if allowed:
         raise web.HTTPMethodNotAllowed(request.method, allowed)
-    raise web.HTTPNotFound()
+    # Said, not a bare 404: a trailing slash or a WADO-URI viewer's /wado are a new user's usual first tries.
+    hint = " (no route ends with a slash)" if request.path.endswith("/") and request.path != "/" else ""
+    raise NotFound(f"nothing is served at {request.path[:200]}{hint}")
