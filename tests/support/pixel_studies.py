@@ -1,13 +1,13 @@
 """Studies with pixel data, for the viewer flows: every frame's bytes are known, so a test can check that what a
 viewer received is exactly the file's pixel data (and whose it is).
 
-Frames are small (32x32, 16-bit unsigned, Explicit VR Little Endian, uncompressed) and each is filled from a seed
-unique to its patient, instance and frame, so no two frames in a run are alike."""
+Frames are 16-bit unsigned, Explicit VR Little Endian, uncompressed (32x32 unless asked larger), each filled from a
+seed unique to its patient, instance and frame, so no two frames in a run are alike."""
 
 from __future__ import annotations
 
-import hashlib
 import io
+import random
 from dataclasses import dataclass, field
 
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -15,8 +15,7 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
 
 from tests.support.dicomgen import CT_IMAGE, new_uid
 
-ROWS = COLUMNS = 32
-FRAME_BYTES = ROWS * COLUMNS * 2
+SIZE = 32
 
 
 @dataclass
@@ -39,32 +38,31 @@ class PixelStudy:
     files: list[bytes] = field(default_factory=list)
 
 
-def frame(seed: str) -> bytes:
-    """FRAME_BYTES of pixel data, different for every seed."""
-    out = bytearray()
-    counter = 0
-    while len(out) < FRAME_BYTES:
-        out += hashlib.sha256(f"{seed}/{counter}".encode()).digest()
-        counter += 1
-    return bytes(out[:FRAME_BYTES])
+def frame(seed: str, size: int = SIZE) -> bytes:
+    """A size x size frame of 16-bit pixels, different for every seed."""
+    return random.Random(seed).randbytes(size * size * 2)
 
 
-def pixel_study(patient_id: str, series_frames: list[list[int]], uid: str | None = None) -> PixelStudy:
+def pixel_study(
+    patient_id: str, series_frames: list[list[int]], uid: str | None = None, size: int = SIZE
+) -> PixelStudy:
     """A study of ``patient_id`` whose series hold instances of the given frame counts (``[[1, 1, 3]]``: one series
-    of three instances, the last multi-frame)."""
+    of three instances, the last multi-frame), each frame ``size`` pixels square."""
     study = PixelStudy(patient_id, uid or new_uid())
     for series_number, counts in enumerate(series_frames, start=1):
         series = PixelSeries(new_uid())
         study.series.append(series)
         for number, count in enumerate(counts, start=1):
             instance = PixelInstance(new_uid(), [])
-            instance.frames = [frame(f"{patient_id}/{instance.uid}/{n}") for n in range(1, count + 1)]
+            instance.frames = [frame(f"{patient_id}/{instance.uid}/{n}", size) for n in range(1, count + 1)]
             series.instances.append(instance)
-            study.files.append(_file(study, series_number, series, number, instance))
+            study.files.append(_file(study, series_number, series, number, instance, size))
     return study
 
 
-def _file(study: PixelStudy, series_number: int, series: PixelSeries, number: int, instance: PixelInstance) -> bytes:
+def _file(
+    study: PixelStudy, series_number: int, series: PixelSeries, number: int, instance: PixelInstance, size: int
+) -> bytes:
     ds = Dataset()
     ds.SOPClassUID = CT_IMAGE
     ds.SOPInstanceUID = instance.uid
@@ -76,7 +74,7 @@ def _file(study: PixelStudy, series_number: int, series: PixelSeries, number: in
     ds.Modality = "CT"
     ds.SeriesNumber = series_number
     ds.InstanceNumber = number
-    ds.Rows, ds.Columns = ROWS, COLUMNS
+    ds.Rows, ds.Columns = size, size
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
