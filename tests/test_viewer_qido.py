@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import shutil
 import socket
 from collections.abc import AsyncIterator
@@ -33,12 +34,14 @@ from bridge.settings import load_settings
 from bridge.web.app import create_app
 from bridge.web.server import server_options
 from tests.conftest import orthanc_settings
+from tests.support.dicomgen import new_uid
 from tests.support.orthanc import OrthancServer
 from tests.support.pixel_studies import PixelStudy, pixel_study
 from tests.support.standin_tokens import Verifier
 
 pytestmark = [pytest.mark.browser, pytest.mark.viewer]
 
+JSON = "application/dicom+json"
 FRAME = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
 PAGE = Path(__file__).parent / "support" / "qido_viewer.html"
 SMART = {"BRIDGE_AUTH": "smart", "BRIDGE_AUTH_JWKS_URL": "https://auth.example.org/jwks", "BRIDGE_AUDIT_LOG": "off"}
@@ -69,6 +72,9 @@ STUDIES = {
     "VQ-TWO": [pixel_study("VQ-TWO", [[1, 4, 1]])],
     "VQ-NONE": [],
 }
+#: One StudyInstanceUID under two patients (a PACS's data error): neither's pixels go to either.
+SHARED_UID = new_uid()
+SHARED = [pixel_study("VQ-SHARE-A", [[1]], uid=SHARED_UID), pixel_study("VQ-SHARE-B", [[2]], uid=SHARED_UID)]
 
 
 @dataclass(frozen=True)
@@ -113,7 +119,7 @@ async def browser() -> AsyncIterator[Browser]:
 
 @pytest.fixture(scope="module")
 def orthanc_loaded(orthanc: OrthancServer) -> None:
-    orthanc.upload_many(f for studies in STUDIES.values() for study in studies for f in study.files)
+    orthanc.upload_many(f for studies in [*STUDIES.values(), SHARED] for study in studies for f in study.files)
 
 
 @pytest.fixture(scope="module")
@@ -269,7 +275,7 @@ def other_patients_urls(address: str, study: PixelStudy) -> list[str]:
     ]
 
 
-@pytest.mark.parametrize("world", ["orthanc", "folder"], indirect=True)
+@pytest.mark.parametrize("world", [pytest.param("orthanc", marks=pytest.mark.integration), "folder"], indirect=True)
 async def test_another_patients_rows_metadata_and_frames_never_arrive(
     browser: Browser, page_origin: str, world: World
 ) -> None:
@@ -305,3 +311,34 @@ async def test_another_patients_rows_metadata_and_frames_never_arrive(
     assert touched, recorded.responses
     assert all(status in (403, 404) for _, status in touched), touched
     assert not recorded.failed, recorded.failed  # every refusal reached the page: CORS headers on errors too
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("world", ["orthanc"], indirect=True)
+async def test_a_study_uid_under_two_patients_gives_neither_the_others_pixels(
+    browser: Browser, page_origin: str, world: World
+) -> None:
+    address = f"{world.origin}/dicom-web"
+    page, recorded = await open_page(browser, page_origin)
+    try:
+        for mine, theirs in (SHARED, SHARED[::-1]):
+            token = f"patient:{mine.patient_id}"
+            found = await page.evaluate(
+                "([u, t]) => probe(u, t)", [f"{address}/studies?StudyInstanceUID={SHARED_UID}", token]
+            )
+            rows = json.loads(base64.b64decode(found["body"]))
+            assert [row["00100020"]["Value"] for row in rows] == [[mine.patient_id]]  # its own row only
+            frames = [f for study in SHARED for series in study.series for i in series.instances for f in i.frames]
+            for study in (mine, theirs):
+                for url in other_patients_urls(address, study):
+                    searched = url.endswith(("/series", "/instances"))
+                    answer = await page.evaluate(
+                        "([u, t, a]) => probe(u, t, a)", [url, token, JSON if searched else FRAME]
+                    )
+                    assert answer["status"] == 404, (url, answer["status"])  # whose is a UID of two? no one's
+                    body = base64.b64decode(answer["body"])
+                    assert not any(f[:32] in body for f in frames), url
+                    assert theirs.patient_id.encode() not in body, url
+    finally:
+        await page.close()
+    assert not recorded.failed, recorded.failed
