@@ -34,6 +34,7 @@ from bridge.settings import load_settings
 from bridge.web.app import create_app
 from bridge.web.server import server_options
 from tests.conftest import orthanc_settings
+from tests.support.authserver import AuthServer
 from tests.support.dicomgen import new_uid
 from tests.support.orthanc import OrthancServer
 from tests.support.pixel_studies import PixelStudy, pixel_study
@@ -341,4 +342,43 @@ async def test_a_study_uid_under_two_patients_gives_neither_the_others_pixels(
                     assert theirs.patient_id.encode() not in body, url
     finally:
         await page.close()
+    assert not recorded.failed, recorded.failed
+
+
+async def test_real_tokens_reach_their_patients_and_an_expired_one_is_told_so(
+    browser: Browser, page_origin: str, pixel_folder: Path, auth_server: AuthServer
+) -> None:
+    """Tokens signed by an authorization server (tests/support/authserver.py), not stand-ins: each reaches its
+    patient's frames from the page's origin; an expired one is a 401 whose ``WWW-Authenticate`` the page can read."""
+    port = free_port()
+    environ = auth_server.environ(
+        qido_url=f"file://{pixel_folder}", public_url=f"http://127.0.0.1:{port}/fhir", cors_origins=page_origin
+    )
+    settings = load_settings({**environ, "BRIDGE_AUDIT_LOG": "off"})
+    server = TestServer(create_app(settings), host="127.0.0.1", port=port)
+    await server.start_server(**server_options(settings))
+    address = f"http://127.0.0.1:{port}/dicom-web"
+    page, recorded = await open_page(browser, page_origin)
+    try:
+        for patient in ("VQ-ONE", "VQ-TWO"):
+            token = auth_server.mint(scope="launch/patient patient/ImagingStudy.rs", patient=patient)
+            browsed = await page.evaluate("([a, t, q]) => browse(a, t, q)", [address, token, f"PatientID={patient}"])
+            assert digests(browsed) == expected(STUDIES[patient])
+        expired = auth_server.mint(scope="patient/ImagingStudy.rs", patient="VQ-ONE", lifetime=-60)
+        study = STUDIES["VQ-ONE"][1]
+        series, instance = study.series[0], study.series[0].instances[0]
+        url = f"{address}/studies/{study.uid}/series/{series.uid}/instances/{instance.uid}/frames/1"
+        told = await page.evaluate(
+            """async ([u, t]) => {
+                const r = await fetch(u, {headers: {Authorization: `Bearer ${t}`, Accept: "*/*"}});
+                return {status: r.status, challenge: r.headers.get("WWW-Authenticate"), body: await r.text()};
+            }""",
+            [url, expired],
+        )
+    finally:
+        await page.close()
+        await server.close()
+    assert told["status"] == 401, told
+    assert told["challenge"], told  # exposed to the page by CORS: a viewer can tell "log in again" from "refused"
+    assert "Bearer" in told["challenge"], told
     assert not recorded.failed, recorded.failed
