@@ -335,3 +335,17 @@ async def test_another_patients_rendered_image_is_not_found(orthanc: OrthancServ
         assert foreign.status == 404
     finally:
         await client.close()
+
+
+@pytest.mark.parametrize(
+    ("frames", "accept"), [("2", FRAME), ("1", "application/octet-stream")], ids=["past-the-last", "single-part"]
+)
+async def test_frames_the_pacs_refuses_are_a_4xx_saying_what_to_check(
+    bridge: TestClient, loaded: Loaded, frames: str, accept: str
+) -> None:
+    # Orthanc answers a bare 400 to a frame past the last, and to a single-part Accept; a user is told why.
+    got = await bridge.get(f"/dicom-web{loaded.instance_path}/frames/{frames}", headers={"Accept": accept})
+    assert got.status in (400, 404, 406)
+    said = await got.text()
+    assert "NumberOfFrames" in said, said
+    assert 'multipart/related; type="application/octet-stream"' in said, said

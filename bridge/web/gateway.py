@@ -87,6 +87,11 @@ _RENDERING_VALUE = re.compile(r"^[A-Za-z0-9.,-]{1,64}$")
 _FRAMES = re.compile(r"^[1-9][0-9]*(,[1-9][0-9]*)*$")
 #: A bulkdata path as PACSes write it: a tag, or tags and item numbers down a sequence (``00081111/0/7fe00010``).
 _BULK = re.compile(r"^[0-9A-Fa-f]{8}(/[0-9]+/[0-9A-Fa-f]{8})*$")
+#: Said with a PACS's 4xx to a frames request: the two usual causes (Orthanc's 400 names neither).
+_FRAMES_HINT = (
+    "; check that every frame number is at most the instance's NumberOfFrames, and ask with "
+    'Accept: multipart/related; type="application/octet-stream" (a PACS may serve frames in no other form)'
+)
 #: Bytes copied at a time: large enough to keep the copy cheap, small enough to keep memory flat.
 CHUNK = 256 * 1024
 #: Request headers passed to the PACS (``Authorization`` is the bridge's own, never the client's).
@@ -204,8 +209,10 @@ async def _relay(request: web.Request, upstream: aiohttp.ClientResponse, where: 
         # The PACS's own refusal of the bridge's credentials is the bridge's problem, not the client's.
         raise UpstreamBadResponse(f"the PACS answered {where} with HTTP {upstream.status}")
     if upstream.status >= 400:
-        # 400, 406 (a transfer syntax it cannot give) …: the client's request, said back in plain text.
-        return web.Response(status=upstream.status, text=f"the PACS answered {where} with HTTP {upstream.status}")
+        # 400, 406 (a transfer syntax it cannot give) …: the client's request, said back in plain text, with what
+        # to check where PACSes are known to answer no more than a status (Orthanc's bare 400s to frames).
+        hint = _FRAMES_HINT if "frames" in request.match_info else ""
+        return web.Response(status=upstream.status, text=f"the PACS answered {where} with HTTP {upstream.status}{hint}")
     response = web.StreamResponse(status=upstream.status)
     for name in _RETURNED:
         if (value := upstream.headers.get(name)) is not None:
