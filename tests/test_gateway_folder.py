@@ -170,6 +170,13 @@ async def test_a_frame_past_the_last_is_404(embedded: TestClient, suffix: str, s
     assert says in await got.text()
 
 
+async def test_a_frame_list_naming_a_frame_twice_is_400(embedded: TestClient) -> None:
+    """Each repeat would be read and held again: ten thousand ``1,`` made a 300 MB answer of a 32 KB frame."""
+    got = await embedded.get(instance_path(sample("CT_small.dcm")) + "/frames/1,1", headers={"Accept": FRAME})
+    assert got.status == 400
+    assert "more than once" in await got.text()
+
+
 @pytest.mark.parametrize("suffix", ["/rendered", "/thumbnail", "/frames/1/rendered"])
 async def test_rendered_and_thumbnails_are_not_served_from_a_folder(embedded: TestClient, suffix: str) -> None:
     got = await embedded.get(instance_path(sample("CT_small.dcm")) + suffix)

@@ -21,7 +21,8 @@ With a folder (the embedded samples, ``file://``) and no BRIDGE_WADO_URL, the sa
 ``rendered`` and ``thumbnail`` (of a study, series, instance or frame) are streamed like the others, where the PACS
 has them (Orthanc's plugin renders at every level and has no thumbnails: those are its 404). Their query
 parameters are passed on only when PS3.18 defines them for the resource, with plain values; anything else is a
-400. QIDO-RS searches are ``bridge.web.gateway_qido``'s.
+400, and so is any query of the other retrieve routes (passed on raw, it would reach the PACS unread) and a frame
+list naming a frame twice. QIDO-RS searches are ``bridge.web.gateway_qido``'s.
 """
 
 from __future__ import annotations
@@ -272,14 +273,23 @@ def _checked_path(request: web.Request) -> str:
         # PS3.5 9.1: digits and dots, at most 64 characters; so no path segment (``..``) reaches the PACS.
         if key in info and not is_uid(info[key]):
             raise InvalidRequest(f"{info[key]!r} is not a DICOM UID (digits and dots, at most 64 characters)")
-    if "frames" in info and not _FRAMES.match(info["frames"]):
-        raise InvalidRequest(f"{info['frames']!r} is not a list of frame numbers (1,2,3)")
+    if "frames" in info:
+        if not _FRAMES.match(info["frames"]):
+            raise InvalidRequest(f"{info['frames']!r} is not a list of frame numbers (1,2,3)")
+        numbers = info["frames"].split(",")
+        if len(set(numbers)) < len(numbers):
+            # PS3.18 names each frame once; repeats (1,1,1,… ten thousand times) would multiply the work asked
+            # of the PACS, and a folder's answer would hold each repeat.
+            raise InvalidRequest("the frame list names a frame more than once")
     if "bulk" in info and not _BULK.match(info["bulk"]):
         raise InvalidRequest(
             f"{info['bulk']!r} is not a bulkdata path (a tag such as 7fe00010, or tags down a sequence)"
         )
     if (kind := request.path.rsplit("/", 1)[-1]) in RENDERING:
         _check_rendering(request, kind)
+    elif request.rel_url.raw_query_string:
+        # Passed on raw, a query would reach the PACS unread: what it makes of it the gateway cannot vouch for.
+        raise InvalidRequest("a WADO-RS retrieve through the gateway takes no query parameters")
     return info["study"]
 
 
