@@ -259,6 +259,21 @@ async def test_what_the_gateway_does_not_understand_is_refused_before_the_pacs(
     assert pacs.paths == []
 
 
+@pytest.mark.parametrize("depth", [300, 1000])
+async def test_metadata_nested_deeper_than_dicom_json_is_a_502(
+    orthanc: OrthancServer, recorder: tuple[Recorder, str], depth: int
+) -> None:
+    """JSON that orjson reads but cannot write back (over 254 levels), or deeper than Python's recursion limit."""
+    pacs, wado = recorder
+    pacs.body, pacs.content_type = b"[" * depth + b"]" * depth, "application/dicom+json"
+    client = await start_client(orthanc_settings(orthanc, wado_url=wado))
+    try:
+        got = await client.get("/dicom-web/studies/2.25.1/metadata")
+        assert got.status == 502, await got.text()
+    finally:
+        await client.close()
+
+
 def bulkdata_uris(node: object) -> list[str]:
     """Every BulkDataURI in a DICOM JSON document, at any depth."""
     if isinstance(node, list):

@@ -248,22 +248,27 @@ async def _rewritten(
         raise UpstreamBadResponse(f"the PACS answered {where} with a body that is not JSON") from None
     public = request.app[SETTINGS].gateway_url or f"{request.url.origin()}{PREFIX}"
     _rewrite_bulkdata(document, gateway.pacs_prefix, public)
-    return web.Response(status=200, body=orjson.dumps(document), headers=headers)
+    try:
+        serialized = orjson.dumps(document)
+    except orjson.JSONEncodeError:  # nested deeper than orjson writes (254 levels): no dataset is
+        raise UpstreamBadResponse(f"the PACS answered {where} with JSON nested too deep to be DICOM JSON") from None
+    return web.Response(status=200, body=serialized, headers=headers)
 
 
-def _rewrite_bulkdata(node: object, prefix: str, public: str) -> None:
+def _rewrite_bulkdata(document: object, prefix: str, public: str) -> None:
     """In place, through every dataset and sequence item: ``BulkDataURI`` values under ``prefix`` (the PACS's
-    WADO-RS base) re-rooted at ``public`` (the gateway's). Others (another server's, relative ones) are left."""
-    if isinstance(node, list):
-        for item in node:
-            _rewrite_bulkdata(item, prefix, public)
-    elif isinstance(node, dict):
-        uri = node.get("BulkDataURI")
-        if isinstance(uri, str) and (uri == prefix or uri.startswith(prefix + "/")):
-            node["BulkDataURI"] = public + uri[len(prefix) :]
-        for value in node.values():
-            if isinstance(value, (dict, list)):
-                _rewrite_bulkdata(value, prefix, public)
+    WADO-RS base) re-rooted at ``public`` (the gateway's). Others (another server's, relative ones) are left.
+    Walked with a stack, not recursion: a PACS's JSON may nest deeper than Python's recursion limit."""
+    stack = [document]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, dict):
+            uri = node.get("BulkDataURI")
+            if isinstance(uri, str) and (uri == prefix or uri.startswith(prefix + "/")):
+                node["BulkDataURI"] = public + uri[len(prefix) :]
+            stack.extend(value for value in node.values() if isinstance(value, (dict, list)))
 
 
 def _checked_path(request: web.Request) -> str:
