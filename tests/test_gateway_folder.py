@@ -349,6 +349,23 @@ async def test_a_patient_token_reaches_only_its_patients_pixels(tmp_path: Path) 
         await client.close()
 
 
+async def test_a_patient_token_lists_the_series_and_instances_of_its_study(tmp_path: Path) -> None:
+    """The folder's series and instance rows carry their study's patient, so the gateway's check of every row's
+    owner keeps them (it dropped them all: the file client's series and instance tables name no patient)."""
+    mine = generated(tmp_path, "mine.dcm", frames=1, patient_id="GF-A")
+    client = await folder_client(tmp_path, **SMART, BRIDGE_PUBLIC_URL="https://fhir.test/fhir")
+    try:
+        token = {"Authorization": "Bearer patient:GF-A", "Accept": "application/dicom+json"}
+        study = f"/dicom-web/studies/{mine.StudyInstanceUID}"
+        series = await (await client.get(f"{study}/series", headers=token)).json()
+        assert [row["0020000E"]["Value"] for row in series] == [[mine.SeriesInstanceUID]]
+        for path in (f"{study}/instances", f"{study}/series/{mine.SeriesInstanceUID}/instances"):
+            instances = await (await client.get(path, headers=token)).json()
+            assert [row["00080018"]["Value"] for row in instances] == [[mine.SOPInstanceUID]], path
+    finally:
+        await client.close()
+
+
 # Content negotiation, as a table: (Accept, stored transfer syntax) -> (part media type, transfer syntax) or 406.
 
 CT = "1.2.840.10008.1.2.1"

@@ -116,7 +116,9 @@ class FolderQidoSource:
         prove: bool = True,
     ) -> list[DicomJson]:
         rows = await self._call(
-            lambda c: c.search_for_series(study_instance_uid=study_uid, search_filters=dict(filters))
+            lambda c: _owned(
+                c, study_uid, c.search_for_series(study_instance_uid=study_uid, search_filters=dict(filters))
+            )
         )
         return merge_rows(rows, (tags.SERIES_INSTANCE_UID, *tags.OWNER))
 
@@ -129,8 +131,12 @@ class FolderQidoSource:
         filters: Filters = NO_FILTERS,
     ) -> list[DicomJson]:
         rows = await self._call(
-            lambda c: c.search_for_instances(
-                study_instance_uid=study_uid, series_instance_uid=series_uid, search_filters=dict(filters)
+            lambda c: _owned(
+                c,
+                study_uid,
+                c.search_for_instances(
+                    study_instance_uid=study_uid, series_instance_uid=series_uid, search_filters=dict(filters)
+                ),
             )
         )
         return merge_rows(rows, (tags.SOP_INSTANCE_UID, *tags.OWNER))
@@ -192,6 +198,20 @@ class FolderQidoSource:
 
     async def _run(self, func: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, func)
+
+
+def _owned(client: Any, study_uid: str | None, rows: list[DicomJson]) -> list[DicomJson]:
+    """Series or instance rows given their study's PatientID and IssuerOfPatientID, which the file client's series
+    and instance tables do not hold: the gateway keeps for a confined token only rows that name its patient.
+    Left without them (so kept from every confined token) when the study UID is held under several patients."""
+    if study_uid is None or not rows:
+        return rows
+    studies = client.search_for_studies(search_filters={"StudyInstanceUID": study_uid})
+    owners = {tuple((tag, repr(study.get(tag))) for tag in tags.OWNER) for study in studies}
+    if len(studies) == 0 or len(owners) != 1:
+        return rows
+    owner = {tag: studies[0][tag] for tag in tags.OWNER if tag in studies[0]}
+    return [{**owner, **row} for row in rows]
 
 
 def _index_skipped_files(index: Any) -> None:
