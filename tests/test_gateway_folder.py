@@ -131,6 +131,26 @@ async def test_sample_metadata_is_the_header_without_pixel_data(embedded: TestCl
     assert ds.SOPInstanceUID in [d["00080018"]["Value"][0] for d in await series.json()]
 
 
+@pytest.mark.parametrize(
+    ("accept", "status"),
+    [
+        ("application/json", 200),
+        ("text/html, application/*;q=0.5", 200),
+        ('multipart/related; type="application/dicom+xml"', 406),
+        ("application/dicom+json;q=0", 406),
+        ("application/dicom+json; q=0.000", 406),
+        ("application/dicom+json;q=0.0000", 406),  # any spelling of zero refuses
+    ],
+)
+async def test_metadata_and_qido_answer_dicom_json_to_an_accept_that_admits_it(
+    embedded: TestClient, accept: str, status: int
+) -> None:
+    ds = sample("CT_small.dcm")
+    for path in (instance_path(ds) + "/metadata", f"/dicom-web/studies?StudyInstanceUID={ds.StudyInstanceUID}"):
+        got = await embedded.get(path, headers={"Accept": accept})
+        assert got.status == status, path
+
+
 async def test_sample_instance_is_the_file_as_stored(embedded: TestClient) -> None:
     ds = sample("MR_small.dcm")
     [(media, part10)] = await get_parts(embedded, instance_path(ds), 'multipart/related; type="application/dicom"')

@@ -23,8 +23,6 @@ from bridge.qido.folder import FolderQidoSource
 
 log = logging.getLogger(__name__)
 
-_JSON_TYPES = ("*/*", "application/*", "application/dicom+json", "application/json")
-
 
 async def retrieve(request: web.Request, folder: FolderQidoSource) -> web.StreamResponse:
     """A WADO-RS retrieve from ``folder``; the study is already authorized."""
@@ -48,8 +46,7 @@ async def retrieve(request: web.Request, folder: FolderQidoSource) -> web.Stream
 async def _metadata(
     request: web.Request, folder: FolderQidoSource, files: list[tuple[str, str, Path]]
 ) -> web.StreamResponse:
-    accepted = [r.media_type for r in folder_wado.parse_accept(request.headers.get(hdrs.ACCEPT))]
-    if not any(media in _JSON_TYPES for media in accepted):
+    if not folder_wado.accepts_json(request.headers.get(hdrs.ACCEPT)):
         raise NotAcceptable("metadata is served as application/dicom+json")
     response = web.StreamResponse(headers={hdrs.CONTENT_TYPE: "application/dicom+json"})
     await response.prepare(request)
