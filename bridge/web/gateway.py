@@ -176,9 +176,9 @@ async def retrieve(request: web.Request) -> web.StreamResponse:
         source = request.app[SOURCE]
         if not isinstance(source, FolderQidoSource):
             raise web.HTTPNotImplemented(text="the DICOMweb gateway has no WADO-RS source to serve")
-        await _authorize_study(request, study)
+        await authorize_study(request, study)
         return await gateway_folder.retrieve(request, source)
-    await _authorize_study(request, study)
+    await authorize_study(request, study)
     url = gateway.url(request.rel_url.raw_path.removeprefix(PREFIX), request.rel_url.raw_query_string)
     metadata = request.path.endswith("/metadata")
     # Metadata is read and rewritten here: asked for uncompressed (no Accept-Encoding passed on).
@@ -311,7 +311,7 @@ def _check_rendering(request: web.Request, kind: str) -> None:
             raise InvalidRequest(f"{name}={values[0][:64]!r} is not a {name} value (numbers, words and commas)")
 
 
-async def _authorize_study(request: web.Request, study: str) -> None:
+async def authorize_study(request: web.Request, study: str) -> None:
     """For a grant confined to patients: the study must be one of theirs, else 404 as for a study not held."""
     grant = request.get(GRANT)
     if grant is None or grant.patients is None:

@@ -61,7 +61,7 @@ from bridge.qido.budget import Budget, spending
 from bridge.qido.folder_wado import accepts_json
 from bridge.qido.source import QidoSource, qido_value
 from bridge.terminology import keyword_tag, tag_keyword
-from bridge.web.gateway import PREFIX, _authorize_study
+from bridge.web.gateway import PREFIX, authorize_study
 from bridge.web.keys import AUDITED, GRANT, MAPPING, SETTINGS, SOURCE
 
 Level = Literal["studies", "series", "instances"]
@@ -234,7 +234,7 @@ async def search(request: web.Request, level: Level) -> web.Response:
         if asked:
             patient_ids(patients, asked)  # at every level: naming another patient is a 403, never an empty answer
         if study is not None:
-            await _authorize_study(request, study)
+            await authorize_study(request, study)
     fields = (*DEFAULT_FIELDS[level], *query.fields, *tags.OWNER)
     fields = tuple(f for f in dict.fromkeys(fields) if f not in _LEFT_OUT)
     try:
