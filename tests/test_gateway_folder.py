@@ -322,6 +322,19 @@ async def test_a_compressed_frame_is_the_encapsulated_frame(tmp_path: Path, name
         await client.close()
 
 
+async def test_frames_of_a_file_pydicom_cannot_make_sense_of_are_a_502(tmp_path: Path) -> None:
+    """A file with pixel data but no Rows: the folder's fault (502, as a PACS's bad answer), not a 500."""
+    ds = generated(tmp_path, "norows.dcm", frames=1)
+    del ds.Rows
+    ds.save_as(tmp_path / "norows.dcm")
+    client = await folder_client(tmp_path)
+    try:
+        got = await client.get(instance_path(ds) + "/frames/1", headers={"Accept": FRAME})
+        assert got.status == 502, await got.text()
+    finally:
+        await client.close()
+
+
 async def test_big_endian_frames_come_little_endian(tmp_path: Path) -> None:
     shutil.copy(get_testdata_file("MR_small_bigendian.dcm"), tmp_path / "big.dcm")
     client = await folder_client(tmp_path)
