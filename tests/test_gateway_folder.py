@@ -151,6 +151,30 @@ async def test_metadata_and_qido_answer_dicom_json_to_an_accept_that_admits_it(
         assert got.status == status, path
 
 
+@pytest.mark.parametrize(
+    ("query", "status", "count"),
+    [
+        ("StudyDate=20040119", 200, 1),
+        ("StudyDate=20990101", 200, 0),
+        ("PatientName=Nobody", 200, 0),
+        # What the folder's index would skip, answering every study: refused rather than widened.
+        ("ModalitiesInStudy=XX", 400, None),  # an attribute it does not hold at the study level
+        ("AccessionNumber=nope", 400, None),
+        ("StudyDate=20990101-", 400, None),  # a range: no date it can read
+        ("StudyTime=xx", 400, None),
+        ("StudyInstanceUID=1.2%5C1.3", 400, None),  # a list of values, compared as one string
+        ("PatientName=A_*", 400, None),  # _ and % would be its SQL wildcards
+    ],
+)
+async def test_a_folder_qido_search_matches_what_it_was_asked_or_says_it_cannot(
+    embedded: TestClient, query: str, status: int, count: int | None
+) -> None:
+    got = await embedded.get(f"/dicom-web/studies?{query}", headers={"Accept": "application/dicom+json"})
+    assert got.status == status, await got.text()
+    if count is not None:
+        assert len(await got.json()) == count
+
+
 async def test_sample_instance_is_the_file_as_stored(embedded: TestClient) -> None:
     ds = sample("MR_small.dcm")
     [(media, part10)] = await get_parts(embedded, instance_path(ds), 'multipart/related; type="application/dicom"')

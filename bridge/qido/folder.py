@@ -171,6 +171,45 @@ class FolderQidoSource:
 
         return await self._run(find)
 
+    def unmatched(self, level: str, filters: Filters) -> list[str]:
+        """The matching keys of ``filters`` (by keyword) that the folder's index would skip, answering wider than
+        asked: an attribute it does not hold at ``level``, a date or time it cannot read (a range), a list of
+        values (compared as one string), ``%`` or ``_`` beside a wildcard (its SQL wildcards). The FHIR search
+        checks every row against its query; the gateway's QIDO-RS answers the rows as they come, so refuses
+        these."""
+        from dicomweb_client.file import _QueryResourceType as Table
+        from pydicom.datadict import dictionary_VR, tag_for_keyword
+        from pydicom.valuerep import DA, DT, TM
+
+        if self._client is None:
+            return []
+        columns = self._client._db_manager._attributes  # what the file client's own searches match on
+        searchable = {*columns[Table.STUDIES]}
+        if level != "studies":
+            searchable |= {*columns[Table.SERIES]}
+        if level == "instances":  # as the file client's search_for_instances adds them
+            searchable |= {"SOPInstanceUID", "SOPClassUID", "InstanceNumber", "Rows", "Columns", "BitsAllocated"}
+            searchable |= {"NumberOfFrames"}
+        readers = {"DA": DA, "DT": DT, "TM": TM}
+        unmatched = []
+        for keyword, value in filters.items():
+            tag = tag_for_keyword(keyword)
+            read = readers.get(dictionary_VR(tag)) if tag is not None else None
+            try:
+                if read is not None:
+                    read(value)
+            except ValueError:
+                unmatched.append(keyword)
+                continue
+            wildcard = "*" in value or "?" in value
+            if (
+                keyword not in searchable
+                or "\\" in value
+                or (wildcard and ("%" in value or "_" in value or ("*" in value and "?" in value)))
+            ):
+                unmatched.append(keyword)
+        return unmatched
+
     async def on_worker(self, func: Callable[[], T]) -> T:
         """``func`` run on the folder's worker thread (reading its files), warnings about broken values hidden."""
 

@@ -58,6 +58,7 @@ from bridge.mapping import tags
 from bridge.mapping.dicomjson import DicomJson
 from bridge.mapping.imagingstudy import MappingOptions, subject_of
 from bridge.qido.budget import Budget, spending
+from bridge.qido.folder import FolderQidoSource
 from bridge.qido.folder_wado import accepts_json
 from bridge.qido.source import QidoSource, qido_value
 from bridge.terminology import keyword_tag, tag_keyword
@@ -235,6 +236,11 @@ async def search(request: web.Request, level: Level) -> web.Response:
             patient_ids(patients, asked)  # at every level: naming another patient is a 403, never an empty answer
         if study is not None:
             await authorize_study(request, study)
+    if isinstance(source, FolderQidoSource) and (unmatched := source.unmatched(level, query.filters)):
+        raise InvalidRequest(
+            f"the folder {source.description} cannot match {', '.join(unmatched)} in a {level} search (an attribute "
+            "its index does not hold, a range, a list of values); without them the answer would be wider than asked"
+        )
     fields = (*DEFAULT_FIELDS[level], *query.fields, *tags.OWNER)
     fields = tuple(f for f in dict.fromkeys(fields) if f not in _LEFT_OUT)
     try:
