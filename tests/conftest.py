@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from playwright.async_api import Browser, async_playwright
 from redis.asyncio import Redis
 
 from bridge.auth.tokens import TokenVerifier
@@ -116,6 +118,17 @@ async def proxy(orthanc: OrthancServer) -> AsyncIterator[ToxicProxy]:
     proxy = await ToxicProxy(parts.hostname or "127.0.0.1", parts.port or 80).start()
     yield proxy
     await proxy.close()
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    """Debian's headless chromium driven by Playwright (no browser download): the CORS and viewer tests' browser."""
+    executable = shutil.which("chromium")
+    assert executable, "Debian's chromium is not installed (scripts/test installs it)"
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=executable, headless=True)
+        yield browser
+        await browser.close()
 
 
 @pytest.fixture

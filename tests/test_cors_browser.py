@@ -6,14 +6,13 @@ Nothing here is skipped: without Chromium, or when it does not start, the tests 
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from playwright.async_api import Browser, async_playwright
+from playwright.async_api import Browser
 
 from bridge.settings import load_settings
 from tests.conftest import start_client
@@ -49,16 +48,6 @@ async def page_server() -> TestServer:
     server = TestServer(app)
     await server.start_server()
     return server
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    executable = shutil.which("chromium")
-    assert executable, "Debian's chromium is not installed (scripts/test installs it)"
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=executable, headless=True)
-        yield browser
-        await browser.close()
 
 
 @pytest.fixture

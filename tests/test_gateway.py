@@ -128,11 +128,6 @@ async def test_an_unknown_study_is_404(bridge: TestClient, loaded: Loaded) -> No
     assert got.status == 404
 
 
-async def test_a_path_that_is_no_uid_is_refused_before_the_pacs(bridge: TestClient) -> None:
-    got = await bridge.get("/dicom-web/studies/1.2.x/metadata")
-    assert got.status == 400
-
-
 class Recorder:
     """A stand-in WADO-RS server: records every path asked, answers ``status``."""
 
@@ -141,12 +136,14 @@ class Recorder:
         self.headers: list[dict[str, str]] = []
         self.status = status
         self.delay = 0.0
+        self.body = b"pixels"
+        self.content_type = "application/octet-stream"
 
     async def handle(self, request: web.Request) -> web.Response:
         self.paths.append(request.path)
         self.headers.append(dict(request.headers))
         await asyncio.sleep(self.delay)
-        return web.Response(status=self.status, body=b"pixels", content_type="application/octet-stream")
+        return web.Response(status=self.status, body=self.body, content_type=self.content_type)
 
 
 @pytest.fixture
@@ -234,6 +231,47 @@ async def test_a_failing_pacs_is_a_5xx_not_a_500(orthanc: OrthancServer, recorde
             assert got.status in (502, 503)
         finally:
             await client.close()
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [
+        "/frames/1,1",  # PS3.18: a frame list names each frame once; repeats would multiply the PACS's work
+        "/frames/2,1,2",
+        "/metadata?charset=x",  # a retrieve takes no query the gateway could vouch for
+        "?includefield=all",
+        "/frames/1?x=%FF",
+        "/frames/x",
+        "/bulk/7fe00010/x",
+    ],
+)
+async def test_what_the_gateway_does_not_understand_is_refused_before_the_pacs(
+    orthanc: OrthancServer, loaded: Loaded, recorder: tuple[Recorder, str], tail: str
+) -> None:
+    pacs, wado = recorder
+    client = await start_client(orthanc_settings(orthanc, wado_url=wado))
+    try:
+        for path in ("/studies/1.2.x/metadata", loaded.instance_path + tail):
+            got = await client.get("/dicom-web" + path)
+            assert got.status == 400, (path, await got.text())
+    finally:
+        await client.close()
+    assert pacs.paths == []
+
+
+@pytest.mark.parametrize("depth", [300, 1000])
+async def test_metadata_nested_deeper_than_dicom_json_is_a_502(
+    orthanc: OrthancServer, recorder: tuple[Recorder, str], depth: int
+) -> None:
+    """JSON that orjson reads but cannot write back (over 254 levels), or deeper than Python's recursion limit."""
+    pacs, wado = recorder
+    pacs.body, pacs.content_type = b"[" * depth + b"]" * depth, "application/dicom+json"
+    client = await start_client(orthanc_settings(orthanc, wado_url=wado))
+    try:
+        got = await client.get("/dicom-web/studies/2.25.1/metadata")
+        assert got.status == 502, await got.text()
+    finally:
+        await client.close()
 
 
 def bulkdata_uris(node: object) -> list[str]:

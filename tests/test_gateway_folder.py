@@ -132,6 +132,50 @@ async def test_sample_metadata_is_the_header_without_pixel_data(embedded: TestCl
     assert ds.SOPInstanceUID in [d["00080018"]["Value"][0] for d in await series.json()]
 
 
+@pytest.mark.parametrize(
+    ("accept", "status"),
+    [
+        ("application/json", 200),
+        ("text/html, application/*;q=0.5", 200),
+        ('multipart/related; type="application/dicom+xml"', 406),
+        ("application/dicom+json;q=0", 406),
+        ("application/dicom+json; q=0.000", 406),
+        ("application/dicom+json;q=0.0000", 406),  # any spelling of zero refuses
+    ],
+)
+async def test_metadata_and_qido_answer_dicom_json_to_an_accept_that_admits_it(
+    embedded: TestClient, accept: str, status: int
+) -> None:
+    ds = sample("CT_small.dcm")
+    for path in (instance_path(ds) + "/metadata", f"/dicom-web/studies?StudyInstanceUID={ds.StudyInstanceUID}"):
+        got = await embedded.get(path, headers={"Accept": accept})
+        assert got.status == status, path
+
+
+@pytest.mark.parametrize(
+    ("query", "status", "count"),
+    [
+        ("StudyDate=20040119", 200, 1),
+        ("StudyDate=20990101", 200, 0),
+        ("PatientName=Nobody", 200, 0),
+        # What the folder's index would skip, answering every study: refused rather than widened.
+        ("ModalitiesInStudy=XX", 400, None),  # an attribute it does not hold at the study level
+        ("AccessionNumber=nope", 400, None),
+        ("StudyDate=20990101-", 400, None),  # a range: no date it can read
+        ("StudyTime=xx", 400, None),
+        ("StudyInstanceUID=1.2%5C1.3", 400, None),  # a list of values, compared as one string
+        ("PatientName=A_*", 400, None),  # _ and % would be its SQL wildcards
+    ],
+)
+async def test_a_folder_qido_search_matches_what_it_was_asked_or_says_it_cannot(
+    embedded: TestClient, query: str, status: int, count: int | None
+) -> None:
+    got = await embedded.get(f"/dicom-web/studies?{query}", headers={"Accept": "application/dicom+json"})
+    assert got.status == status, await got.text()
+    if count is not None:
+        assert len(await got.json()) == count
+
+
 async def test_sample_instance_is_the_file_as_stored(embedded: TestClient) -> None:
     ds = sample("MR_small.dcm")
     [(media, part10)] = await get_parts(embedded, instance_path(ds), 'multipart/related; type="application/dicom"')
@@ -169,6 +213,13 @@ async def test_a_frame_past_the_last_is_404(embedded: TestClient, suffix: str, s
     got = await embedded.get(instance_path(sample("CT_small.dcm")) + suffix, headers={"Accept": FRAME})
     assert got.status == 404
     assert says in await got.text()
+
+
+async def test_a_frame_list_naming_a_frame_twice_is_400(embedded: TestClient) -> None:
+    """Each repeat would be read and held again: ten thousand ``1,`` made a 300 MB answer of a 32 KB frame."""
+    got = await embedded.get(instance_path(sample("CT_small.dcm")) + "/frames/1,1", headers={"Accept": FRAME})
+    assert got.status == 400
+    assert "more than once" in await got.text()
 
 
 @pytest.mark.parametrize("suffix", ["/rendered", "/thumbnail", "/frames/1/rendered"])
@@ -296,6 +347,19 @@ async def test_a_compressed_frame_is_the_encapsulated_frame(tmp_path: Path, name
         await client.close()
 
 
+async def test_frames_of_a_file_pydicom_cannot_make_sense_of_are_a_502(tmp_path: Path) -> None:
+    """A file with pixel data but no Rows: the folder's fault (502, as a PACS's bad answer), not a 500."""
+    ds = generated(tmp_path, "norows.dcm", frames=1)
+    del ds.Rows
+    ds.save_as(tmp_path / "norows.dcm")
+    client = await folder_client(tmp_path)
+    try:
+        got = await client.get(instance_path(ds) + "/frames/1", headers={"Accept": FRAME})
+        assert got.status == 502, await got.text()
+    finally:
+        await client.close()
+
+
 async def test_big_endian_frames_come_little_endian(tmp_path: Path) -> None:
     shutil.copy(get_testdata_file("MR_small_bigendian.dcm"), tmp_path / "big.dcm")
     client = await folder_client(tmp_path)
@@ -339,6 +403,23 @@ async def test_a_patient_token_reaches_only_its_patients_pixels(tmp_path: Path) 
         validate(endpoint)
         assert endpoint["address"] == "https://fhir.test/dicom-web"
         assert endpoint["extension"] == [{"url": REQUIRES_ACCESS_TOKEN, "valueBoolean": True}]
+    finally:
+        await client.close()
+
+
+async def test_a_patient_token_lists_the_series_and_instances_of_its_study(tmp_path: Path) -> None:
+    """The folder's series and instance rows carry their study's patient, so the gateway's check of every row's
+    owner keeps them (it dropped them all: the file client's series and instance tables name no patient)."""
+    mine = generated(tmp_path, "mine.dcm", frames=1, patient_id="GF-A")
+    client = await folder_client(tmp_path, **SMART, BRIDGE_PUBLIC_URL="https://fhir.test/fhir")
+    try:
+        token = {"Authorization": "Bearer patient:GF-A", "Accept": "application/dicom+json"}
+        study = f"/dicom-web/studies/{mine.StudyInstanceUID}"
+        series = await (await client.get(f"{study}/series", headers=token)).json()
+        assert [row["0020000E"]["Value"] for row in series] == [[mine.SeriesInstanceUID]]
+        for path in (f"{study}/instances", f"{study}/series/{mine.SeriesInstanceUID}/instances"):
+            instances = await (await client.get(path, headers=token)).json()
+            assert [row["00080018"]["Value"] for row in instances] == [[mine.SOPInstanceUID]], path
     finally:
         await client.close()
 

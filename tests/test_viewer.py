@@ -12,7 +12,6 @@ Nothing here is skipped: without Chromium, npm or the page's packages the tests 
 
 from __future__ import annotations
 
-import shutil
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from urllib.parse import urlencode
 import pydicom
 import pytest
 from aiohttp.test_utils import TestServer
-from playwright.async_api import Browser, ConsoleMessage, Page, Request, Response, async_playwright
+from playwright.async_api import Browser, ConsoleMessage, Page, Request, Response
 from pydicom.data import get_testdata_file
 
 from bridge.settings import Settings, load_settings
@@ -77,16 +76,6 @@ async def page_server(dist: Path) -> AsyncIterator[TestServer]:
     server = await viewer_page.serve(dist)
     yield server
     await server.close()
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    executable = shutil.which("chromium")
-    assert executable, "Debian's chromium is not installed (scripts/test installs it)"
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=executable, headless=True)
-        yield browser
-        await browser.close()
 
 
 @pytest.fixture(scope="module")

@@ -116,7 +116,9 @@ class FolderQidoSource:
         prove: bool = True,
     ) -> list[DicomJson]:
         rows = await self._call(
-            lambda c: c.search_for_series(study_instance_uid=study_uid, search_filters=dict(filters))
+            lambda c: _owned(
+                c, study_uid, c.search_for_series(study_instance_uid=study_uid, search_filters=dict(filters))
+            )
         )
         return await self._owned(merge_rows(rows, (tags.SERIES_INSTANCE_UID, *tags.OWNER)), study_uid)
 
@@ -129,8 +131,12 @@ class FolderQidoSource:
         filters: Filters = NO_FILTERS,
     ) -> list[DicomJson]:
         rows = await self._call(
-            lambda c: c.search_for_instances(
-                study_instance_uid=study_uid, series_instance_uid=series_uid, search_filters=dict(filters)
+            lambda c: _owned(
+                c,
+                study_uid,
+                c.search_for_instances(
+                    study_instance_uid=study_uid, series_instance_uid=series_uid, search_filters=dict(filters)
+                ),
             )
         )
         return await self._owned(merge_rows(rows, (tags.SOP_INSTANCE_UID, *tags.OWNER)), study_uid)
@@ -178,6 +184,45 @@ class FolderQidoSource:
 
         return await self._run(find)
 
+    def unmatched(self, level: str, filters: Filters) -> list[str]:
+        """The matching keys of ``filters`` (by keyword) that the folder's index would skip, answering wider than
+        asked: an attribute it does not hold at ``level``, a date or time it cannot read (a range), a list of
+        values (compared as one string), ``%`` or ``_`` beside a wildcard (its SQL wildcards). The FHIR search
+        checks every row against its query; the gateway's QIDO-RS answers the rows as they come, so refuses
+        these."""
+        from dicomweb_client.file import _QueryResourceType as Table
+        from pydicom.datadict import dictionary_VR, tag_for_keyword
+        from pydicom.valuerep import DA, DT, TM
+
+        if self._client is None:
+            return []
+        columns = self._client._db_manager._attributes  # what the file client's own searches match on
+        searchable = {*columns[Table.STUDIES]}
+        if level != "studies":
+            searchable |= {*columns[Table.SERIES]}
+        if level == "instances":  # as the file client's search_for_instances adds them
+            searchable |= {"SOPInstanceUID", "SOPClassUID", "InstanceNumber", "Rows", "Columns", "BitsAllocated"}
+            searchable |= {"NumberOfFrames"}
+        readers = {"DA": DA, "DT": DT, "TM": TM}
+        unmatched = []
+        for keyword, value in filters.items():
+            tag = tag_for_keyword(keyword)
+            read = readers.get(dictionary_VR(tag)) if tag is not None else None
+            try:
+                if read is not None:
+                    read(value)
+            except ValueError:
+                unmatched.append(keyword)
+                continue
+            wildcard = "*" in value or "?" in value
+            if (
+                keyword not in searchable
+                or "\\" in value
+                or (wildcard and ("%" in value or "_" in value or ("*" in value and "?" in value)))
+            ):
+                unmatched.append(keyword)
+        return unmatched
+
     async def on_worker(self, func: Callable[[], T]) -> T:
         """``func`` run on the folder's worker thread (reading its files), warnings about broken values hidden."""
 
@@ -205,6 +250,20 @@ class FolderQidoSource:
 
     async def _run(self, func: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, func)
+
+
+def _owned(client: Any, study_uid: str | None, rows: list[DicomJson]) -> list[DicomJson]:
+    """Series or instance rows given their study's PatientID and IssuerOfPatientID, which the file client's series
+    and instance tables do not hold: the gateway keeps for a confined token only rows that name its patient.
+    Left without them (so kept from every confined token) when the study UID is held under several patients."""
+    if study_uid is None or not rows:
+        return rows
+    studies = client.search_for_studies(search_filters={"StudyInstanceUID": study_uid})
+    owners = {tuple((tag, repr(study.get(tag))) for tag in tags.OWNER) for study in studies}
+    if len(studies) == 0 or len(owners) != 1:
+        return rows
+    owner = {tag: studies[0][tag] for tag in tags.OWNER if tag in studies[0]}
+    return [{**owner, **row} for row in rows]
 
 
 def _index_skipped_files(index: Any) -> None:

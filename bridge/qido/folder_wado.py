@@ -74,7 +74,7 @@ def parse_accept(accept: str | None) -> list[MediaRange]:
         for piece in pieces[1:]:
             name, _, value = piece.partition("=")
             params[name.strip().lower()] = value.strip().strip('"').strip()
-        if params.get("q", "1").strip() in ("0", "0.0", "0.00", "0.000"):
+        if _refused(params.get("q", "1")):
             continue
         part = params.get("type")
         ranges.append(
@@ -85,6 +85,23 @@ def parse_accept(accept: str | None) -> list[MediaRange]:
             )
         )
     return ranges
+
+
+def _refused(q: str) -> bool:
+    """Whether a q value is zero (``0``, ``0.000``: the range is refused), however it is written."""
+    try:
+        return float(q) == 0
+    except ValueError:
+        return False  # a malformed q is read as the default, 1
+
+
+#: The media ranges an answer in DICOM JSON (metadata, a QIDO-RS search) satisfies.
+JSON_RANGES = frozenset({"application/dicom+json", "application/json", "application/*", "*/*"})
+
+
+def accepts_json(accept: str | None) -> bool:
+    """Whether ``accept`` admits an answer in DICOM JSON."""
+    return any(wanted.media_type in JSON_RANGES for wanted in parse_accept(accept))
 
 
 def _split(value: str, separator: str) -> list[str]:

@@ -21,7 +21,8 @@ With a folder (the embedded samples, ``file://``) and no BRIDGE_WADO_URL, the sa
 ``rendered`` and ``thumbnail`` (of a study, series, instance or frame) are streamed like the others, where the PACS
 has them (Orthanc's plugin renders at every level and has no thumbnails: those are its 404). Their query
 parameters are passed on only when PS3.18 defines them for the resource, with plain values; anything else is a
-400. QIDO-RS searches are ``bridge.web.gateway_qido``'s.
+400, and so is any query of the other retrieve routes (passed on raw, it would reach the PACS unread) and a frame
+list naming a frame twice. QIDO-RS searches are ``bridge.web.gateway_qido``'s.
 """
 
 from __future__ import annotations
@@ -180,9 +181,9 @@ async def retrieve(request: web.Request) -> web.StreamResponse:
         source = request.app[SOURCE]
         if not isinstance(source, FolderQidoSource):
             raise web.HTTPNotImplemented(text="the DICOMweb gateway has no WADO-RS source to serve")
-        await _authorize_study(request, study)
+        await authorize_study(request, study)
         return await gateway_folder.retrieve(request, source)
-    await _authorize_study(request, study)
+    await authorize_study(request, study)
     url = gateway.url(request.rel_url.raw_path.removeprefix(PREFIX), request.rel_url.raw_query_string)
     metadata = request.path.endswith("/metadata")
     # Metadata is read and rewritten here: asked for uncompressed (no Accept-Encoding passed on).
@@ -254,22 +255,27 @@ async def _rewritten(
         raise UpstreamBadResponse(f"the PACS answered {where} with a body that is not JSON") from None
     public = request.app[SETTINGS].gateway_url or f"{request.url.origin()}{PREFIX}"
     _rewrite_bulkdata(document, gateway.pacs_prefix, public)
-    return web.Response(status=200, body=orjson.dumps(document), headers=headers)
+    try:
+        serialized = orjson.dumps(document)
+    except orjson.JSONEncodeError:  # nested deeper than orjson writes (254 levels): no dataset is
+        raise UpstreamBadResponse(f"the PACS answered {where} with JSON nested too deep to be DICOM JSON") from None
+    return web.Response(status=200, body=serialized, headers=headers)
 
 
-def _rewrite_bulkdata(node: object, prefix: str, public: str) -> None:
+def _rewrite_bulkdata(document: object, prefix: str, public: str) -> None:
     """In place, through every dataset and sequence item: ``BulkDataURI`` values under ``prefix`` (the PACS's
-    WADO-RS base) re-rooted at ``public`` (the gateway's). Others (another server's, relative ones) are left."""
-    if isinstance(node, list):
-        for item in node:
-            _rewrite_bulkdata(item, prefix, public)
-    elif isinstance(node, dict):
-        uri = node.get("BulkDataURI")
-        if isinstance(uri, str) and (uri == prefix or uri.startswith(prefix + "/")):
-            node["BulkDataURI"] = public + uri[len(prefix) :]
-        for value in node.values():
-            if isinstance(value, (dict, list)):
-                _rewrite_bulkdata(value, prefix, public)
+    WADO-RS base) re-rooted at ``public`` (the gateway's). Others (another server's, relative ones) are left.
+    Walked with a stack, not recursion: a PACS's JSON may nest deeper than Python's recursion limit."""
+    stack = [document]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, dict):
+            uri = node.get("BulkDataURI")
+            if isinstance(uri, str) and (uri == prefix or uri.startswith(prefix + "/")):
+                node["BulkDataURI"] = public + uri[len(prefix) :]
+            stack.extend(value for value in node.values() if isinstance(value, (dict, list)))
 
 
 def _checked_path(request: web.Request) -> str:
@@ -279,14 +285,23 @@ def _checked_path(request: web.Request) -> str:
         # PS3.5 9.1: digits and dots, at most 64 characters; so no path segment (``..``) reaches the PACS.
         if key in info and not is_uid(info[key]):
             raise InvalidRequest(f"{info[key]!r} is not a DICOM UID (digits and dots, at most 64 characters)")
-    if "frames" in info and not _FRAMES.match(info["frames"]):
-        raise InvalidRequest(f"{info['frames']!r} is not a list of frame numbers (1,2,3)")
+    if "frames" in info:
+        if not _FRAMES.match(info["frames"]):
+            raise InvalidRequest(f"{info['frames']!r} is not a list of frame numbers (1,2,3)")
+        numbers = info["frames"].split(",")
+        if len(set(numbers)) < len(numbers):
+            # PS3.18 names each frame once; repeats (1,1,1,… ten thousand times) would multiply the work asked
+            # of the PACS, and a folder's answer would hold each repeat.
+            raise InvalidRequest("the frame list names a frame more than once")
     if "bulk" in info and not _BULK.match(info["bulk"]):
         raise InvalidRequest(
             f"{info['bulk']!r} is not a bulkdata path (a tag such as 7fe00010, or tags down a sequence)"
         )
     if (kind := request.path.rsplit("/", 1)[-1]) in RENDERING:
         _check_rendering(request, kind)
+    elif request.rel_url.raw_query_string:
+        # Passed on raw, a query would reach the PACS unread: what it makes of it the gateway cannot vouch for.
+        raise InvalidRequest("a WADO-RS retrieve through the gateway takes no query parameters")
     return info["study"]
 
 
@@ -303,7 +318,7 @@ def _check_rendering(request: web.Request, kind: str) -> None:
             raise InvalidRequest(f"{name}={values[0][:64]!r} is not a {name} value (numbers, words and commas)")
 
 
-async def _authorize_study(request: web.Request, study: str) -> None:
+async def authorize_study(request: web.Request, study: str) -> None:
     """For a grant confined to patients: the study must be one of theirs, else 404 as for a study not held."""
     grant = request.get(GRANT)
     if grant is None or grant.patients is None:

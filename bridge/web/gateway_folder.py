@@ -11,19 +11,20 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 import orjson
 from aiohttp import hdrs, web
 
-from bridge.errors import NotAcceptable, NotFound
+from bridge.errors import BridgeError, NotAcceptable, NotFound, UpstreamBadResponse
 from bridge.qido import folder_wado
 from bridge.qido.folder import FolderQidoSource
 
 log = logging.getLogger(__name__)
-
-_JSON_TYPES = ("*/*", "application/*", "application/dicom+json", "application/json")
+T = TypeVar("T")
 
 
 async def retrieve(request: web.Request, folder: FolderQidoSource) -> web.StreamResponse:
@@ -48,8 +49,7 @@ async def retrieve(request: web.Request, folder: FolderQidoSource) -> web.Stream
 async def _metadata(
     request: web.Request, folder: FolderQidoSource, files: list[tuple[str, str, Path]]
 ) -> web.StreamResponse:
-    accepted = [r.media_type for r in folder_wado.parse_accept(request.headers.get(hdrs.ACCEPT))]
-    if not any(media in _JSON_TYPES for media in accepted):
+    if not folder_wado.accepts_json(request.headers.get(hdrs.ACCEPT)):
         raise NotAcceptable("metadata is served as application/dicom+json")
     response = web.StreamResponse(headers={hdrs.CONTENT_TYPE: "application/dicom+json"})
     await response.prepare(request)
@@ -74,7 +74,7 @@ async def _frames(request: web.Request, folder: FolderQidoSource, path: Path, nu
         media, served = folder_wado.choose_frame_type(accept, syntax)  # refused before the pixels are read
         return media, served, list(folder_wado.frames(path, numbers))
 
-    media, syntax, frames = await folder.on_worker(read)
+    media, syntax, frames = await _read(folder, read)
     boundary = uuid.uuid4().hex
     part_head = f"--{boundary}\r\nContent-Type: {media}; transfer-syntax={syntax}\r\n\r\n".encode()
     body = b"".join(part_head + frame + b"\r\n" for frame in frames) + f"--{boundary}--\r\n".encode()
@@ -95,7 +95,7 @@ async def _instances(
             for _, _, path in files
         ]
 
-    await folder.on_worker(syntaxes)  # every instance's encoding admitted before the first byte is sent
+    await _read(folder, syntaxes)  # every instance's encoding admitted before the first byte is sent
     boundary = uuid.uuid4().hex
     content_type = f'multipart/related; type="application/dicom"; boundary={boundary}'
     response = web.StreamResponse(headers={hdrs.CONTENT_TYPE: content_type})
@@ -114,6 +114,17 @@ async def _instances(
         return _cut(request, response, exc)
     await response.write_eof()
     return response
+
+
+async def _read(folder: FolderQidoSource, func: Callable[[], T]) -> T:
+    """``func`` on the folder's worker, before any byte is sent: what pydicom raises on a broken file (no Rows, a
+    NumberOfFrames that is no number) is the folder's bad answer, a 502 as a PACS's would be, never a 500."""
+    try:
+        return await folder.on_worker(func)
+    except BridgeError:
+        raise
+    except Exception as exc:
+        raise UpstreamBadResponse(f"a file of {folder.description} cannot be served: {type(exc).__name__}") from None
 
 
 def _cut(request: web.Request, response: web.StreamResponse, exc: Exception) -> web.StreamResponse:

@@ -58,9 +58,11 @@ from bridge.mapping import tags
 from bridge.mapping.dicomjson import DicomJson
 from bridge.mapping.imagingstudy import MappingOptions, subject_of
 from bridge.qido.budget import Budget, spending
+from bridge.qido.folder import FolderQidoSource
+from bridge.qido.folder_wado import accepts_json
 from bridge.qido.source import QidoSource, qido_value
 from bridge.terminology import keyword_tag, tag_keyword
-from bridge.web.gateway import PREFIX, _authorize_study
+from bridge.web.gateway import PREFIX, authorize_study
 from bridge.web.keys import AUDITED, GRANT, MAPPING, SETTINGS, SOURCE
 
 Level = Literal["studies", "series", "instances"]
@@ -233,7 +235,12 @@ async def search(request: web.Request, level: Level) -> web.Response:
         if asked:
             patient_ids(patients, asked)  # at every level: naming another patient is a 403, never an empty answer
         if study is not None:
-            await _authorize_study(request, study)
+            await authorize_study(request, study)
+    if isinstance(source, FolderQidoSource) and (unmatched := source.unmatched(level, query.filters)):
+        raise InvalidRequest(
+            f"the folder {source.description} cannot match {', '.join(unmatched)} in a {level} search (an attribute "
+            "its index does not hold, a range, a list of values); without them the answer would be wider than asked"
+        )
     fields = (*DEFAULT_FIELDS[level], *query.fields, *tags.OWNER)
     fields = tuple(f for f in dict.fromkeys(fields) if f not in _LEFT_OUT)
     try:
@@ -295,20 +302,10 @@ async def _confined_studies(
     return rows
 
 
-#: The media ranges a QIDO-RS answer in DICOM JSON satisfies.
-_JSON_RANGES = frozenset({"application/dicom+json", "application/json", "application/*", "*/*"})
-
-
 def _check_accept(accept: str | None) -> None:
     """406 for an ``Accept`` that DICOM JSON does not satisfy (``multipart/related; type=application/dicom+xml``)."""
-    if accept is None:
-        return
-    for media_range in accept.lower().split(","):
-        media, *parameters = (part.strip().replace(" ", "") for part in media_range.split(";"))
-        refused = any(p.startswith("q=") and p[2:].strip("0.") == "" for p in parameters)  # q=0, q=0.0 …
-        if media in _JSON_RANGES and not refused:
-            return
-    raise NotAcceptable(f"this QIDO-RS search answers application/dicom+json only, not {accept[:100]!r}")
+    if not accepts_json(accept):
+        raise NotAcceptable(f"this QIDO-RS search answers application/dicom+json only, not {(accept or '')[:100]!r}")
 
 
 def _first(row: DicomJson, tag: str) -> str | None:
