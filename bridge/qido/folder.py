@@ -120,7 +120,7 @@ class FolderQidoSource:
                 c, study_uid, c.search_for_series(study_instance_uid=study_uid, search_filters=dict(filters))
             )
         )
-        return await self._owned(merge_rows(rows, (tags.SERIES_INSTANCE_UID, *tags.OWNER)), study_uid)
+        return merge_rows(rows, (tags.SERIES_INSTANCE_UID, *tags.OWNER))
 
     async def search_instances(
         self,
@@ -139,20 +139,7 @@ class FolderQidoSource:
                 ),
             )
         )
-        return await self._owned(merge_rows(rows, (tags.SOP_INSTANCE_UID, *tags.OWNER)), study_uid)
-
-    async def _owned(self, rows: list[DicomJson], study_uid: str | None) -> list[DicomJson]:
-        """``rows`` under ``study_uid`` with its PatientID and IssuerOfPatientID, which the folder's index keeps
-        at the study level only: a search confined to patients checks them on every row, and drops a row without
-        them. Rows of a root-level search are left as they are (a confined search never asks at the root)."""
-        if study_uid is None or not rows:
-            return rows
-        studies = await self._call(lambda c: c.search_for_studies(search_filters={"StudyInstanceUID": study_uid}))
-        owners = [study for study in studies if _value(study, tags.STUDY_INSTANCE_UID) == study_uid]
-        if len(owners) != 1:
-            return rows  # no study row, or several: nothing one owner can be copied from
-        owner = {tag: owners[0][tag] for tag in tags.OWNER if tag in owners[0]}
-        return [{**row, **owner} for row in rows]
+        return merge_rows(rows, (tags.SOP_INSTANCE_UID, *tags.OWNER))
 
     async def series_metadata(self, study_uid: str, series_uid: str) -> list[DicomJson]:
         return await self._call(
@@ -359,8 +346,3 @@ def _index_file(index: Any, relative_path: Path, dataset: Dataset) -> None:
     index._insert_into_db(
         [index._extract_study_metadata(dataset)], [index._extract_series_metadata(dataset)], [instance]
     )
-
-
-def _value(row: DicomJson, tag: str) -> object:
-    values = (row.get(tag) or {}).get("Value") or [None]
-    return values[0]
