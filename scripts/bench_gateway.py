@@ -38,21 +38,21 @@ from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 import jwt
 import pydicom
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_auth_read import jwks_server
 from benchkit import cpu_seconds, free_port, wait_for
 
 from tests.support.dicomgen import encode, simple_study
 from tests.support.orthanc import OrthancServer
 
+ROOT = Path(__file__).resolve().parents[1]
 SERIES = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 FRAME = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
 SIDE = 1024  # rows and columns; 16 bits a pixel: 2 MiB of pixel data an instance
@@ -62,7 +62,7 @@ READ = 1024 * 1024  # the client's chunk
 
 def generated(count: int) -> tuple[dict[str, Any], list[Path]]:
     """The series' files (made once, then reused from the temporary directory) and its UIDs."""
-    where = Path(tempfile.gettempdir()) / f"bridge-bench-gateway-{count}x{SIDE}"
+    where = Path(tempfile.gettempdir()) / f"bridge-bench-gateway-{count}x{SIDE}-v2"
     manifest = where / "manifest.json"
     if manifest.exists():
         uids = json.loads(manifest.read_text())
@@ -73,7 +73,7 @@ def generated(count: int) -> tuple[dict[str, Any], list[Path]]:
     for i, part10 in enumerate(encode(spec)):
         ds = pydicom.dcmread(io.BytesIO(part10))
         ds.Rows, ds.Columns, ds.SamplesPerPixel = SIDE, SIDE, 1
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
         ds.PhotometricInterpretation = "MONOCHROME2"
         ds.PixelData = os.urandom(SIDE * SIDE * 2)
         ds["PixelData"].VR = "OW"
@@ -88,6 +88,11 @@ def generated(count: int) -> tuple[dict[str, Any], list[Path]]:
 
 def status_kib(pid: int, field: str) -> int:
     return int(re.search(rf"{field}:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())[1])  # type: ignore[index]
+
+
+def reset_peak(pid: int) -> None:
+    """A process's VmHWM back to its current RSS."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
 
 
 async def fetch(session: aiohttp.ClientSession, url: str, headers: dict[str, str]) -> tuple[float, float, int]:
@@ -105,21 +110,63 @@ async def fetch(session: aiohttp.ClientSession, url: str, headers: dict[str, str
     return first, time.perf_counter() - started, size
 
 
-def alternated(rounds: int, direct: Callable[[], Coroutine[Any, Any, float]],
-               gateway: Callable[[], Coroutine[Any, Any, float]]) -> tuple[list[float], list[float], list[float]]:  # fmt: skip
+Measure = Callable[[], Coroutine[Any, Any, float]]
+
+
+async def alternated(rounds: int, direct: Measure, gateway: Measure) -> tuple[list[float], list[float], list[float]]:
     """Direct, gateway, direct, gateway, … direct: the direct figures, the gateway's, and each gateway figure's
     ratio to the mean of the direct ones on either side of it."""
+    directs = [await direct()]
+    gateways, ratios = [], []
+    for _ in range(rounds):
+        gateways.append(await gateway())
+        directs.append(await direct())
+        ratios.append(gateways[-1] / ((directs[-2] + directs[-1]) / 2))
+    return directs, gateways, ratios
 
-    async def run() -> tuple[list[float], list[float], list[float]]:
-        directs = [await direct()]
-        gateways, ratios = [], []
-        for _ in range(rounds):
-            gateways.append(await gateway())
-            directs.append(await direct())
-            ratios.append(gateways[-1] / ((directs[-2] + directs[-1]) / 2))
-        return directs, gateways, ratios
 
-    return asyncio.run(run())
+#: Accept-Encoding of the frame requests: uncompressed, and a browser's (Orthanc then gzips the frame).
+ENCODINGS = ("identity", "gzip, deflate")
+
+
+class Frames(NamedTuple):
+    directs: list[float]
+    gateways: list[float]
+    ratios: list[float]
+    firsts: dict[str, list[float]]  # seconds to the first byte of the body
+
+
+async def frames(targets: dict[str, tuple[str, dict[str, str]]], series_path: str, instances: list[str], encoding: str,
+           rounds: int) -> Frames:  # fmt: skip
+    """First frames of the series' instances, direct and through the gateway in turn (each instance asked of
+    both), on one kept-alive connection each, as a viewer holds them."""
+    firsts: dict[str, list[float]] = {name: [] for name in targets}
+    clients: dict[str, aiohttp.ClientSession] = {}
+    asked = iter(range(10**9))
+
+    def read(name: str) -> Measure:
+        base, auth = targets[name]
+
+        async def one() -> float:
+            if name not in clients:  # the connection opened and the token seen before the figures start
+                clients[name] = aiohttp.ClientSession(auto_decompress=False)
+                warm = f"{base}{series_path}/instances/{instances[0]}/frames/1"
+                await fetch(clients[name], warm, {**auth, "Accept": FRAME})
+            instance = instances[(next(asked) // 2) % len(instances)]
+            headers = {**auth, "Accept": FRAME, "Accept-Encoding": encoding}
+            first, seconds, _ = await fetch(clients[name], f"{base}{series_path}/instances/{instance}/frames/1",
+                                            headers)  # fmt: skip
+            firsts[name].append(first)
+            return seconds
+
+        return one
+
+    try:
+        directs, gateways, ratios = await alternated(rounds, read("direct"), read("gateway"))
+    finally:
+        for client in clients.values():
+            await client.close()
+    return Frames(directs, gateways, ratios, firsts)
 
 
 def main() -> int:
@@ -183,16 +230,22 @@ def main() -> int:
         growth: list[float] = []
         rss_start = status_kib(pid, "VmRSS")
         cpu: list[float] = []
+        #: CPU seconds per retrieve of Orthanc and of this client, direct and through the gateway
+        spent: dict[str, dict[str, list[float]]] = {n: {"orthanc": [], "client": []} for n in targets}
+        orthanc_pid = orthanc._process.pid  # type: ignore[union-attr]
 
-        def series_read(name: str) -> Callable[[], Coroutine[Any, Any, float]]:
+        def series_read(name: str) -> Measure:
             base, auth = targets[name]
 
             async def read() -> float:
                 if name == "gateway":
-                    Path(f"/proc/{pid}/clear_refs").write_text("5")  # VmHWM back to the current RSS
+                    reset_peak(pid)
                     before, cpu_before = status_kib(pid, "VmRSS"), cpu_seconds(pid)
+                pacs_before, client_before = cpu_seconds(orthanc_pid), time.process_time()
                 async with await session() as client:
                     _, seconds, size = await fetch(client, base + series_path, {**auth, "Accept": SERIES})
+                spent[name]["orthanc"].append(cpu_seconds(orthanc_pid) - pacs_before)
+                spent[name]["client"].append(time.process_time() - client_before)
                 sizes[name].add(size)
                 if name == "gateway":
                     growth.append((status_kib(pid, "VmHWM") - before) / 1024)
@@ -207,49 +260,18 @@ def main() -> int:
         rss_warm = status_kib(pid, "VmRSS")
         growth.clear()
         cpu.clear()
-        direct_rates, gateway_rates, series_ratios = alternated(args.rounds, series_read("direct"),
-                                                                series_read("gateway"))  # fmt: skip
+        direct_rates, gateway_rates, series_ratios = asyncio.run(
+            alternated(args.rounds, series_read("direct"), series_read("gateway"))
+        )  # fmt: skip
         rss_end, hwm_all = status_kib(pid, "VmRSS"), status_kib(pid, "VmHWM")
         if max(sizes["gateway"]) - min(sizes["direct"]) > 4096:  # only the multipart boundaries may differ
             raise SystemExit(f"the gateway's answers ({sizes['gateway']}) are not the PACS's ({sizes['direct']})")
 
-        # (b) the first frame, on kept-alive connections (a viewer's), the token and the study warm.
+        # (b) the first frame, on kept-alive connections (a viewer's), the token and the study warm; asked once
+        # uncompressed (Accept-Encoding: identity) and once as a browser asks (gzip, which Orthanc then applies).
         instances = uids["instances"]
-        firsts: dict[str, list[float]] = {"direct": [], "gateway": []}
-        count = iter(range(10**9))
-
-        async def frames() -> tuple[list[float], list[float], list[float]]:
-            clients = {name: await session() for name in targets}
-            try:
-
-                def frame_read(name: str) -> Callable[[], Coroutine[Any, Any, float]]:
-                    base, auth = targets[name]
-
-                    async def read() -> float:
-                        # direct and gateway ask for the same instance in turn, each instance once per pair
-                        instance = instances[(next(count) // 2) % len(instances)]
-                        path = f"{series_path}/instances/{instance}/frames/1"
-                        first, seconds, _ = await fetch(clients[name], base + path, {**auth, "Accept": FRAME})
-                        firsts[name].append(first)
-                        return seconds
-
-                    return read
-
-                for name in targets:  # connections opened, the token seen
-                    await frame_read(name)()
-                for name in targets:
-                    firsts[name].clear()
-                directs, gateways, ratios = [await frame_read("direct")()], [], []
-                for _ in range(args.frames):
-                    gateways.append(await frame_read("gateway")())
-                    directs.append(await frame_read("direct")())
-                    ratios.append(gateways[-1] / ((directs[-2] + directs[-1]) / 2))
-                return directs, gateways, ratios
-            finally:
-                for client in clients.values():
-                    await client.close()
-
-        direct_frames, gateway_frames, frame_ratios = asyncio.run(frames())
+        frame_figures = {encoding: asyncio.run(frames(targets, series_path, instances, encoding, args.frames))
+                         for encoding in ENCODINGS}  # fmt: skip
         bridge.terminate()
         bridge.wait(timeout=30)
         logged = len(log.read_bytes().splitlines())
@@ -258,7 +280,6 @@ def main() -> int:
         return f"{statistics.median(values) * 1000:7.1f} ms"
 
     series_ratio = statistics.median(series_ratios)
-    frame_ratio = statistics.median(frame_ratios)
     size = max(sizes["gateway"]) / 2**20
     print(f"\n(a) the series, {size:.0f} MiB multipart, {args.rounds} retrieves through the gateway, medians")
     print(f"  direct   {statistics.median(direct_rates):7.0f} MiB/s   ({', '.join(f'{r:.0f}' for r in direct_rates)})")
@@ -266,26 +287,37 @@ def main() -> int:
           f"({', '.join(f'{r:.0f}' for r in gateway_rates)})")  # fmt: skip
     print(f"  rate ratio gateway / direct {series_ratio:.2f}x   (per retrieve: "
           f"{', '.join(f'{r:.2f}' for r in series_ratios)}; goal ≥ 0.90x)")  # fmt: skip
-    print(f"  bridge CPU per retrieve {statistics.median(cpu):.2f} s")
+    print(
+        f"  CPU per retrieve: bridge {statistics.median(cpu):.2f} s; Orthanc direct "
+        f"{statistics.median(spent['direct']['orthanc']):.2f} s, through the gateway "
+        f"{statistics.median(spent['gateway']['orthanc']):.2f} s; this client direct "
+        f"{statistics.median(spent['direct']['client']):.2f} s, through the gateway "
+        f"{statistics.median(spent['gateway']['client']):.2f} s"
+    )
     print(f"  bridge RSS growth during a retrieve: at most {max(growth):.1f} MiB (per retrieve: "
           f"{', '.join(f'{g:.1f}' for g in growth)}; goal ≤ 32 MiB)")  # fmt: skip
-    print(f"  bridge RSS: {rss_start / 1024:.0f} MiB before any retrieve, {rss_warm / 1024:.0f} MiB after the "
-          f"first, {rss_end / 1024:.0f} MiB at the end; peak over the rounds {hwm_all / 1024:.0f} MiB")
-    print(f"\n(b) the first frame (2 MiB), {args.frames} requests through the gateway, kept-alive connections")
-    print(f"  direct   {ms(direct_frames)}   (first byte {ms(firsts['direct'])})")
-    print(f"  gateway  {ms(gateway_frames)}   (first byte {ms(firsts['gateway'])})")
-    quartiles = statistics.quantiles(frame_ratios, n=4)
-    print(f"  latency ratio gateway / direct {frame_ratio:.2f}x   (middle half {quartiles[0]:.2f}-{quartiles[2]:.2f}; "
-          "goal ≤ 1.10x)")
+    print(
+        f"  bridge RSS: {rss_start / 1024:.0f} MiB before any retrieve, {rss_warm / 1024:.0f} MiB after the "
+        f"first, {rss_end / 1024:.0f} MiB at the end; peak over the rounds {hwm_all / 1024:.0f} MiB"
+    )
+    for encoding, got in frame_figures.items():
+        quartiles = statistics.quantiles(got.ratios, n=4)
+        print(f"\n(b) the first frame (2 MiB), Accept-Encoding: {encoding}, {args.frames} requests through the "
+              "gateway, kept-alive connections")  # fmt: skip
+        print(f"  direct   {ms(got.directs)}   (first byte {ms(got.firsts['direct'])})")
+        print(f"  gateway  {ms(got.gateways)}   (first byte {ms(got.firsts['gateway'])})")
+        print(f"  latency ratio gateway / direct {statistics.median(got.ratios):.2f}x   (middle half "
+              f"{quartiles[0]:.2f}-{quartiles[2]:.2f}; goal ≤ 1.10x)")  # fmt: skip
     print(f"\naccess and audit log lines written: {logged}")
     summary = {
         "series_rate_ratio": round(series_ratio, 3),
         "rss_growth_mib": round(max(growth), 1),
-        "frame_latency_ratio": round(frame_ratio, 3),
+        **{
+            f"frame_latency_ratio_{encoding.split(',')[0]}": round(statistics.median(got.ratios), 3)
+            for encoding, got in frame_figures.items()
+        },
         "direct_mib_s": round(statistics.median(direct_rates)),
         "gateway_mib_s": round(statistics.median(gateway_rates)),
-        "direct_frame_ms": round(statistics.median(direct_frames) * 1000, 1),
-        "gateway_frame_ms": round(statistics.median(gateway_frames) * 1000, 1),
     }
     print(json.dumps(summary))
     return 0
