@@ -5,19 +5,24 @@
   (``GET /dicom-web/studies/{s}/series/{se}``), through the gateway against directly: the rate ratio (goal
   ≥ 0.90x), and how much the bridge's RSS grows while it relays (goal ≤ 32 MiB);
 - the first frame of an instance (``…/instances/{i}/frames/1``, 2 MiB) through the gateway against directly, the
-  token and the patient check warm (the study in the cache): the latency ratio (goal ≤ 1.10x).
+  token and the patient check warm (the study in the cache): the latency ratio (goal ≤ 1.10x); asked once
+  uncompressed (``Accept-Encoding: identity``) and once as a browser asks (``gzip, deflate``: Orthanc then
+  compresses the frame, which takes most of the time).
 
 The bridge runs as a user runs it in front of a PACS with authorization: ``imaging-bridge serve`` with its
 defaults (access log on, audit log on), ``BRIDGE_AUTH=smart`` verifying an RS256 JWT (``patient/*.rs`` for the
-study's patient) against a JWKS this script serves, as ``bench_auth_read.py`` does. Direct and gateway requests
-alternate, each gateway request's ratio taken to the mean of the direct requests just before and after it (Orthanc's
-own time wanders from one request to the next); the figure is the median of those ratios. Both are read by the
-same client: aiohttp, ``iter_chunked`` of 1 MiB, discarded.
+study's patient) against a JWKS this script serves, as ``bench_auth_read.py`` does. Beside it, a *bare relay*: a
+minimal aiohttp app copying the PACS's answer through as the gateway does (256 KiB chunks), with no
+authorization, log or checks; what relaying through a Python process costs on this machine, whatever the bridge
+does. Each round asks Orthanc directly, then the gateway and the bare relay (their order alternating); each figure
+of a round is taken to the mean of the direct figures of its round and the next (Orthanc's own time wanders from
+one request to the next), and the figure reported is the median of those ratios. Every path is read by the same
+client: aiohttp, ``iter_chunked`` of 1 MiB, discarded, bodies not decompressed.
 
-    .venv/bin/python scripts/bench_gateway.py [--rounds 9] [--frames 61]
+    .venv/bin/python scripts/bench_gateway.py [--rounds 15] [--frames 201]
 
 Needs Debian's orthanc and orthanc-dicomweb (scripts/test installs them). The series is generated once and kept
-in the system's temporary directory (``bridge-bench-gateway-*``); loading it into Orthanc takes about a minute.
+in the system's temporary directory (``bridge-bench-gateway-*``); loading it into Orthanc takes seconds.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import aiohttp
 import jwt
@@ -55,9 +60,45 @@ from tests.support.orthanc import OrthancServer
 ROOT = Path(__file__).resolve().parents[1]
 SERIES = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 FRAME = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
+#: Accept-Encoding of the frame requests: uncompressed, and a browser's (Orthanc then gzips the frame).
+ENCODINGS = ("identity", "gzip, deflate")
 SIDE = 1024  # rows and columns; 16 bits a pixel: 2 MiB of pixel data an instance
 PATIENT = "BENCH-GW"
 READ = 1024 * 1024  # the client's chunk
+PATHS = ("direct", "gateway", "relay")
+
+BARE_RELAY = """
+import sys
+import aiohttp
+from aiohttp import web
+
+PACS, AUTHORIZATION = sys.argv[2], sys.argv[3]
+
+async def session(app):
+    app["pacs"] = aiohttp.ClientSession(headers={"Authorization": AUTHORIZATION}, auto_decompress=False,
+                                        skip_auto_headers=("Accept-Encoding",))
+    yield
+    await app["pacs"].close()
+
+async def relay(request):
+    headers = {name: value for name in ("Accept", "Accept-Encoding") if (value := request.headers.get(name))}
+    url = PACS + request.raw_path.removeprefix("/dicom-web")
+    async with request.app["pacs"].get(url, headers=headers) as upstream:
+        response = web.StreamResponse(status=upstream.status)
+        for name in ("Content-Type", "Content-Length", "Content-Encoding"):
+            if (value := upstream.headers.get(name)) is not None:
+                response.headers[name] = value
+        await response.prepare(request)
+        async for chunk in upstream.content.iter_chunked(256 * 1024):
+            await response.write(chunk)
+        await response.write_eof()
+        return response
+
+app = web.Application()
+app.cleanup_ctx.append(session)
+app.router.add_get("/dicom-web/{path:.*}", relay)
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
+"""
 
 
 def generated(count: int) -> tuple[dict[str, Any], list[Path]]:
@@ -75,7 +116,7 @@ def generated(count: int) -> tuple[dict[str, Any], list[Path]]:
         ds.Rows, ds.Columns, ds.SamplesPerPixel = SIDE, SIDE, 1
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
         ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.PixelData = os.urandom(SIDE * SIDE * 2)
+        ds.PixelData = os.urandom(SIDE * SIDE * 2)  # noise: the same bytes whatever compresses them
         ds["PixelData"].VR = "OW"
         path = where / f"{i:04d}.dcm"
         ds.save_as(path, enforce_file_format=True)
@@ -110,70 +151,32 @@ async def fetch(session: aiohttp.ClientSession, url: str, headers: dict[str, str
     return first, time.perf_counter() - started, size
 
 
-Measure = Callable[[], Coroutine[Any, Any, float]]
+Measure = Callable[[str], Coroutine[Any, Any, float]]
+Figures = dict[str, list[float]]
 
 
-async def alternated(rounds: int, direct: Measure, gateway: Measure) -> tuple[list[float], list[float], list[float]]:
-    """Direct, gateway, direct, gateway, … direct: the direct figures, the gateway's, and each gateway figure's
-    ratio to the mean of the direct ones on either side of it."""
-    directs = [await direct()]
-    gateways, ratios = [], []
-    for _ in range(rounds):
-        gateways.append(await gateway())
-        directs.append(await direct())
-        ratios.append(gateways[-1] / ((directs[-2] + directs[-1]) / 2))
-    return directs, gateways, ratios
-
-
-#: Accept-Encoding of the frame requests: uncompressed, and a browser's (Orthanc then gzips the frame).
-ENCODINGS = ("identity", "gzip, deflate")
-
-
-class Frames(NamedTuple):
-    directs: list[float]
-    gateways: list[float]
-    ratios: list[float]
-    firsts: dict[str, list[float]]  # seconds to the first byte of the body
-
-
-async def frames(targets: dict[str, tuple[str, dict[str, str]]], series_path: str, instances: list[str], encoding: str,
-           rounds: int) -> Frames:  # fmt: skip
-    """First frames of the series' instances, direct and through the gateway in turn (each instance asked of
-    both), on one kept-alive connection each, as a viewer holds them."""
-    firsts: dict[str, list[float]] = {name: [] for name in targets}
-    clients: dict[str, aiohttp.ClientSession] = {}
-    asked = iter(range(10**9))
-
-    def read(name: str) -> Measure:
-        base, auth = targets[name]
-
-        async def one() -> float:
-            if name not in clients:  # the connection opened and the token seen before the figures start
-                clients[name] = aiohttp.ClientSession(auto_decompress=False)
-                warm = f"{base}{series_path}/instances/{instances[0]}/frames/1"
-                await fetch(clients[name], warm, {**auth, "Accept": FRAME})
-            instance = instances[(next(asked) // 2) % len(instances)]
-            headers = {**auth, "Accept": FRAME, "Accept-Encoding": encoding}
-            first, seconds, _ = await fetch(clients[name], f"{base}{series_path}/instances/{instance}/frames/1",
-                                            headers)  # fmt: skip
-            firsts[name].append(first)
-            return seconds
-
-        return one
-
-    try:
-        directs, gateways, ratios = await alternated(rounds, read("direct"), read("gateway"))
-    finally:
-        for client in clients.values():
-            await client.close()
-    return Frames(directs, gateways, ratios, firsts)
+async def rounds(count: int, measure: Measure) -> tuple[Figures, Figures]:
+    """``count`` rounds of direct, gateway and relay (their order alternating), and a last direct: every path's
+    figures, and the gateway's and relay's ratios to the mean of the direct figures of their round and the next."""
+    figures: dict[str, list[float]] = {name: [] for name in PATHS}
+    figures["direct"].append(await measure("direct"))
+    for i in range(count):
+        for name in ("gateway", "relay") if i % 2 == 0 else ("relay", "gateway"):
+            figures[name].append(await measure(name))
+        figures["direct"].append(await measure("direct"))
+    ratios = {
+        name: [figure / ((before + after) / 2) for figure, before, after in
+               zip(figures[name], figures["direct"], figures["direct"][1:], strict=False)]
+        for name in ("gateway", "relay")
+    }  # fmt: skip
+    return figures, ratios
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--instances", type=int, default=100)
-    parser.add_argument("--rounds", type=int, default=9, help="series retrieves through the gateway")
-    parser.add_argument("--frames", type=int, default=61, help="first-frame requests through the gateway")
+    parser.add_argument("--rounds", type=int, default=15, help="series retrieves through the gateway")
+    parser.add_argument("--frames", type=int, default=201, help="first-frame requests through the gateway, each way")
     args = parser.parse_args()
 
     started = time.perf_counter()
@@ -192,8 +195,9 @@ def main() -> int:
         with ThreadPoolExecutor(2) as pool:
             list(pool.map(lambda chunk: orthanc.upload_many(p.read_bytes() for p in chunk), [files[0::2], files[1::2]]))
         print(f"loaded into Orthanc in {time.perf_counter() - started:.0f} s")
+        basic = "Basic " + base64.b64encode(f"{orthanc.username}:{orthanc.password}".encode()).decode()
 
-        port = free_port()
+        port, relay_port = free_port(), free_port()
         public_url = f"http://127.0.0.1:{port}/fhir"
         env = {k: v for k, v in os.environ.items() if not k.startswith("BRIDGE_")}
         # This checkout's bridge, whichever the environment has installed.
@@ -202,123 +206,163 @@ def main() -> int:
                    BRIDGE_PACS_PASSWORD=orthanc.password, BRIDGE_AUTH="smart", BRIDGE_AUTH_JWKS_URL=jwks_url,
                    BRIDGE_PUBLIC_URL=public_url, BRIDGE_PORT=str(port))  # fmt: skip
         log = tmp / "bridge.stdout"  # the access and audit logs' lines
+        (tmp / "relay.py").write_text(BARE_RELAY)
+        processes = {}
         with log.open("wb") as stdout:
-            bridge = subprocess.Popen([sys.executable, "-m", "bridge", "serve"], cwd=tmp, env=env, stdout=stdout,
-                                      stderr=subprocess.DEVNULL)  # fmt: skip
-        stack.callback(bridge.wait, timeout=30)
-        stack.callback(bridge.terminate)
+            processes["gateway"] = subprocess.Popen([sys.executable, "-m", "bridge", "serve"], cwd=tmp, env=env,
+                                                    stdout=stdout, stderr=subprocess.DEVNULL)  # fmt: skip
+        processes["relay"] = subprocess.Popen(
+            [sys.executable, str(tmp / "relay.py"), str(relay_port), orthanc.dicomweb_url, basic]
+        )
+        for process in processes.values():
+            stack.callback(process.wait, timeout=30)
+            stack.callback(process.terminate)
         wait_for(f"http://127.0.0.1:{port}/healthz")
 
         now = int(time.time())
         claims = {"iss": "bench", "aud": public_url, "sub": "bench-user", "client_id": "bench", "iat": now,
                   "exp": now + 3600, "scope": "launch/patient patient/*.rs", "patient": PATIENT}  # fmt: skip
         token = jwt.encode(claims, key, algorithm="RS256", headers={"kid": "bench"})
-        pair = base64.b64encode(f"{orthanc.username}:{orthanc.password}".encode()).decode()
         study, series = uids["study"], uids["series"]
         series_path = f"/studies/{study}/series/{series}"
         targets = {
-            "direct": (orthanc.dicomweb_url, {"Authorization": f"Basic {pair}"}),
+            "direct": (orthanc.dicomweb_url, {"Authorization": basic}),
             "gateway": (f"http://127.0.0.1:{port}/dicom-web", {"Authorization": f"Bearer {token}"}),
+            "relay": (f"http://127.0.0.1:{relay_port}/dicom-web", {}),
         }
-        pid = bridge.pid
-
-        async def session() -> aiohttp.ClientSession:
-            return aiohttp.ClientSession(read_bufsize=4 * READ, timeout=aiohttp.ClientTimeout(total=600))
+        wait_for(targets["relay"][0] + series_path + "/metadata")
+        pid, orthanc_pid = processes["gateway"].pid, orthanc._process.pid  # type: ignore[union-attr]
+        relay_pid = processes["relay"].pid
 
         # (a) the series, whole. A fresh connection each time, as a viewer's first retrieve of a study has.
-        sizes: dict[str, set[int]] = {"direct": set(), "gateway": set()}
+        sizes: dict[str, set[int]] = {name: set() for name in PATHS}
         growth: list[float] = []
-        rss_start = status_kib(pid, "VmRSS")
-        cpu: list[float] = []
-        #: CPU seconds per retrieve of Orthanc and of this client, direct and through the gateway
-        spent: dict[str, dict[str, list[float]]] = {n: {"orthanc": [], "client": []} for n in targets}
-        orthanc_pid = orthanc._process.pid  # type: ignore[union-attr]
+        #: CPU seconds per retrieve: the relaying process's (bridge or bare relay), Orthanc's, this client's.
+        spent: dict[str, dict[str, list[float]]] = {n: {"relay": [], "orthanc": [], "client": []} for n in PATHS}
+        relays = {"gateway": pid, "relay": relay_pid}
 
-        def series_read(name: str) -> Measure:
+        async def series_read(name: str) -> float:
             base, auth = targets[name]
-
-            async def read() -> float:
-                if name == "gateway":
-                    reset_peak(pid)
-                    before, cpu_before = status_kib(pid, "VmRSS"), cpu_seconds(pid)
-                pacs_before, client_before = cpu_seconds(orthanc_pid), time.process_time()
-                async with await session() as client:
-                    _, seconds, size = await fetch(client, base + series_path, {**auth, "Accept": SERIES})
-                spent[name]["orthanc"].append(cpu_seconds(orthanc_pid) - pacs_before)
-                spent[name]["client"].append(time.process_time() - client_before)
-                sizes[name].add(size)
-                if name == "gateway":
-                    growth.append((status_kib(pid, "VmHWM") - before) / 1024)
-                    cpu.append(cpu_seconds(pid) - cpu_before)
-                return size / seconds / 2**20
-
-            return read
+            if name == "gateway":
+                reset_peak(pid)
+                before = status_kib(pid, "VmRSS")
+            relay_before = cpu_seconds(relays[name]) if name in relays else 0.0
+            pacs_before, client_before = cpu_seconds(orthanc_pid), time.process_time()
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as client:
+                _, seconds, size = await fetch(client, base + series_path, {**auth, "Accept": SERIES})
+            spent[name]["orthanc"].append(cpu_seconds(orthanc_pid) - pacs_before)
+            spent[name]["client"].append(time.process_time() - client_before)
+            if name in relays:
+                spent[name]["relay"].append(cpu_seconds(relays[name]) - relay_before)
+            sizes[name].add(size)
+            if name == "gateway":
+                growth.append((status_kib(pid, "VmHWM") - before) / 1024)
+            return size / seconds / 2**20
 
         # A first read of each warms the token, the study's cache entry and Orthanc's own caches.
-        asyncio.run(series_read("direct")())
-        asyncio.run(series_read("gateway")())
+        rss_start = status_kib(pid, "VmRSS")
+        for name in PATHS:
+            asyncio.run(series_read(name))
         rss_warm = status_kib(pid, "VmRSS")
         growth.clear()
-        cpu.clear()
-        direct_rates, gateway_rates, series_ratios = asyncio.run(
-            alternated(args.rounds, series_read("direct"), series_read("gateway"))
-        )  # fmt: skip
+        for figures in spent.values():
+            for values in figures.values():
+                values.clear()
+        rates, rate_ratios = asyncio.run(rounds(args.rounds, series_read))
         rss_end, hwm_all = status_kib(pid, "VmRSS"), status_kib(pid, "VmHWM")
-        if max(sizes["gateway"]) - min(sizes["direct"]) > 4096:  # only the multipart boundaries may differ
-            raise SystemExit(f"the gateway's answers ({sizes['gateway']}) are not the PACS's ({sizes['direct']})")
+        if max(max(s) for s in sizes.values()) - min(min(s) for s in sizes.values()) > 4096:
+            raise SystemExit(f"the answers' lengths differ by more than their multipart boundaries: {sizes}")
 
-        # (b) the first frame, on kept-alive connections (a viewer's), the token and the study warm; asked once
-        # uncompressed (Accept-Encoding: identity) and once as a browser asks (gzip, which Orthanc then applies).
+        # (b) the first frame, on kept-alive connections (a viewer's), the token and the study warm.
         instances = uids["instances"]
-        frame_figures = {encoding: asyncio.run(frames(targets, series_path, instances, encoding, args.frames))
-                         for encoding in ENCODINGS}  # fmt: skip
-        bridge.terminate()
-        bridge.wait(timeout=30)
+        frames = {}
+        for encoding in ENCODINGS:
+            firsts: dict[str, list[float]] = {name: [] for name in PATHS}
+            frame_cpu: list[float] = []
+
+            async def run(encoding: str = encoding, firsts: dict[str, list[float]] = firsts,
+                          frame_cpu: list[float] = frame_cpu) -> tuple[Figures, Figures]:  # fmt: skip
+                clients = {name: aiohttp.ClientSession(auto_decompress=False) for name in PATHS}
+                asked = iter(range(10**9))
+
+                async def frame_read(name: str) -> float:
+                    base, auth = targets[name]
+                    # each instance asked of the three paths in turn
+                    instance = instances[(next(asked) // len(PATHS)) % len(instances)]
+                    headers = {**auth, "Accept": FRAME, "Accept-Encoding": encoding}
+                    url = f"{base}{series_path}/instances/{instance}/frames/1"
+                    first, seconds, _ = await fetch(clients[name], url, headers)
+                    firsts[name].append(first)
+                    return seconds
+
+                try:
+                    for name in PATHS:  # connections opened, the token seen
+                        await frame_read(name)
+                    for values in firsts.values():
+                        values.clear()
+                    before = cpu_seconds(pid)  # in clock ticks: summed over the gateway's requests
+                    figures = await rounds(args.frames, frame_read)
+                    frame_cpu.append((cpu_seconds(pid) - before) / args.frames)
+                    return figures
+                finally:
+                    for client in clients.values():
+                        await client.close()
+
+            latencies, ratios = asyncio.run(run())
+            frames[encoding] = (latencies, ratios, firsts, frame_cpu)
+        for process in processes.values():
+            process.terminate()
+            process.wait(timeout=30)
         logged = len(log.read_bytes().splitlines())
 
-    def ms(values: list[float]) -> str:
-        return f"{statistics.median(values) * 1000:7.1f} ms"
+    def median(values: list[float]) -> float:
+        return statistics.median(values)
 
-    series_ratio = statistics.median(series_ratios)
+    def listed(values: list[float], form: str = ".2f") -> str:
+        return ", ".join(format(v, form) for v in values)
+
     size = max(sizes["gateway"]) / 2**20
-    print(f"\n(a) the series, {size:.0f} MiB multipart, {args.rounds} retrieves through the gateway, medians")
-    print(f"  direct   {statistics.median(direct_rates):7.0f} MiB/s   ({', '.join(f'{r:.0f}' for r in direct_rates)})")
-    print(f"  gateway  {statistics.median(gateway_rates):7.0f} MiB/s   "
-          f"({', '.join(f'{r:.0f}' for r in gateway_rates)})")  # fmt: skip
-    print(f"  rate ratio gateway / direct {series_ratio:.2f}x   (per retrieve: "
-          f"{', '.join(f'{r:.2f}' for r in series_ratios)}; goal ≥ 0.90x)")  # fmt: skip
-    print(
-        f"  CPU per retrieve: bridge {statistics.median(cpu):.2f} s; Orthanc direct "
-        f"{statistics.median(spent['direct']['orthanc']):.2f} s, through the gateway "
-        f"{statistics.median(spent['gateway']['orthanc']):.2f} s; this client direct "
-        f"{statistics.median(spent['direct']['client']):.2f} s, through the gateway "
-        f"{statistics.median(spent['gateway']['client']):.2f} s"
-    )
+    print(f"\n(a) the series, {size:.0f} MiB multipart, {args.rounds} rounds, medians")
+    for name in PATHS:
+        cpu = spent[name]
+        relaying = f"relaying {median(cpu['relay']):.2f} s, " if name in relays else ""
+        print(f"  {name:8s} {median(rates[name]):6.0f} MiB/s   CPU per retrieve: {relaying}Orthanc "
+              f"{median(cpu['orthanc']):.2f} s, client {median(cpu['client']):.2f} s   "
+              f"({listed(rates[name], '.0f')})")  # fmt: skip
+    for name in ("gateway", "relay"):
+        print(f"  rate ratio {name} / direct {median(rate_ratios[name]):.2f}x   (per round: "
+              f"{listed(rate_ratios[name])}; goal ≥ 0.90x)")  # fmt: skip
+    paired = [g / r for g, r in zip(rates["gateway"], rates["relay"], strict=True)]
+    print(f"  rate ratio gateway / relay  {median(paired):.2f}x (per round)")
     print(f"  bridge RSS growth during a retrieve: at most {max(growth):.1f} MiB (per retrieve: "
-          f"{', '.join(f'{g:.1f}' for g in growth)}; goal ≤ 32 MiB)")  # fmt: skip
+          f"{listed(growth, '.1f')}; goal ≤ 32 MiB)")  # fmt: skip
     print(
         f"  bridge RSS: {rss_start / 1024:.0f} MiB before any retrieve, {rss_warm / 1024:.0f} MiB after the "
         f"first, {rss_end / 1024:.0f} MiB at the end; peak over the rounds {hwm_all / 1024:.0f} MiB"
     )
-    for encoding, got in frame_figures.items():
-        quartiles = statistics.quantiles(got.ratios, n=4)
-        print(f"\n(b) the first frame (2 MiB), Accept-Encoding: {encoding}, {args.frames} requests through the "
-              "gateway, kept-alive connections")  # fmt: skip
-        print(f"  direct   {ms(got.directs)}   (first byte {ms(got.firsts['direct'])})")
-        print(f"  gateway  {ms(got.gateways)}   (first byte {ms(got.firsts['gateway'])})")
-        print(f"  latency ratio gateway / direct {statistics.median(got.ratios):.2f}x   (middle half "
-              f"{quartiles[0]:.2f}-{quartiles[2]:.2f}; goal ≤ 1.10x)")  # fmt: skip
-    print(f"\naccess and audit log lines written: {logged}")
-    summary = {
-        "series_rate_ratio": round(series_ratio, 3),
+    summary: dict[str, float] = {
+        "series_rate_ratio": round(median(rate_ratios["gateway"]), 3),
+        "relay_rate_ratio": round(median(rate_ratios["relay"]), 3),
         "rss_growth_mib": round(max(growth), 1),
-        **{
-            f"frame_latency_ratio_{encoding.split(',')[0]}": round(statistics.median(got.ratios), 3)
-            for encoding, got in frame_figures.items()
-        },
-        "direct_mib_s": round(statistics.median(direct_rates)),
-        "gateway_mib_s": round(statistics.median(gateway_rates)),
     }
+    for encoding, (latencies, ratios, firsts, frame_cpu) in frames.items():
+        print(
+            f"\n(b) the first frame (2 MiB), Accept-Encoding: {encoding}, {args.frames} rounds, kept-alive connections"
+        )
+        for name in PATHS:
+            print(f"  {name:8s} {median(latencies[name]) * 1000:6.1f} ms   (first byte "
+                  f"{median(firsts[name]) * 1000:.1f} ms)")  # fmt: skip
+        for name in ("gateway", "relay"):
+            quartiles = statistics.quantiles(ratios[name], n=4)
+            print(f"  latency ratio {name} / direct {median(ratios[name]):.2f}x   (middle half "
+                  f"{quartiles[0]:.2f}-{quartiles[2]:.2f}; goal ≤ 1.10x)")  # fmt: skip
+        paired = [g / r for g, r in zip(latencies["gateway"], latencies["relay"], strict=True)]
+        print(f"  latency ratio gateway / relay  {median(paired):.2f}x (per round)")
+        print(f"  bridge CPU per frame {frame_cpu[0] * 1000:.2f} ms")
+        key_name = encoding.split(",")[0]
+        summary[f"frame_ratio_{key_name}"] = round(median(ratios["gateway"]), 3)
+        summary[f"relay_frame_ratio_{key_name}"] = round(median(ratios["relay"]), 3)
+    print(f"\naccess and audit log lines written: {logged}")
     print(json.dumps(summary))
     return 0
 
