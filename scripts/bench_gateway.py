@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import io
 import json
 import os
@@ -130,6 +131,15 @@ def generated(count: int) -> tuple[dict[str, Any], list[Path]]:
 
 def status_kib(pid: int, field: str) -> int:
     return int(re.search(rf"{field}:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())[1])  # type: ignore[index]
+
+
+def waited(pid: int) -> float:
+    """Seconds the threads of a process have spent runnable but waiting for a CPU (the scheduler's run queue)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            total += int((task / "schedstat").read_text().split()[1])
+    return total / 1e9
 
 
 def reset_peak(pid: int) -> None:
@@ -242,7 +252,9 @@ def main() -> int:
         sizes: dict[str, set[int]] = {name: set() for name in PATHS}
         growth: list[float] = []
         #: CPU seconds per retrieve: the relaying process's (bridge or bare relay), Orthanc's, this client's.
-        spent: dict[str, dict[str, list[float]]] = {n: {"relay": [], "orthanc": [], "client": []} for n in PATHS}
+        spent: dict[str, dict[str, list[float]]] = {
+            n: {"relay": [], "waiting": [], "orthanc": [], "client": []} for n in PATHS
+        }
         relays = {"gateway": pid, "relay": relay_pid}
 
         async def series_read(name: str) -> float:
@@ -251,6 +263,7 @@ def main() -> int:
                 reset_peak(pid)
                 before = status_kib(pid, "VmRSS")
             relay_before = cpu_seconds(relays[name]) if name in relays else 0.0
+            wait_before = waited(relays[name]) if name in relays else 0.0
             pacs_before, client_before = cpu_seconds(orthanc_pid), time.process_time()
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as client:
                 _, seconds, size = await fetch(client, base + series_path, {**auth, "Accept": SERIES})
@@ -258,6 +271,7 @@ def main() -> int:
             spent[name]["client"].append(time.process_time() - client_before)
             if name in relays:
                 spent[name]["relay"].append(cpu_seconds(relays[name]) - relay_before)
+                spent[name]["waiting"].append(waited(relays[name]) - wait_before)
             sizes[name].add(size)
             if name == "gateway":
                 growth.append((status_kib(pid, "VmHWM") - before) / 1024)
@@ -307,11 +321,10 @@ def main() -> int:
                     for values in firsts.values():
                         values.clear()
                     # CPU time is counted in clock ticks: summed over all the requests of the rounds
-                    before = [cpu_seconds(pid), cpu_seconds(relay_pid)]
+                    before = [cpu_seconds(pid), cpu_seconds(relay_pid), waited(pid), waited(relay_pid)]
                     figures = await rounds(args.frames, frame_read)
-                    frame_cpu.extend(
-                        (cpu_seconds(p) - b) / args.frames for p, b in zip((pid, relay_pid), before, strict=True)
-                    )
+                    after = [cpu_seconds(pid), cpu_seconds(relay_pid), waited(pid), waited(relay_pid)]
+                    frame_cpu.extend((a - b) / args.frames for a, b in zip(after, before, strict=True))
                     return figures
                 finally:
                     for client in clients.values():
@@ -334,7 +347,9 @@ def main() -> int:
     print(f"\n(a) the series, {size:.0f} MiB multipart, {args.rounds} rounds, medians")
     for name in PATHS:
         cpu = spent[name]
-        relaying = f"relaying {median(cpu['relay']):.2f} s, " if name in relays else ""
+        relaying = ""
+        if name in relays:
+            relaying = f"relaying {median(cpu['relay']):.2f} s (and {median(cpu['waiting']):.2f} s waiting for a CPU), "
         print(f"  {name:8s} {median(rates[name]):6.0f} MiB/s   CPU per retrieve: {relaying}Orthanc "
               f"{median(cpu['orthanc']):.2f} s, client {median(cpu['client']):.2f} s   "
               f"({listed(rates[name], '.0f')})")  # fmt: skip
@@ -367,7 +382,8 @@ def main() -> int:
                   f"{quartiles[0]:.2f}-{quartiles[2]:.2f}; goal ≤ 1.10x)")  # fmt: skip
         paired = [g / r for g, r in zip(latencies["gateway"], latencies["relay"], strict=True)]
         print(f"  latency ratio gateway / relay  {median(paired):.2f}x (per round)")
-        print(f"  CPU per frame: bridge {frame_cpu[0] * 1000:.2f} ms, bare relay {frame_cpu[1] * 1000:.2f} ms")
+        print(f"  per frame, bridge: CPU {frame_cpu[0] * 1000:.2f} ms, waiting for a CPU {frame_cpu[2] * 1000:.2f} ms; "
+              f"bare relay: {frame_cpu[1] * 1000:.2f} ms, {frame_cpu[3] * 1000:.2f} ms")  # fmt: skip
         key_name = encoding.split(",")[0]
         summary[f"frame_ratio_{key_name}"] = round(median(ratios["gateway"]), 3)
         summary[f"relay_frame_ratio_{key_name}"] = round(median(ratios["relay"]), 3)
