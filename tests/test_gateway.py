@@ -99,6 +99,15 @@ async def test_an_instance_comes_through_byte_for_byte(
     assert loaded.spec.series[0].instances[0].uid.encode() in body
 
 
+async def test_a_streamed_answer_carries_the_request_id(bridge: TestClient, loaded: Loaded) -> None:
+    got = await bridge.get(
+        "/dicom-web" + loaded.instance_path, headers={"Accept": INSTANCE, "X-Request-ID": "viewer-7"}
+    )
+    await got.read()
+    assert got.status == 200
+    assert got.headers["X-Request-ID"] == "viewer-7"
+
+
 async def test_metadata_is_the_pacs_json(bridge: TestClient, orthanc: OrthancServer, loaded: Loaded) -> None:
     for path in (f"/studies/{loaded.spec.uid}/metadata", loaded.instance_path + "/metadata"):
         got = await bridge.get("/dicom-web" + path, headers={"Accept": "application/dicom+json"})

@@ -49,6 +49,15 @@ X_REQUEST_ID = istr("X-Request-ID")
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+#: The request's id, for ``request_id_header``.
+_ID_KEY = web.RequestKey("request_id", str)
+
+
+async def request_id_header(request: web.Request, response: web.StreamResponse) -> None:
+    """``on_response_prepare``: every answer carries its request's id, those a handler streams (prepared before
+    it returns: the gateway's) as much as those returned whole."""
+    if (request_id := request.get(_ID_KEY)) is not None:
+        response.headers[X_REQUEST_ID] = request_id
 
 
 class AccessLog:
@@ -206,6 +215,7 @@ class Envelope:
             # with the request, so they need no reset. Everything asked of the PACS for this request carries
             # its id and shares one deadline (BRIDGE_REQUEST_DEADLINE).
             REQUEST_ID.set(request_id)
+            request[_ID_KEY] = request_id  # written into the answer by ``request_id_header``
             DEADLINE.set(started + deadline)
             status = 500
             admitted = False  # to the audit log: recorded, whatever the answer
@@ -227,7 +237,6 @@ class Envelope:
                 except Exception as exc:
                     response = error_response(request, exc)  # raises again what is not ours to answer
                 status = response.status
-                response.headers[X_REQUEST_ID] = request_id
                 return response
             except web.HTTPException as exc:
                 status = exc.status
