@@ -34,10 +34,10 @@ from tests.support.colliding_patients import (
     PACS_SYSTEM,
     Catalog,
     Patient,
-    catalog,
     colliders,
+    loaded_catalog,
 )
-from tests.support.dicomgen import encode, new_uid
+from tests.support.dicomgen import new_uid
 from tests.support.orthanc import OrthancServer
 from tests.support.recording_source import RecordingSource
 from tests.support.redis_server import RedisServer
@@ -123,10 +123,7 @@ def pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancServer]:
 
 @pytest.fixture(scope="module")
 def loaded(pacs: OrthancServer) -> Catalog:
-    studies = catalog()
-    for _, spec in studies.studies:
-        pacs.upload_many(encode(spec))
-    return studies
+    return loaded_catalog(pacs)
 
 
 @pytest.fixture

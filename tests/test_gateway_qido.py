@@ -19,8 +19,7 @@ from bridge.settings import load_settings
 from bridge.web.gateway_qido import parse_qido
 from bridge.web.observe import redacted
 from tests.conftest import orthanc_settings, start_client
-from tests.support.colliding_patients import HOSP_B_SYSTEM, NAMED_ISSUER, PATIENTS, Catalog, catalog
-from tests.support.dicomgen import encode
+from tests.support.colliding_patients import HOSP_B_SYSTEM, NAMED_ISSUER, PATIENTS, Catalog, loaded_catalog
 from tests.support.orthanc import OrthancServer
 from tests.support.recording_source import RecordingSource
 from tests.support.standin_tokens import Verifier, claims
@@ -42,10 +41,7 @@ def pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancServer]:
 
 @pytest.fixture(scope="module")
 def loaded(pacs: OrthancServer) -> Catalog:
-    studies = catalog()
-    for _, spec in studies.studies:
-        pacs.upload_many(encode(spec))
-    return studies
+    return loaded_catalog(pacs)
 
 
 def verifier() -> Verifier:

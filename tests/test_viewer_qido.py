@@ -27,7 +27,7 @@ import pydicom
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from playwright.async_api import Browser, Page, Request, Response, async_playwright
+from playwright.async_api import Browser, Page, Request, Response
 
 from bridge.qido.folder import pydicom_samples
 from bridge.settings import load_settings
@@ -106,16 +106,6 @@ async def page_origin(page_folder: Path) -> AsyncIterator[str]:
     await server.start_server()
     yield str(server.make_url("/")).rstrip("/")
     await server.close()
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    executable = shutil.which("chromium")
-    assert executable, "Debian's chromium is not installed (scripts/test installs it)"
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=executable, headless=True)
-        yield browser
-        await browser.close()
 
 
 @pytest.fixture(scope="module")

@@ -21,8 +21,10 @@ from tests.support.dicomgen import (
     InstanceSpec,
     SeriesSpec,
     StudySpec,
+    encode,
     new_uid,
 )
+from tests.support.orthanc import OrthancServer
 
 #: An issuer given as an OID: its identifier system is urn:oid:1.2.3.4 whatever the settings say.
 OID_ISSUER = "1.2.3.4"
@@ -121,6 +123,14 @@ def catalog() -> Catalog:
             uid = shared_uid if nth == 1 and patient.patient_id in ("PAT-A", "pat-a") else new_uid()
             studies.append((patient, _study(patient, index, nth, uid, next(turn))))
     return Catalog(tuple(studies), shared_uid)
+
+
+def loaded_catalog(pacs: OrthancServer) -> Catalog:
+    """A new ``catalog()``, every study of it stored in ``pacs``."""
+    studies = catalog()
+    for _, spec in studies.studies:
+        pacs.upload_many(encode(spec))
+    return studies
 
 
 def _study(patient: Patient, index: int, nth: int, uid: str, turn: int) -> StudySpec:
