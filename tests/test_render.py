@@ -117,7 +117,8 @@ def test_any_rows_give_valid_r4_stating_what_r5_states(study: dict[str, Any], se
 def test_r4_writes_procedure_reason_and_readers_as_r4_does() -> None:
     rows, options = load_case("procedure_reason_reader")
     r4 = imaging_study(study_facts(rows, options), R4)
-    assert [c["text"] for c in r4["procedureCode"]] == ["CT ABDOMEN PELVIS WITH CONTRAST", "High resolution CT of abdomen"]
+    procedures = [c["text"] for c in r4["procedureCode"]]
+    assert procedures == ["CT ABDOMEN PELVIS WITH CONTRAST", "High resolution CT of abdomen"]
     assert r4["reasonCode"][0]["coding"][0]["code"] == "21522001"
     assert [i["display"] for i in r4["interpreter"]] == ["Rita Reader", "Dr Sam Second"]
     assert r4["series"][1]["bodySite"] == {"display": "Tummy"}  # a term with no SNOMED code: a display alone
@@ -148,7 +149,8 @@ def test_narrative_escapes_what_the_pacs_sends() -> None:
     for version in FhirVersion:
         div = imaging_study(study_facts(StudyRows(study), MappingOptions()), version)["text"]["div"]
         assert not narrative_errors(div)
-        assert "<script" not in div and "<b>P" not in div
+        assert "<script" not in div
+        assert "<b>P" not in div
         assert "<b>P&1</b>" in text_of(div)
         assert "<script>alert('x')</script> & \"Ω\"" in text_of(div)
 
@@ -186,7 +188,7 @@ def test_endpoint_renders_valid_in_each_version(requires_token: bool) -> None:
     assert r4["payloadType"] == [{"text": "DICOM"}]
     r5 = wado_endpoint("https://pacs.example/dicom-web", requires_token=requires_token)
     validate(r5)
-    assert r4["id"] == r5["id"] and r4["address"] == r5["address"]
+    assert (r4["id"], r4["address"]) == (r5["id"], r5["address"])
     assert r4.get("extension") == r5.get("extension")
 
 

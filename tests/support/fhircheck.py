@@ -66,10 +66,11 @@ R5_ONLY = {
 
 XHTML = "http://www.w3.org/1999/xhtml"
 #: txt-1: the basic formatting elements of HTML 4.0 chapters 7-11 (less 9.4) and 15, ``a`` and ``img``.
-NARRATIVE_ELEMENTS = frozenset(
-    "a abbr acronym b big blockquote br caption cite code col colgroup dd dfn div dl dt em h1 h2 h3 h4 h5 h6 hr i "
-    "img li ol p pre q samp small span strong sub sup table tbody td tfoot th thead tr tt ul var".split()
-)
+NARRATIVE_ELEMENTS = frozenset({
+    "a", "abbr", "acronym", "b", "big", "blockquote", "br", "caption", "cite", "code", "col", "colgroup", "dd", "dfn",
+    "div", "dl", "dt", "em", "h1", "h2", "h3", "h4", "h5", "h6", "hr", "i", "img", "li", "ol", "p", "pre", "q", "samp",
+    "small", "span", "strong", "sub", "sup", "table", "tbody", "td", "tfoot", "th", "thead", "tr", "tt", "ul", "var",
+})  # fmt: skip
 
 
 def narrative_errors(div: str) -> list[str]:
@@ -122,7 +123,8 @@ def validate_r4(resource: dict[str, Any]) -> None:
     assert not leaked, f"R5-only elements in an R4 {resource['resourceType']}: {leaked}"
     if resource["resourceType"] == "Endpoint":
         assert isinstance(resource.get("connectionType"), dict), "R4 Endpoint.connectionType is one Coding"
-    failed = [name for name, expr in R4_INVARIANTS.items() if evaluate(resource, expr, {"resource": resource}) != [True]]
+    context = {"resource": resource}
+    failed = [name for name, expr in R4_INVARIANTS.items() if evaluate(resource, expr, context) != [True]]
     assert not failed, f"{resource['resourceType']} {resource.get('id')} violates {failed}"
     assert not (empty := empty_elements(resource)), f"ele-1: empty elements at {empty}"
     _check_narrative(resource)
