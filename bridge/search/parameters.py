@@ -17,6 +17,7 @@ from typing import Any, Generic, TypeVar
 
 from bridge import terminology
 from bridge.datatypes import is_uid
+from bridge.fhirversion import FhirVersion
 from bridge.search import values
 from bridge.search.dates import DateValue, date_matches
 from bridge.search.filters import Alternatives, Filters, date_range, each, matching, uid_list
@@ -60,6 +61,9 @@ class SearchParameter:
     forms: Mapping[str, Form[Any]]
     #: The canonical SearchParameter of the FHIR R5 specification, when this is one of its parameters.
     definition: str | None = None
+    #: Its R4 name and canonical SearchParameter where they differ from R5's (``basedon`` for ``based-on``);
+    #: empty: as in R5.
+    r4: tuple[str, str] = ("", "")
     #: It names the patient: asked of the PACS first in every search, and its studies' issuers checked.
     names_patient: bool = False
     #: It puts no filter on the PACS and the PACS's rows all match it as given: a page of a search with only
@@ -71,6 +75,13 @@ class SearchParameter:
     @property
     def modifiers(self) -> frozenset[str]:
         return frozenset(key for key in self.forms if key)
+
+    def name_in(self, version: FhirVersion) -> str:
+        """Its name in ``version``: what a client writes, and the CapabilityStatement says."""
+        return self.r4[0] if version is FhirVersion.R4 and self.r4[0] else self.name
+
+    def definition_in(self, version: FhirVersion) -> str | None:
+        return self.r4[1] if version is FhirVersion.R4 and self.r4[1] else self.definition
 
 
 def missing(element: str) -> Form[bool]:
@@ -295,7 +306,7 @@ SEARCH_PARAMETERS: tuple[SearchParameter, ...] = (
         "body-site", "token", Level.SERIES,
         "A SNOMED CT code (http://snomed.info/sct), matched through PS3.16 Annex L against BodyPartExamined.",
         {"": Form(values.token, each(_body_site_filters), _has_body_site)},
-        _r5("ImagingStudy-body-site"),
+        _r5("ImagingStudy-body-site"), r4=("bodysite", _r5("ImagingStudy-bodysite")),
     ),
     SearchParameter(
         "based-on", "reference", Level.STUDY,
@@ -305,7 +316,7 @@ SEARCH_PARAMETERS: tuple[SearchParameter, ...] = (
                                _is_based_on),
             "missing": missing("basedOn"),
         },
-        _r5("ImagingStudy-based-on"),
+        _r5("ImagingStudy-based-on"), r4=("basedon", _r5("ImagingStudy-basedon")),
     ),
     SearchParameter(
         "status", "token", Level.STUDY, "Every study the PACS returns is available.",
@@ -329,6 +340,21 @@ SEARCH_PARAMETERS: tuple[SearchParameter, ...] = (
 )  # fmt: skip
 
 BY_NAME = {parameter.name: parameter for parameter in SEARCH_PARAMETERS}
+#: The parameters by the name each version gives them: R5's ``body-site`` is unknown in R4, and R4's ``bodysite``
+#: in R5.
+NAMED_IN = {
+    version: {parameter.name_in(version): parameter for parameter in SEARCH_PARAMETERS} for version in FhirVersion
+}
+#: Parameters a version defines that the bridge cannot serve, with why: refused (400) rather than called unknown.
+NOT_SERVED_IN = {
+    FhirVersion.R4: {
+        "interpreter": "R4's ImagingStudy.interpreter is the Name of Physician(s) Reading Study (0008,1060), which "
+        "QIDO-RS does not return by default and the PACS cannot be asked to match",
+        "reason": "R4's ImagingStudy.reasonCode comes from the Reason for Requested Procedure Code Sequence, "
+        "which QIDO-RS cannot match",
+    },
+    FhirVersion.R5: {},
+}
 PATIENT_PARAMETERS = frozenset(parameter.name for parameter in SEARCH_PARAMETERS if parameter.names_patient)
 
 #: Chains accepted: ``patient.identifier`` and ``subject.identifier`` mean ``:identifier``.

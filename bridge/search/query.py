@@ -15,13 +15,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bridge.errors import InvalidRequest, TooCostly
+from bridge.fhirversion import FhirVersion
 from bridge.search.parameters import (
-    BY_NAME,
     CHAINS,
     DEFAULT_COUNT,
     FORMAT_PARAMETERS,
     INCLUDE_ENDPOINT,
     MAX_COUNT,
+    NAMED_IN,
+    NOT_SERVED_IN,
     PATIENT_PARAMETERS,
     RESULT_PARAMETERS,
     Form,
@@ -106,6 +108,7 @@ def parse_search(
     zone: dt.tzinfo = dt.UTC,
     patients: PatientRule = DEFAULT_PATIENTS,
     base: str | None = None,
+    version: FhirVersion = FhirVersion.R5,
 ) -> SearchQuery:
     """Parse query or form parameters. Unknown parameters are refused, naming them all; ``strict=False``
     (``Prefer: handling=lenient``) ignores them instead. Refusing is the default because an unknown parameter
@@ -113,9 +116,11 @@ def parse_search(
 
     ``zone`` is the zone of date search values without one (and of whole days): BRIDGE_TIMEZONE, else UTC.
     ``patients`` turns ``Patient/<id>`` into the PatientID it stands for. ``base`` is this server's FHIR base
-    URL: an absolute reference is accepted only under it (None: no absolute reference is).
+    URL: an absolute reference is accepted only under it (None: no absolute reference is). ``version`` is the
+    FHIR version whose parameter names are read (R4's ``bodysite``, R5's ``body-site``).
     """
     context = Context(zone, patients, base)
+    by_name, not_served = NAMED_IN[version], NOT_SERVED_IN[version]
     criteria: list[Criterion] = []
     result: dict[str, str] = {}
     ignored: list[str] = []
@@ -130,9 +135,13 @@ def parse_search(
             continue
         if name in CHAINS and not modifier:
             name, modifier = CHAINS[name], "identifier"
-        elif "." in name and name.split(".")[0] in BY_NAME:
+        elif "." in name and name.split(".")[0] in by_name:
             raise InvalidRequest(f"chained search {key} is not supported (patient.identifier is)")
-        parameter = BY_NAME.get(name)
+        if name in not_served:
+            raise InvalidRequest(
+                f"search parameter {name} of FHIR {version.value} is not supported: {not_served[name]}"
+            )
+        parameter = by_name.get(name)
         if parameter is None:
             ignored.append(key)
             continue
@@ -154,21 +163,25 @@ def parse_search(
         if sum(len(c.applied[1]) for c in criteria if c.applied) > MAX_LENGTH:
             raise TooCostly(f"the search's values exceed {MAX_LENGTH} characters: too long to page by links")
     if strict and ignored:
-        raise InvalidRequest(_unknown(ignored))
+        raise InvalidRequest(_unknown(ignored, version))
     return _with_result_parameters(criteria, result, ignored, strict)
 
 
-def _unknown(keys: Sequence[str]) -> str:
-    """What to say of unknown parameters: their names, a known name that differs only in case, the way out."""
-    known = {name.lower(): name for name in (*BY_NAME, *CHAINS, *RESULT_PARAMETERS, *FORMAT_PARAMETERS)}
+def _unknown(keys: Sequence[str], version: FhirVersion) -> str:
+    """What to say of unknown parameters: their names, a known name that differs only in case or, across
+    versions, in spelling (``bodysite``, ``body-site``), the way out."""
+    named_in = NAMED_IN[version]
+    known = {name.lower(): name for name in (*named_in, *CHAINS, *RESULT_PARAMETERS, *FORMAT_PARAMETERS)}
+    known |= {name.lower().replace("-", ""): name for name in named_in}
     named = []
     for key in dict.fromkeys(keys):
         name, colon, modifier = key.partition(":")
-        suggestion = known.get(name.lower())
+        suggestion = known.get(name.lower()) or known.get(name.lower().replace("-", ""))
         named.append(f"{key} (did you mean {suggestion}{colon}{modifier}?)" if suggestion else key)
     return (
-        f"unknown search parameter{'s' if len(named) > 1 else ''}: {', '.join(named)}; the parameters served are "
-        "listed in /fhir/metadata (names are case-sensitive). Send Prefer: handling=lenient to have unknown "
+        f"unknown search parameter{'s' if len(named) > 1 else ''} in FHIR {version.value}: {', '.join(named)}; the "
+        "parameters served are listed in the base's metadata (names are case-sensitive). Send "
+        "Prefer: handling=lenient to have unknown "
         "parameters ignored"
     )
 

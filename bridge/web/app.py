@@ -1,7 +1,8 @@
 """The aiohttp application: the route table and the factory.
 
 ``FHIR_ROUTES`` is the single list of FHIR interactions; the router and the CapabilityStatement are both built
-from it, so the statement cannot claim what is not served.
+from it, so the statement cannot claim what is not served. Each is served under every base of
+``bridge.web.bases.BASES`` (``/fhir``, ``/fhir/r4``, ``/fhir/r5``): the base is a dimension of the table, not a copy.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from bridge.settings import Settings
 from bridge.web import contexts, cors, gateway, gateway_qido, observe
 from bridge.web.audit import AUDIT_LOG, audit_context, audit_log
 from bridge.web.authz import step
+from bridge.web.bases import BASES
 from bridge.web.handlers import (
     metadata,
     read_endpoint,
@@ -29,6 +31,7 @@ from bridge.web.handlers import (
     search_imaging_study,
     search_patient_compartment,
     smart_configuration_document,
+    versions,
 )
 from bridge.web.hosts import HostCheck
 from bridge.web.keys import ENDPOINT, INTERACTIONS, MAPPING, SEARCH_LIMITS, SETTINGS, SOURCE
@@ -54,19 +57,27 @@ class FhirRoute(NamedTuple):
     audited: bool = True
 
 
-# The read first: aiohttp tries the routes under one path prefix in the order they were added.
+# The read first: aiohttp tries the routes under one path prefix in the order they were added. Paths are
+# relative to a base.
 FHIR_ROUTES = (
-    FhirRoute("GET", "/fhir/ImagingStudy/{id}", read_imaging_study, "ImagingStudy", "read", Interaction.READ),
-    FhirRoute("GET", "/fhir/ImagingStudy", search_imaging_study, "ImagingStudy", "search-type", Interaction.SEARCH),
+    FhirRoute("GET", "/ImagingStudy/{id}", read_imaging_study, "ImagingStudy", "read", Interaction.READ),
+    FhirRoute("GET", "/ImagingStudy", search_imaging_study, "ImagingStudy", "search-type", Interaction.SEARCH),
     FhirRoute(
-        "POST", "/fhir/ImagingStudy/_search", search_imaging_study, "ImagingStudy", "search-type", Interaction.SEARCH
+        "POST", "/ImagingStudy/_search", search_imaging_study, "ImagingStudy", "search-type", Interaction.SEARCH
     ),
     FhirRoute(
-        "GET", "/fhir/Patient/{id}/ImagingStudy", search_patient_compartment, "ImagingStudy", "search-type",
+        "GET", "/Patient/{id}/ImagingStudy", search_patient_compartment, "ImagingStudy", "search-type",
         Interaction.SEARCH,
     ),
-    FhirRoute("GET", "/fhir/Endpoint/{id}", read_endpoint, "Endpoint", "read", Interaction.READ, audited=False),
+    FhirRoute("GET", "/Endpoint/{id}", read_endpoint, "Endpoint", "read", Interaction.READ, audited=False),
 )  # fmt: skip
+
+#: What each base serves besides the interactions: open to anyone, no patient data.
+BASE_ROUTES = (
+    ("/metadata", metadata),
+    ("/.well-known/smart-configuration", smart_configuration_document),
+    ("/$versions", versions),
+)
 
 
 def endpoint_of(settings: Settings) -> dict[str, Any]:
@@ -137,15 +148,13 @@ def create_app(
         access_log, settings.request_deadline, HostCheck(hosts) if hosts is not None else None,
         audit=audit, limiter=limiter,
     )  # fmt: skip
-    routes: list[tuple[str, str, Any, Any, str | None]] = [
-        ("GET", "/fhir/metadata", metadata, None, None),
-        ("GET", "/fhir/.well-known/smart-configuration", smart_configuration_document, None, None),
-    ]
-    for route in FHIR_ROUTES:
-        authorize = step("ImagingStudy", route.needs, route.interaction) if smart else None
-        routes.append(
-            (route.method, route.path, route.handler, authorize, route.interaction if route.audited else None)
-        )
+    routes: list[tuple[str, str, Any, Any, str | None]] = []
+    for base in BASES:
+        routes += [("GET", base.path + path, handler, None, None) for path, handler in BASE_ROUTES]
+        for route in FHIR_ROUTES:
+            authorize = step("ImagingStudy", route.needs, route.interaction) if smart else None
+            audited = route.interaction if route.audited else None
+            routes.append((route.method, base.path + route.path, route.handler, authorize, audited))
     # The DICOMweb gateway: a retrieve needs what an ImagingStudy read does, and is audited as one.
     for path in gateway.ROUTES if settings.dicomweb_gateway else ():
         authorize = step("ImagingStudy", Interaction.READ, "read") if smart else None

@@ -17,12 +17,15 @@ from bridge.auth.grant import AuditFacts, Patients
 from bridge.cache.freshness import Entry
 from bridge.cache.service import HIT
 from bridge.errors import AuthServerUnavailable, Conflict, InvalidRequest, NotFound, RequestTimeout, UpstreamError
+from bridge.fhirversion import DEFAULT, FhirVersion
 from bridge.mapping.endpoint import with_origin
 from bridge.search.bundle import needs_series, searchset
 from bridge.search.confine import confine
 from bridge.search.execute import run_search
 from bridge.search.query import PatientRule, parse_search
-from bridge.web.capability import capability_statement
+from bridge.web import rendered
+from bridge.web.bases import base_of
+from bridge.web.capability import capability_statement, versions_parameters
 from bridge.web.contexts import DISCOVERY
 from bridge.web.form import check_form_type, form_parameters
 from bridge.web.keys import (
@@ -36,14 +39,14 @@ from bridge.web.keys import (
     SETTINGS,
     SOURCE,
 )
-from bridge.web.negotiation import CONTENT_TYPES, fhir_bytes_response, response_type
+from bridge.web.negotiation import CONTENT_TYPES, Format, fhir_bytes_response, response_type
 
 log = logging.getLogger(__name__)
 
 
 async def read_imaging_study(request: web.Request) -> web.StreamResponse:
     """GET [base]/ImagingStudy/{id}: from the cache, with ETag, Last-Modified and conditional reads."""
-    media = response_type(request)  # refuse an unserved format before asking the PACS anything
+    answer = response_type(request)  # refuse an unserved format before asking the PACS anything
     cache, study_id, no_cache = request.app[CACHE], request.match_info["id"], _revalidate(request)
     grant = request.get(GRANT)
     try:
@@ -56,9 +59,12 @@ async def read_imaging_study(request: web.Request) -> web.StreamResponse:
         raise
     if grant is not None and grant.patients is not None:
         admit_study(request, grant.patients, study_id, entry)
+    # The ETag is the content's, whichever version renders it: the version is in the Content-Type, and Vary: Accept
+    # tells a cache that /fhir's answer depends on the Accept that chose it.
     if _not_modified(request, entry):
         return web.Response(status=304, headers=_read_headers(entry, None, outcome.header))
-    return web.Response(body=entry.body, headers=_read_headers(entry, media, outcome.header))
+    body = rendered.study_body(entry, answer.version)
+    return web.Response(body=body, headers=_read_headers(entry, answer, outcome.header))
 
 
 def admit_study(request: web.Request, patients: Patients, study_id: str, entry: Entry) -> None:
@@ -89,10 +95,10 @@ def served_subject(entry: Entry) -> dict[str, Any] | None:
 _SUBJECTS: dict[str, dict[str, Any] | None] = {}
 
 
-def _read_headers(entry: Entry, media: str | None, x_cache: str) -> CIMultiDict[str]:
-    """The headers of a read (``media`` None for a 304). The same for every read of an entry with the same media
+def _read_headers(entry: Entry, answer: Format | None, x_cache: str) -> CIMultiDict[str]:
+    """The headers of a read (``answer`` None for a 304). The same for every read of an entry with the same media
     type and cache outcome: built once (a few per study), as building them costs a cached read measurably."""
-    key = (entry.version, entry.last_modified, media, x_cache)
+    key = (entry.version, entry.last_modified, answer, x_cache)
     headers = _HEADERS.get(key)
     if headers is None:
         if len(_HEADERS) >= 4096:
@@ -103,13 +109,14 @@ def _read_headers(entry: Entry, media: str | None, x_cache: str) -> CIMultiDict[
             # Patient data: no shared cache may keep it; the client revalidates with If-None-Match.
             "Cache-Control": "private, no-cache",
             "X-Cache": x_cache,
+            "Vary": "Accept",
         })  # fmt: skip
-        if media is not None:
-            headers["Content-Type"] = CONTENT_TYPES[media]
+        if answer is not None:
+            headers["Content-Type"] = CONTENT_TYPES[answer]
     return headers  # aiohttp copies it into the response
 
 
-_HEADERS: dict[tuple[str, float, str | None, str], CIMultiDict[str]] = {}
+_HEADERS: dict[tuple[str, float, Format | None, str], CIMultiDict[str]] = {}
 
 
 def _revalidate(request: web.Request) -> bool:
@@ -150,7 +157,7 @@ async def search_patient_compartment(request: web.Request) -> web.Response:
 
 
 async def _search(request: web.Request, params: list[tuple[str, str]]) -> web.Response:
-    media = response_type(request)
+    answer = response_type(request)
     app = request.app
     params += [(key, value) for key, value in request.query.items()]
     if request.method == "POST":
@@ -159,7 +166,7 @@ async def _search(request: web.Request, params: list[tuple[str, str]]) -> web.Re
     settings, base = app[SETTINGS], _base(request)
     query = parse_search(
         params, strict=not _lenient(request), zone=settings.zone or dt.UTC,
-        patients=PatientRule(settings.patient_reference), base=base,
+        patients=PatientRule(settings.patient_reference), base=base, version=answer.version,
     )  # fmt: skip
     if query.ignored:
         log.info("search ignored unknown parameters: %s", ", ".join(query.ignored))
@@ -179,9 +186,13 @@ async def _search(request: web.Request, params: list[tuple[str, str]]) -> web.Re
         facts.refused.extend(r["id"] for r in result.resources if r not in seen)
         result.resources = seen
     facts.returned.extend(r["id"] for r in result.resources)
-    endpoint = endpoint_of_request(request) or None
-    bundle = searchset(base, query, result.total, result.resources, endpoint, result.warnings, has_next=result.has_next)
-    response = fhir_bytes_response(media, orjson.dumps(bundle))
+    endpoint = endpoint_of_request(request)
+    bundle = searchset(
+        base, query, result.total, [rendered.study_in(r, answer.version) for r in result.resources],
+        rendered.endpoint_in(endpoint, answer.version) if endpoint else None, result.warnings,
+        has_next=result.has_next,
+    )  # fmt: skip
+    response = fhir_bytes_response(answer, orjson.dumps(bundle))
     # Patient data, and unlike a read no validator to revalidate with: no cache may keep it, the client's included.
     response.headers[hdrs.CACHE_CONTROL] = "private, no-store"
     return response
@@ -212,16 +223,18 @@ def _lenient(request: web.Request) -> bool:
 
 
 def _base(request: web.Request) -> str:
-    """The FHIR base URL for links: BRIDGE_PUBLIC_URL, else this request's scheme and host."""
-    return request.app[SETTINGS].public_url or str(request.url.with_path("/fhir").with_query(None))
+    """The URL of the FHIR base the client used (``…/fhir``, ``…/fhir/r4``, ``…/fhir/r5``), for links: under
+    BRIDGE_PUBLIC_URL, else this request's scheme and host."""
+    root = request.app[SETTINGS].public_url or str(request.url.with_path("/fhir").with_query(None))
+    return base_of(request.path).url(root)
 
 
 async def read_endpoint(request: web.Request) -> web.Response:
-    media = response_type(request)
+    answer = response_type(request)
     endpoint = endpoint_of_request(request)
     if not endpoint or request.match_info["id"] != endpoint["id"]:
         raise NotFound(f"no Endpoint with id {request.match_info['id']!r}")
-    return fhir_bytes_response(media, orjson.dumps(endpoint))
+    return fhir_bytes_response(answer, orjson.dumps(rendered.endpoint_in(endpoint, answer.version)))
 
 
 def endpoint_of_request(request: web.Request) -> dict[str, Any]:
@@ -231,7 +244,7 @@ def endpoint_of_request(request: web.Request) -> dict[str, Any]:
 
 
 async def metadata(request: web.Request) -> web.Response:
-    media = response_type(request)
+    answer = response_type(request)
     security = None
     if (discovery := request.app.get(DISCOVERY)) is not None:
         try:
@@ -240,8 +253,16 @@ async def metadata(request: web.Request) -> web.Response:
             # The statement must not depend on the authorization server: said without its endpoints.
             configuration = smart_configuration(request.app[SETTINGS], None)
         security = rest_security(configuration)
-    statement = capability_statement(request.app[INTERACTIONS], _base(request), security)
-    return fhir_bytes_response(media, orjson.dumps(statement))
+    statement = capability_statement(request.app[INTERACTIONS], _base(request), security, answer.version)
+    return fhir_bytes_response(answer, orjson.dumps(statement))
+
+
+async def versions(request: web.Request) -> web.Response:
+    """GET [base]/$versions: the versions served and the default, the base's own on /fhir/r4 and /fhir/r5
+    (FHIR's ``$versions``; answered as application/json too, which its definition requires)."""
+    answer = response_type(request)
+    default = base_of(request.path).version or DEFAULT
+    return fhir_bytes_response(answer, orjson.dumps(versions_parameters(list(FhirVersion), default)))
 
 
 async def smart_configuration_document(request: web.Request) -> web.Response:
