@@ -61,7 +61,7 @@ async def outcome(response: Any, status: int) -> dict[str, Any]:
 async def test_read(client: TestClient) -> None:
     response = await client.get(f"/fhir/ImagingStudy/{STUDY}")
     assert response.status == 200
-    assert response.headers["Content-Type"] == "application/fhir+json; charset=utf-8"
+    assert response.headers["Content-Type"] == "application/fhir+json; fhirVersion=5.0; charset=utf-8"
     resource = await response.json()
     validate(resource)
     assert resource["series"][0]["instance"][0]["uid"] == "1.2.3.4.1.1"

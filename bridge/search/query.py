@@ -33,15 +33,39 @@ from bridge.search.values import DEFAULT_PATIENTS, Context, PatientRule, Value
 
 __all__ = ["Criterion", "PatientRule", "SearchQuery", "parse_search"]
 
-#: The elements of an ImagingStudy, for ``_elements`` (``resourceType``, which fhirpy always names, is kept too).
-IMAGING_STUDY_ELEMENTS = frozenset(
-    [
-        "resourceType", "id", "meta", "implicitRules", "language", "text", "contained", "extension",
-        "modifierExtension", "identifier", "status", "modality", "subject", "encounter", "started", "basedOn",
-        "partOf", "referrer", "procedure", "location", "reason", "note", "description", "numberOfSeries",
-        "numberOfInstances", "series", "endpoint",
-    ]
-)  # fmt: skip
+#: The elements of an ImagingStudy in each version, for ``_elements`` (``resourceType``, which fhirpy always names,
+#: is kept too).
+_COMMON_ELEMENTS = (
+    "resourceType",
+    "id",
+    "meta",
+    "implicitRules",
+    "language",
+    "text",
+    "contained",
+    "extension",
+    "modifierExtension",
+    "identifier",
+    "status",
+    "modality",
+    "subject",
+    "encounter",
+    "started",
+    "basedOn",
+    "referrer",
+    "location",
+    "note",
+    "description",
+    "numberOfSeries",
+    "numberOfInstances",
+    "series",
+    "endpoint",
+)
+IMAGING_STUDY_ELEMENTS = {
+    FhirVersion.R5: frozenset([*_COMMON_ELEMENTS, "partOf", "procedure", "reason"]),
+    FhirVersion.R4: frozenset([*_COMMON_ELEMENTS, "interpreter", "procedureReference", "procedureCode",
+                               "reasonCode", "reasonReference"]),
+}  # fmt: skip
 SUMMARY_MODES = ("true", "false", "data", "count")
 TOTAL_MODES = ("none", "estimate", "accurate")
 #: ``_totalMethod`` (Aidbox's, sent by fhirpy's ``count()``) as the ``_total`` it means.
@@ -164,7 +188,7 @@ def parse_search(
             raise TooCostly(f"the search's values exceed {MAX_LENGTH} characters: too long to page by links")
     if strict and ignored:
         raise InvalidRequest(_unknown(ignored, version))
-    return _with_result_parameters(criteria, result, ignored, strict)
+    return _with_result_parameters(criteria, result, ignored, strict, version)
 
 
 def _unknown(keys: Sequence[str], version: FhirVersion) -> str:
@@ -179,10 +203,9 @@ def _unknown(keys: Sequence[str], version: FhirVersion) -> str:
         suggestion = known.get(name.lower()) or known.get(name.lower().replace("-", ""))
         named.append(f"{key} (did you mean {suggestion}{colon}{modifier}?)" if suggestion else key)
     return (
-        f"unknown search parameter{'s' if len(named) > 1 else ''} in FHIR {version.value}: {', '.join(named)}; the "
-        "parameters served are listed in the base's metadata (names are case-sensitive). Send "
-        "Prefer: handling=lenient to have unknown "
-        "parameters ignored"
+        f"unknown search parameter{'s' if len(named) > 1 else ''}: {', '.join(named)}; the parameters served, by "
+        f"FHIR {version.value}'s names, are listed in the base's metadata (names are case-sensitive). Send "
+        "Prefer: handling=lenient to have unknown parameters ignored"
     )
 
 
@@ -199,7 +222,7 @@ def _split(key: str, raw: str) -> list[str]:
 
 
 def _with_result_parameters(
-    criteria: Sequence[Criterion], result: dict[str, str], ignored: list[str], strict: bool
+    criteria: Sequence[Criterion], result: dict[str, str], ignored: list[str], strict: bool, version: FhirVersion
 ) -> SearchQuery:
     applied: list[tuple[str, str]] = []
     count = _non_negative(result, "_count", DEFAULT_COUNT)
@@ -210,7 +233,7 @@ def _with_result_parameters(
         if summary not in SUMMARY_MODES:
             raise InvalidRequest(f"_summary={summary} is not supported (supported: {', '.join(SUMMARY_MODES)})")
         applied.append(("_summary", summary))
-    elements = _elements(result.get("_elements"))
+    elements = _elements(result.get("_elements"), version)
     if elements is not None:
         if summary is not None:
             raise InvalidRequest("_summary and _elements cannot be combined")
@@ -242,17 +265,18 @@ def _with_result_parameters(
     )  # fmt: skip
 
 
-def _elements(raw: str | None) -> tuple[str, ...] | None:
+def _elements(raw: str | None, version: FhirVersion) -> tuple[str, ...] | None:
     """``_elements``: the elements to keep (the mandatory ones are kept anyway, so naming them is harmless)."""
     if raw is None:
         return None
     if raw.startswith("-"):
         raise InvalidRequest("_elements: excluding elements (-name) is not supported; name the elements to keep")
     elements = tuple(dict.fromkeys(e.strip() for e in raw.split(",") if e.strip()))
-    unknown = [e for e in elements if e not in IMAGING_STUDY_ELEMENTS]
+    unknown = [e for e in elements if e not in IMAGING_STUDY_ELEMENTS[version]]
     if unknown:
         raise InvalidRequest(
-            f"_elements: not ImagingStudy elements: {', '.join(unknown)} (name top-level elements, e.g. "
+            f"_elements: not FHIR {version.value} ImagingStudy elements: {', '.join(unknown)} (name top-level "
+            "elements, e.g. "
             "_elements=identifier,started)"
         )
     return elements

@@ -47,7 +47,7 @@ def response_type(request: web.Request) -> Format:
     if requested is not None:
         return _format_answer(requested, fixed)
     answer = _answer_to(request.headers.get(hdrs.ACCEPT, ""), fixed)
-    if isinstance(answer, str):
+    if not isinstance(answer, Format):
         raise NotAcceptable(answer)
     return answer
 
@@ -67,7 +67,7 @@ def _format_answer(requested: str, fixed: FhirVersion | None) -> Format:
     if media not in _FORMAT_ALIASES:
         raise NotAcceptable(f"_format={requested} is not served; this server speaks FHIR JSON (_format=json)")
     version = _version(parameters, fixed)
-    if isinstance(version, str):
+    if not isinstance(version, FhirVersion):  # (a FhirVersion is a str too)
         raise NotAcceptable(f"_format={requested}: {version}")
     return Format(_FORMAT_ALIASES[media], version)
 
@@ -99,7 +99,7 @@ def _answer_to(accept: str, fixed: FhirVersion | None) -> Format | str:
     refusal = None
     for media, parameters in _accepted(accept):
         version = _version(parameters, fixed)
-        if isinstance(version, str):
+        if not isinstance(version, FhirVersion):
             refusal = refusal or version
         else:
             served.setdefault(media, version)
