@@ -1,0 +1,18 @@
+"""The facts of a study (``bridge.mapping.facts``) written as a FHIR resource of one version: pure.
+
+``r5`` and ``r4`` differ only where the versions do (Coding against CodeableConcept, ``procedure`` against
+``procedureCode``…); what both write the same way is in ``common``, the narrative in ``narrative``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bridge.fhirversion import FhirVersion
+from bridge.mapping.facts import StudyFacts
+from bridge.render import r4, r5
+
+
+def imaging_study(facts: StudyFacts, version: FhirVersion) -> dict[str, Any]:
+    """The ImagingStudy in ``version`` (study level only, tagged SUBSETTED, when the facts have no series)."""
+    return r4.imaging_study(facts) if version is FhirVersion.R4 else r5.imaging_study(facts)
