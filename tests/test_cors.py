@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestClient
 
+from bridge.bases import BASES, Base
 from bridge.errors import ConfigError
 from bridge.qido.memory import MemoryQidoSource
 from bridge.settings import load_settings, web_origin
 from bridge.web.app import FHIR_ROUTES, FhirRoute
-from bridge.web.bases import BASES, Base
 from tests.conftest import start_client
 from tests.support.standin_tokens import Verifier
 from tests.test_authz import pacs

@@ -2,7 +2,7 @@
 
 ``FHIR_ROUTES`` is the single list of FHIR interactions; the router and the CapabilityStatement are both built
 from it, so the statement cannot claim what is not served. Each is served under every base of
-``bridge.web.bases.BASES`` (``/fhir``, ``/fhir/r4``, ``/fhir/r5``): the base is a dimension of the table, not a copy.
+``bridge.bases.BASES`` (``/fhir``, ``/fhir/r4``, ``/fhir/r5``): the base is a dimension of the table, not a copy.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from aiohttp import web
 
 from bridge.auth.scopes import Interaction
 from bridge.auth.tokens import TokenVerifier
+from bridge.bases import BASES
+from bridge.fhirversion import FhirVersion
 from bridge.mapping.endpoint import wado_endpoint
 from bridge.mapping.imagingstudy import MappingOptions
 from bridge.qido.source import QidoSource
@@ -23,7 +25,6 @@ from bridge.settings import Settings
 from bridge.web import contexts, cors, gateway, gateway_qido, observe
 from bridge.web.audit import AUDIT_LOG, audit_context, audit_log
 from bridge.web.authz import step
-from bridge.web.bases import BASES
 from bridge.web.handlers import (
     metadata,
     read_endpoint,
@@ -34,7 +35,7 @@ from bridge.web.handlers import (
     versions,
 )
 from bridge.web.hosts import HostCheck
-from bridge.web.keys import ENDPOINT, INTERACTIONS, MAPPING, SEARCH_LIMITS, SETTINGS, SOURCE
+from bridge.web.keys import ENDPOINT, ENDPOINTS, INTERACTIONS, MAPPING, SEARCH_LIMITS, SETTINGS, SOURCE
 from bridge.web.ratelimit import RATE_LIMITER, rate_limit_context, rate_limiter
 from bridge.web.server import admin_listener, probe_routes
 
@@ -80,11 +81,12 @@ BASE_ROUTES = (
 )
 
 
-def endpoint_of(settings: Settings) -> dict[str, Any]:
+def endpoint_of(settings: Settings, version: FhirVersion = FhirVersion.R5) -> dict[str, Any]:
     """The WADO-RS Endpoint the studies reference (the gateway's public URL, see ``Settings.endpoint_address``;
-    the path ``/dicom-web`` alone when each request's origin completes it), or {} when no address is known."""
+    the path ``/dicom-web`` alone when each request's origin completes it) in ``version``, or {} when no address
+    is known."""
     address = settings.endpoint_address or (gateway.PREFIX if settings.endpoint_per_request else None)
-    return wado_endpoint(address, requires_token=settings.auth_mode == "smart") if address else {}
+    return wado_endpoint(address, requires_token=settings.auth_mode == "smart", version=version) if address else {}
 
 
 def mapping_options(settings: Settings) -> MappingOptions:
@@ -117,6 +119,7 @@ def create_app(
         app.cleanup_ctx.append(rate_limit_context)
     app[SETTINGS] = settings
     app[ENDPOINT] = endpoint_of(settings)
+    app[ENDPOINTS] = {version: endpoint_of(settings, version) for version in FhirVersion}
     if settings.dicomweb_gateway and settings.public_wado_url and settings.gateway_url is None:
         # Only without authorization (BRIDGE_AUTH=smart refuses this at start): the Endpoint is one per app, and
         # without BRIDGE_PUBLIC_URL the gateway's public origin is known per request only.

@@ -14,6 +14,7 @@ from multidict import CIMultiDict
 
 from bridge.auth.discovery import rest_security, smart_configuration
 from bridge.auth.grant import AuditFacts, Patients
+from bridge.bases import base_of
 from bridge.cache.freshness import Entry
 from bridge.cache.service import HIT
 from bridge.errors import AuthServerUnavailable, Conflict, InvalidRequest, NotFound, RequestTimeout, UpstreamError
@@ -24,14 +25,13 @@ from bridge.search.confine import confine
 from bridge.search.execute import run_search
 from bridge.search.query import PatientRule, parse_search
 from bridge.web import rendered
-from bridge.web.bases import base_of
 from bridge.web.capability import capability_statement, versions_parameters
 from bridge.web.contexts import DISCOVERY
 from bridge.web.form import check_form_type, form_parameters
 from bridge.web.keys import (
     AUDITED,
     CACHE,
-    ENDPOINT,
+    ENDPOINTS,
     GRANT,
     INTERACTIONS,
     MAPPING,
@@ -186,11 +186,10 @@ async def _search(request: web.Request, params: list[tuple[str, str]]) -> web.Re
         facts.refused.extend(r["id"] for r in result.resources if r not in seen)
         result.resources = seen
     facts.returned.extend(r["id"] for r in result.resources)
-    endpoint = endpoint_of_request(request)
+    endpoint = endpoint_of_request(request, answer.version) or None
     bundle = searchset(
-        base, query, result.total, [rendered.study_in(r, answer.version) for r in result.resources],
-        rendered.endpoint_in(endpoint, answer.version) if endpoint else None, result.warnings,
-        has_next=result.has_next,
+        base, query, result.total, [rendered.study_in(r, answer.version) for r in result.resources], endpoint,
+        result.warnings, has_next=result.has_next,
     )  # fmt: skip
     response = fhir_bytes_response(answer, orjson.dumps(bundle))
     # Patient data, and unlike a read no validator to revalidate with: no cache may keep it, the client's included.
@@ -231,16 +230,16 @@ def _base(request: web.Request) -> str:
 
 async def read_endpoint(request: web.Request) -> web.Response:
     answer = response_type(request)
-    endpoint = endpoint_of_request(request)
+    endpoint = endpoint_of_request(request, answer.version)
     if not endpoint or request.match_info["id"] != endpoint["id"]:
         raise NotFound(f"no Endpoint with id {request.match_info['id']!r}")
-    return fhir_bytes_response(answer, orjson.dumps(rendered.endpoint_in(endpoint, answer.version)))
+    return fhir_bytes_response(answer, orjson.dumps(endpoint))
 
 
-def endpoint_of_request(request: web.Request) -> dict[str, Any]:
+def endpoint_of_request(request: web.Request, version: FhirVersion = DEFAULT) -> dict[str, Any]:
     """The app's Endpoint, its address completed with this request's origin when it is this server's own
     gateway reached at no configured public URL (the Host is checked as for links, see ``bridge.web.hosts``)."""
-    return with_origin(request.app[ENDPOINT], str(request.url.origin()))
+    return with_origin(request.app[ENDPOINTS][version], str(request.url.origin()))
 
 
 async def metadata(request: web.Request) -> web.Response:

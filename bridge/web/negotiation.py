@@ -1,7 +1,7 @@
 """FHIR response formats and versions: ``_format`` and ``Accept`` decide; we serve JSON only
 (``application/fhir+json``), as FHIR R4 or R5.
 
-The version comes from the base the client used (``/fhir/r4``, ``/fhir/r5``: ``bridge.web.bases``) or, on
+The version comes from the base the client used (``/fhir/r4``, ``/fhir/r5``: ``bridge.bases``) or, on
 ``/fhir``, from the ``fhirVersion`` parameter of the media type asked for (``application/fhir+json;
 fhirVersion=4.0``; R5 when none is named). A version the base cannot serve is a 406. Every answer names its
 version in its ``Content-Type``, and says ``Vary: Accept``.
@@ -14,9 +14,9 @@ from typing import NamedTuple
 
 from aiohttp import hdrs, web
 
+from bridge.bases import base_of
 from bridge.errors import NotAcceptable
 from bridge.fhirversion import DEFAULT, FhirVersion
-from bridge.web.bases import base_of
 
 FHIR_JSON = "application/fhir+json"
 PLAIN_JSON = "application/json"

@@ -35,13 +35,13 @@ from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from bridge.aio import periodically, running
+from bridge.bases import BASES
 from bridge.fhirversion import FhirVersion
 from bridge.logs import json_line_safe
 from bridge.qido.resilience import DEADLINE
 from bridge.search.parameters import CHAINS, FORMAT_PARAMETERS, RESULT_PARAMETERS, SEARCH_PARAMETERS
 from bridge.telemetry import REGISTRY, REQUEST_ID, STATS
 from bridge.web.audit import AuditLog
-from bridge.web.bases import BASES
 from bridge.web.hosts import HostCheck
 from bridge.web.outcomes import check_size, error_response
 from bridge.web.ratelimit import RateLimiter, client_key

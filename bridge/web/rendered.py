@@ -20,8 +20,3 @@ def study_body(entry: Entry, version: FhirVersion) -> bytes:
 def study_in(resource: dict[str, Any], version: FhirVersion) -> dict[str, Any]:
     """A study (as the search returns it, R5) in ``version``."""
     return resource
-
-
-def endpoint_in(endpoint: dict[str, Any], version: FhirVersion) -> dict[str, Any]:
-    """The WADO-RS Endpoint in ``version``."""
-    return endpoint
