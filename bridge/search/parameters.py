@@ -348,10 +348,10 @@ NAMED_IN = {
 #: Parameters a version defines that the bridge cannot serve, with why: refused (400) rather than called unknown.
 NOT_SERVED_IN = {
     FhirVersion.R4: {
-        "interpreter": "R4's ImagingStudy.interpreter is the Name of Physician(s) Reading Study (0008,1060), which "
-        "QIDO-RS does not return by default and the PACS cannot be asked to match",
-        "reason": "R4's ImagingStudy.reasonCode comes from the Reason for Requested Procedure Code Sequence, "
-        "which QIDO-RS cannot match",
+        "interpreter": "the bridge's interpreters are names alone (Name of Physician(s) Reading Study), with no "
+        "Practitioner a reference could name, and a PACS cannot be asked for them",
+        "reason": "R4's reasonCode (Reason for Requested Procedure Code Sequence) cannot be asked of a PACS "
+        "through QIDO-RS",
     },
     FhirVersion.R5: {},
 }
