@@ -24,7 +24,6 @@ from bridge.search.bundle import needs_series, searchset
 from bridge.search.confine import confine
 from bridge.search.execute import run_search
 from bridge.search.query import PatientRule, parse_search
-from bridge.web import rendered
 from bridge.web.capability import capability_statement, versions_parameters
 from bridge.web.contexts import DISCOVERY
 from bridge.web.form import check_form_type, form_parameters
@@ -59,12 +58,12 @@ async def read_imaging_study(request: web.Request) -> web.StreamResponse:
         raise
     if grant is not None and grant.patients is not None:
         admit_study(request, grant.patients, study_id, entry)
-    # The ETag is the content's, whichever version renders it: the version is in the Content-Type, and Vary: Accept
-    # tells a cache that /fhir's answer depends on the Accept that chose it.
-    if _not_modified(request, entry):
-        return web.Response(status=304, headers=_read_headers(entry, None, outcome.header))
-    body = rendered.study_body(entry, answer.version)
-    return web.Response(body=body, headers=_read_headers(entry, answer, outcome.header))
+    # Each version's bytes have their own ETag (one URL on /fhir serves both), and Vary: Accept tells a cache that
+    # /fhir's answer depends on the Accept that chose it.
+    version = answer.version
+    if _not_modified(request, entry, version):
+        return web.Response(status=304, headers=_read_headers(entry, version, None, outcome.header))
+    return web.Response(body=entry.body_of(version), headers=_read_headers(entry, version, answer, outcome.header))
 
 
 def admit_study(request: web.Request, patients: Patients, study_id: str, entry: Entry) -> None:
@@ -95,16 +94,17 @@ def served_subject(entry: Entry) -> dict[str, Any] | None:
 _SUBJECTS: dict[str, dict[str, Any] | None] = {}
 
 
-def _read_headers(entry: Entry, answer: Format | None, x_cache: str) -> CIMultiDict[str]:
-    """The headers of a read (``answer`` None for a 304). The same for every read of an entry with the same media
-    type and cache outcome: built once (a few per study), as building them costs a cached read measurably."""
-    key = (entry.version, entry.last_modified, answer, x_cache)
+def _read_headers(entry: Entry, version: FhirVersion, answer: Format | None, x_cache: str) -> CIMultiDict[str]:
+    """The headers of a read in ``version`` (``answer`` None for a 304). The same for every read of an entry with
+    the same format and cache outcome: built once (a few per study), as building them costs a cached read
+    measurably."""
+    key = (entry.version, entry.last_modified, version, answer, x_cache)
     headers = _HEADERS.get(key)
     if headers is None:
         if len(_HEADERS) >= 4096:
             _HEADERS.clear()
         headers = _HEADERS[key] = CIMultiDict({
-            "ETag": entry.etag,
+            "ETag": entry.etag_of(version),
             "Last-Modified": entry.http_date,
             # Patient data: no shared cache may keep it; the client revalidates with If-None-Match.
             "Cache-Control": "private, no-cache",
@@ -116,7 +116,7 @@ def _read_headers(entry: Entry, answer: Format | None, x_cache: str) -> CIMultiD
     return headers  # aiohttp copies it into the response
 
 
-_HEADERS: dict[tuple[str, float, Format | None, str], CIMultiDict[str]] = {}
+_HEADERS: dict[tuple[str, float, FhirVersion, Format | None, str], CIMultiDict[str]] = {}
 
 
 def _revalidate(request: web.Request) -> bool:
@@ -130,13 +130,14 @@ def _revalidate(request: web.Request) -> bool:
     return "no-cache" in headers.get(hdrs.PRAGMA, "").lower()
 
 
-def _not_modified(request: web.Request, entry: Entry) -> bool:
-    """RFC 9110 13.1: If-None-Match decides when present (weak comparison), else If-Modified-Since."""
+def _not_modified(request: web.Request, entry: Entry, version: FhirVersion) -> bool:
+    """RFC 9110 13.1: If-None-Match decides when present (weak comparison, against the ETag of the version
+    served), else If-Modified-Since."""
     headers = request.headers
     if_none_match = headers.get(hdrs.IF_NONE_MATCH)
     if if_none_match is not None:
         tags = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
-        return "*" in tags or f'"{entry.version}"' in tags  # weak comparison: the opaque tags alone
+        return "*" in tags or entry.etag_of(version).removeprefix("W/") in tags  # weak: the opaque tags alone
     if hdrs.IF_MODIFIED_SINCE not in headers:  # the common case: skip parsing a date that is not there
         return False
     since = request.if_modified_since
@@ -178,8 +179,9 @@ async def _search(request: web.Request, params: list[tuple[str, str]]) -> web.Re
     if grant is not None and grant.patients is not None:
         query = confine(query, grant.patients)
     result = await run_search(
-        app[SOURCE], query, app[MAPPING], complete=needs_series(query), cache=app[CACHE], limits=app[SEARCH_LIMITS]
-    )
+        app[SOURCE], query, app[MAPPING], complete=needs_series(query), cache=app[CACHE], limits=app[SEARCH_LIMITS],
+        version=answer.version,
+    )  # fmt: skip
     if grant is not None and grant.patients is not None:
         # The confinement made the search ask for the grant's patients alone; what comes back is checked again.
         seen = [r for r in result.resources if grant.patients.admits(r.get("subject"))]
@@ -188,8 +190,7 @@ async def _search(request: web.Request, params: list[tuple[str, str]]) -> web.Re
     facts.returned.extend(r["id"] for r in result.resources)
     endpoint = endpoint_of_request(request, answer.version) or None
     bundle = searchset(
-        base, query, result.total, [rendered.study_in(r, answer.version) for r in result.resources], endpoint,
-        result.warnings, has_next=result.has_next,
+        base, query, result.total, result.resources, endpoint, result.warnings, has_next=result.has_next,
     )  # fmt: skip
     response = fhir_bytes_response(answer, orjson.dumps(bundle))
     # Patient data, and unlike a read no validator to revalidate with: no cache may keep it, the client's included.
