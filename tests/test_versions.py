@@ -50,6 +50,10 @@ def pacs() -> MemoryQidoSource:
         source.studies.append({"0020000D": el("UI", study), "00100020": el("LO", patient),
                                "00080020": el("DA", "20240301"), "00080061": el("CS", "CT"),
                                "00080050": el("SH", f"ACC{patient}")})  # fmt: skip
+        if patient == "P1":  # a coded reason (Reason for Requested Procedure Code Sequence)
+            source.studies[-1]["0040100A"] = {"vr": "SQ", "Value": [{
+                "00080100": el("SH", "29857009"), "00080102": el("SH", "SCT"), "00080104": el("LO", "Chest pain"),
+            }]}  # fmt: skip
         source.series[study] = [{"0020000E": el("UI", series), "00080060": el("CS", "CT"),
                                  "00180015": el("CS", "CHEST"), "00100020": el("LO", patient)}]  # fmt: skip
         source.instances[(study, series)] = [{"00080018": el("UI", f"{series}.1"), "00080016": el("UI", CT)}]
@@ -295,7 +299,8 @@ async def test_the_r4_capability_statement_is_valid_r4_with_r4s_search_parameter
     assert params["basedon"] == "http://hl7.org/fhir/SearchParameter/ImagingStudy-basedon"
     assert params["bodysite"] == "http://hl7.org/fhir/SearchParameter/ImagingStudy-bodysite"
     assert params["dicom-class"] == "http://hl7.org/fhir/SearchParameter/ImagingStudy-dicom-class"
-    assert not {"based-on", "body-site", "interpreter", "reason"} & set(params)  # R5's names; what is not served
+    assert params["reason"] == "http://hl7.org/fhir/SearchParameter/ImagingStudy-reason"
+    assert not {"based-on", "body-site", "interpreter"} & set(params)  # R5's names; what is not served
     assert len(params) == len(SEARCH_PARAMETERS)
 
 
@@ -353,13 +358,32 @@ async def test_another_versions_name_is_an_unknown_parameter(client: TestClient,
     assert ids(lenient) == {STUDY, OTHER}
 
 
-@pytest.mark.parametrize("query", ["interpreter=Practitioner/1", "reason=http://snomed.info/sct|1"])
-async def test_r4s_parameters_the_pacs_cannot_match_are_refused_saying_why(client: TestClient, query: str) -> None:
+async def test_r4s_interpreter_is_refused_saying_why(client: TestClient) -> None:
     for headers in ({}, {"Prefer": "handling=lenient"}):  # not unknown: ignoring it would widen the search
-        refused = await search(client, f"/fhir/r4/ImagingStudy?{query}", 400, **headers)
+        refused = await search(client, "/fhir/r4/ImagingStudy?interpreter=Practitioner/1", 400, **headers)
         diagnostics = refused["issue"][0]["diagnostics"]
-        assert diagnostics.startswith(f"search parameter {query.partition('=')[0]} of FHIR 4.0 is not supported: ")
+        assert diagnostics.startswith("search parameter interpreter of FHIR 4.0 is not supported: ")
         assert "PACS" in diagnostics
+
+
+@pytest.mark.parametrize(
+    ("value", "found"),
+    [("29857009", {STUDY}), ("http://snomed.info/sct|29857009", {STUDY}), ("http://loinc.org|29857009", set()),
+     ("|29857009", set()), ("1234", set()), ("1234,29857009", {STUDY})],
+)  # fmt: skip
+async def test_r4s_reason_matches_the_coded_reason(client: TestClient, value: str, found: set[str]) -> None:
+    bundle = await search(client, f"/fhir/r4/ImagingStudy?reason={value}")
+    assert ids(bundle) == found
+    for entry in bundle.get("entry", []):
+        codes = [c["code"] for concept in entry["resource"]["reasonCode"] for c in concept["coding"]]
+        assert "29857009" in codes
+
+
+async def test_reason_is_r4s_alone(client: TestClient) -> None:
+    refused = await search(client, "/fhir/r5/ImagingStudy?reason=29857009", 400)
+    assert "unknown search parameter: reason" in refused["issue"][0]["diagnostics"]
+    r5 = await (await client.get("/fhir/r5/metadata")).json()
+    assert "reason" not in {p["name"] for r in r5["rest"][0]["resource"] for p in r.get("searchParam", [])}
 
 
 async def test_elements_are_the_versions(client: TestClient) -> None:

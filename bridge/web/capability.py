@@ -27,7 +27,7 @@ def capability_statement(
         resource: dict[str, Any] = {"type": resource_type, "interaction": [{"code": code} for code in codes]}
         if resource_type == "ImagingStudy" and "search-type" in codes:
             resource["searchInclude"] = [INCLUDE_ENDPOINT]
-            resource["searchParam"] = [_search_param(p, version) for p in SEARCH_PARAMETERS]
+            resource["searchParam"] = [_search_param(p, version) for p in SEARCH_PARAMETERS if p.served_in(version)]
         resources.append(resource)
     return {
         "resourceType": "CapabilityStatement",
