@@ -4,6 +4,7 @@ links on every base. The resources' R4 shape is the core's (tests of bridge.rend
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -492,5 +493,54 @@ async def test_orthanc_studies_through_every_base(orthanc: OrthancServer, studie
             bundle = await search(client, f"{base.path}/ImagingStudy?_id={spec.uid}&_include=ImagingStudy:endpoint")
             assert ids(bundle) == {spec.uid}
             assert bundle["link"][0]["url"].split("/ImagingStudy?")[0].endswith(base.path)
+    finally:
+        await client.close()
+
+
+# ---- a real R4 client ----
+
+
+def fhirclient_session(base_url: str) -> dict[str, Any]:
+    """What SMART's Python client (R4 models, strict) makes of /fhir/r4: run in a thread (it is synchronous)."""
+    from fhirclient import client as fhirclient
+    from fhirclient.models.endpoint import Endpoint
+    from fhirclient.models.imagingstudy import ImagingStudy
+
+    smart = fhirclient.FHIRClient(settings={"app_id": "bridge-test", "api_base": base_url})
+    smart.prepare()  # reads metadata and parses it as an R4 CapabilityStatement, strictly
+    study = ImagingStudy.read(STUDY, smart.server)
+    search = ImagingStudy.where(struct={"patient": "P1", "_include": "ImagingStudy:endpoint"})
+    (bundle,) = search.perform_iter(smart.server)  # one page
+    endpoint = Endpoint.read(study.endpoint[0].reference.partition("/")[2], smart.server)
+    return {
+        "fhirVersion": smart.server.capabilityStatement.fhirVersion,
+        "modality": study.series[0].modality.code,
+        "types": [entry.resource.resource_type for entry in bundle.entry],
+        "connection": endpoint.connectionType.code,
+    }
+
+
+async def test_smarts_python_client_reads_and_searches_r4(source: MemoryQidoSource) -> None:
+    settings = load_settings(
+        {"BRIDGE_QIDO_URL": "http://pacs.internal/dicom-web", "BRIDGE_WADO_URL": "https://pacs/wado"}
+    )
+    client = await start_client(settings, source)
+    try:
+        base_url = str(client.make_url("/fhir/r4"))
+        seen = await asyncio.to_thread(fhirclient_session, base_url)
+    finally:
+        await client.close()
+    assert seen == {"fhirVersion": "4.0.1", "modality": "CT", "types": ["ImagingStudy", "Endpoint"],
+                    "connection": "dicom-wado-rs"}  # fmt: skip
+
+
+async def test_the_host_check_guards_every_base(source: MemoryQidoSource) -> None:
+    """Without BRIDGE_PUBLIC_URL links come from the Host: a name not allowed is a 421 under every base."""
+    client = await start_client(load_settings({"BRIDGE_QIDO_URL": "http://pacs.internal/dicom-web"}), source)
+    try:
+        for base in BASES:
+            for path in (f"/ImagingStudy/{STUDY}", "/metadata", "/$versions"):
+                response = await client.get(base.path + path, headers={"Host": "rebound.example"})
+                assert response.status == 421, (base.path, path)
     finally:
         await client.close()
