@@ -46,7 +46,7 @@ from bridge.mapping.dicomjson import DicomJson, texts, uid, unsigned
 from bridge.mapping.imagingstudy import MappingOptions
 from bridge.qido.resilience import remaining
 from bridge.qido.source import QidoSource
-from bridge.render import imaging_study
+from bridge.render import both
 from bridge.studies import check_study_id, read_study
 from bridge.telemetry import STATS
 
@@ -194,13 +194,14 @@ class StudyCache:
                 await self.backend.put(study_key(study_uid), negative, self.policy.negative_ttl)
             raise
         now = self._clock()
-        version = content_version(read.resource)
+        rendered = both(read.facts)
+        version = content_version(rendered[FhirVersion.R5])
         # Asked even when ``previous`` has this version: that keeps the record alive as long as the entry, and
         # restores it, with the entry's time, if it was lost.
         known = previous.last_modified if previous is not None and previous.version == version else now
         since = await self.backend.version_since(study_key(study_uid), version, known)
-        r4 = imaging_study(read.facts, FhirVersion.R4)
-        entry = make_entry(read.resource, version, signal_of(read.study), since, now, r4=r4)
+        entry = make_entry(rendered[FhirVersion.R5], version, signal_of(read.study), since, now,
+                           r4=rendered[FhirVersion.R4])  # fmt: skip
         if await self.backend.put(study_key(study_uid), entry, self.policy.retention):
             self.unstored.discard(study_uid)
         else:

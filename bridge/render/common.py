@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bridge.mapping.facts import Coding, InstanceFacts, Issued, Patient, Performer, StudyFacts
+from bridge.mapping.facts import Coding, InstanceFacts, Issued, Patient, Performer, SeriesFacts, StudyFacts
 from bridge.terminology import DICOM_UID_SYSTEM, RFC3986, V2_0203
 
 DATA_ABSENT_REASON = "http://hl7.org/fhir/StructureDefinition/data-absent-reason"
@@ -14,6 +14,9 @@ SUBSETTED = {
     "code": "SUBSETTED",
     "display": "subsetted",
 }
+#: Each series' rendered instance elements, by series UID.
+Instances = dict[str, list[dict[str, Any]]]
+
 ACCESSION_TYPE = {"coding": [{"system": V2_0203, "code": "ACSN", "display": "Accession ID"}]}
 
 
@@ -77,3 +80,7 @@ def instance(facts: InstanceFacts) -> dict[str, Any]:
     if facts.title:
         found["title"] = facts.title
     return found
+
+
+def instances_of(series: tuple[SeriesFacts, ...]) -> Instances:
+    return {s.uid: [instance(i) for i in s.instances] for s in series}

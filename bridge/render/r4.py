@@ -13,11 +13,14 @@ from typing import Any
 
 from bridge.mapping.facts import Concept, SeriesFacts, StudyFacts
 from bridge.render import common
+from bridge.render.common import Instances
 from bridge.render.narrative import narrative
 from bridge.render.r5 import concept
 
 
-def imaging_study(facts: StudyFacts) -> dict[str, Any]:
+def imaging_study(facts: StudyFacts, instances: Instances | None = None) -> dict[str, Any]:
+    """The ImagingStudy; ``instances``: each series' instance elements, by series UID, if already rendered
+    (they are the same in R4 and R5, see ``bridge.render.both``)."""
     resource: dict[str, Any] = {"resourceType": "ImagingStudy", "id": facts.uid}
     if facts.subsetted:
         resource["meta"] = {"tag": [dict(common.SUBSETTED)]}
@@ -48,7 +51,7 @@ def imaging_study(facts: StudyFacts) -> dict[str, Any]:
     if facts.description:
         resource["description"] = facts.description
     if facts.series:
-        resource["series"] = [series(s) for s in facts.series]
+        resource["series"] = [series(s, None if instances is None else instances[s.uid]) for s in facts.series]
     return resource
 
 
@@ -59,7 +62,7 @@ def coding(found: Concept) -> dict[str, str]:
     return {"display": found.text or ""}  # a Concept has a coding or a text: never an empty display
 
 
-def series(facts: SeriesFacts) -> dict[str, Any]:
+def series(facts: SeriesFacts, instances: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     written: dict[str, Any] = {"uid": facts.uid}
     if facts.number is not None:
         written["number"] = facts.number
@@ -76,5 +79,5 @@ def series(facts: SeriesFacts) -> dict[str, Any]:
     if facts.performers:
         written["performer"] = [common.performer(p) for p in facts.performers]
     if facts.instances:
-        written["instance"] = [common.instance(i) for i in facts.instances]
+        written["instance"] = [common.instance(i) for i in facts.instances] if instances is None else instances
     return written

@@ -6,10 +6,13 @@ from typing import Any
 
 from bridge.mapping.facts import Concept, InstanceFacts, Patient, SeriesFacts, StudyFacts
 from bridge.render import common
+from bridge.render.common import Instances
 from bridge.render.narrative import narrative
 
 
-def imaging_study(facts: StudyFacts) -> dict[str, Any]:
+def imaging_study(facts: StudyFacts, instances: Instances | None = None) -> dict[str, Any]:
+    """The ImagingStudy; ``instances``: each series' instance elements, by series UID, if already rendered
+    (they are the same in R4 and R5, see ``bridge.render.both``)."""
     resource: dict[str, Any] = {"resourceType": "ImagingStudy", "id": facts.uid}
     if facts.subsetted:
         # Without its series the resource is a subset, and says so: ist-7 cannot hold for ModalitiesInStudy.
@@ -39,7 +42,7 @@ def imaging_study(facts: StudyFacts) -> dict[str, Any]:
     if facts.number_of_instances is not None:
         resource["numberOfInstances"] = facts.number_of_instances
     if facts.series:
-        resource["series"] = [series(s) for s in facts.series]
+        resource["series"] = [series(s, None if instances is None else instances[s.uid]) for s in facts.series]
     return resource
 
 
@@ -61,7 +64,7 @@ def _term_first(found: Concept) -> dict[str, Any]:
     return written
 
 
-def series(facts: SeriesFacts) -> dict[str, Any]:
+def series(facts: SeriesFacts, instances: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     written: dict[str, Any] = {"uid": facts.uid}
     if facts.number is not None:
         written["number"] = facts.number
@@ -78,7 +81,7 @@ def series(facts: SeriesFacts) -> dict[str, Any]:
     if facts.performers:
         written["performer"] = [common.performer(p) for p in facts.performers]
     if facts.instances:
-        written["instance"] = [common.instance(i) for i in facts.instances]
+        written["instance"] = [common.instance(i) for i in facts.instances] if instances is None else instances
     return written
 
 
