@@ -419,7 +419,15 @@ async def test_a_patient_token_reaches_its_patients_studies_alone_on_every_base(
     posted = await smart.post(f"{base.path}/ImagingStudy/_search", data={"_id": f"{STUDY},{OTHER}"}, headers=token)
     assert ids(await posted.json()) == {STUDY}
     assert (await smart.get(f"{base.path}/ImagingStudy/{STUDY}")).status == 401
-    assert (await smart.get(f"{base.path}/metadata")).status == 200  # no token needed
+    metadata = await smart.get(f"{base.path}/metadata")  # no token needed
+    assert metadata.status == 200
+    statement = await metadata.json()
+    assert statement["rest"][0]["security"]["service"]  # SMART's security section, in the base's version
+    if base is R4:
+        validate_r4(statement)
+        FhirclientCapabilityStatement(statement, strict=True)
+    else:
+        validate(statement)
     configuration = await smart.get(f"{base.path}/.well-known/smart-configuration")
     assert configuration.status == 200
 
@@ -490,6 +498,8 @@ async def test_orthanc_studies_through_every_base(orthanc: OrthancServer, studie
             assert (await read.json())["id"] == spec.uid
             bundle = await search(client, f"{base.path}/ImagingStudy?_id={spec.uid}&_include=ImagingStudy:endpoint")
             assert ids(bundle) == {spec.uid}
+            for answer in (await read.json(), bundle):
+                (validate_r4 if base is R4 else validate)(answer)
             assert bundle["link"][0]["url"].split("/ImagingStudy?")[0].endswith(base.path)
     finally:
         await client.close()
