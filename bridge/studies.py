@@ -7,6 +7,7 @@ notes (repairs, count disagreements) are logged, each once however often its stu
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -78,12 +79,16 @@ async def fetch_study(source: QidoSource, study_uid: str, patient: Identity | No
 
 @dataclass(frozen=True)
 class StudyRead:
-    """A study read from the PACS: its study row (for the cache's change signal), its facts, and the R5
-    ImagingStudy rendered from them (``bridge.render`` renders others)."""
+    """A study read from the PACS: its study row (for the cache's change signal) and its facts, which
+    ``bridge.render`` writes in either version."""
 
     study: DicomJson
     facts: StudyFacts
-    resource: dict[str, Any]
+
+    @functools.cached_property
+    def resource(self) -> dict[str, Any]:
+        """The R5 ImagingStudy, rendered on first use (the cache renders both versions at once instead)."""
+        return r5.imaging_study(self.facts)
 
 
 async def read_study(
@@ -96,7 +101,7 @@ async def read_study(
     for note in facts.notes:
         if NOTES_LOGGED.first(note):
             log.warning("%s", note)
-    return StudyRead(rows.study, facts, r5.imaging_study(facts))
+    return StudyRead(rows.study, facts)
 
 
 async def _series_instances(
