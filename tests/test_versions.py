@@ -17,6 +17,7 @@ from fhir.resources.R4B.capabilitystatement import CapabilityStatement as R4BCap
 from fhir.resources.R4B.parameters import Parameters as R4BParameters
 from fhirclient.models.capabilitystatement import CapabilityStatement as FhirclientCapabilityStatement
 from fhirclient.models.fhirelementfactory import FHIRElementFactory
+from fhirpy import AsyncFHIRClient
 
 from bridge.bases import BASES, NEGOTIATED, R4, R5, Base, base_of
 from bridge.fhirversion import FhirVersion
@@ -552,3 +553,31 @@ async def test_the_host_check_guards_every_base(source: MemoryQidoSource) -> Non
                 assert response.status == 421, (base.path, path)
     finally:
         await client.close()
+
+
+@pytest.mark.parametrize("base", BASES, ids=lambda base: base.path)
+async def test_fhirpy_reads_searches_and_follows_the_endpoint_on_every_base(
+    source: MemoryQidoSource, base: Base
+) -> None:
+    # Links come from each request's own origin here (no BRIDGE_PUBLIC_URL), so fetch_all follows them back.
+    settings = load_settings(
+        {"BRIDGE_QIDO_URL": "http://pacs.internal/dicom-web", "BRIDGE_WADO_URL": "https://pacs/wado"}
+    )
+    client = await start_client(settings, source)
+    try:
+        fhir = AsyncFHIRClient(str(client.make_url(base.path)), extra_headers={"Accept": "application/fhir+json"})
+        study = await fhir.reference("ImagingStudy", STUDY).to_resource()
+        endpoint = await study["endpoint"][0].to_resource()
+        everything = await fhir.resources("ImagingStudy").limit(1).fetch_all()  # follows next links
+        raw = await fhir.resources("ImagingStudy").search(patient="P1").include("ImagingStudy", "endpoint").fetch_raw()
+        count = await fhir.resources("ImagingStudy").count()
+    finally:
+        await client.close()
+    connection = endpoint["connectionType"]
+    code = connection["code"] if base is R4 else connection[0]["coding"][0]["code"]
+    assert code == "dicom-wado-rs"
+    assert sorted(r["id"] for r in everything) == [STUDY, OTHER]
+    assert [e["resource"]["resourceType"] for e in raw["entry"]] == ["ImagingStudy", "Endpoint"]
+    assert count == 2
+    if base is R4:
+        validate_r4(orjson.loads(orjson.dumps(raw)))
