@@ -61,9 +61,9 @@ def version_of(request: web.Request) -> FhirVersion:
 
 
 def _format_answer(requested: str, fixed: FhirVersion | None) -> Format:
+    media, *parameters = (p.strip() for p in requested.split(";"))
     # An unencoded "+" (as the FHIR spec writes application/fhir+json) arrives as a space.
-    media, *parameters = (p.strip() for p in requested.replace(" ", "+").split(";"))
-    media = media.lower()
+    media = media.lower().replace(" ", "+")
     if media not in _FORMAT_ALIASES:
         raise NotAcceptable(f"_format={requested} is not served; this server speaks FHIR JSON (_format=json)")
     version = _version(parameters, fixed)
