@@ -170,6 +170,10 @@ R4_TYPE, R5_TYPE = content_type(FhirVersion.R4), content_type(FhirVersion.R5)
         (NEGOTIATED, "", "*/*; fhirVersion=4.0", R4_TYPE),
         # A version not served in one range, another served: the served one.
         (NEGOTIATED, "", "application/fhir+json; fhirVersion=3.0, application/fhir+json; fhirVersion=4.0", R4_TYPE),
+        (NEGOTIATED, "", "application/fhir+json; fhirVersion=4.0; q=0.5, application/fhir+json; fhirVersion=5.0",
+         R5_TYPE),  # the version preferred by q
+        (NEGOTIATED, "", "application/fhir+json; fhirVersion=5.0; q=0.2, application/fhir+json; fhirVersion=4.0; q=0.9",
+         R4_TYPE),
         (NEGOTIATED, "", "application/fhir+json; fhirVersion=3.0", 406),
         (NEGOTIATED, "", "application/fhir+json; fhirVersion=4.3", 406),  # R4B is not R4
         (NEGOTIATED, "", "application/fhir+json; fhirVersion=4.0;q=0", 406),

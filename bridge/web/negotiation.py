@@ -95,7 +95,7 @@ def _answer_to(accept: str, fixed: FhirVersion | None) -> Format | str:
     """The format to answer an Accept header with on a base serving ``fixed``; else what to say in the 406."""
     if not accept.strip():
         return Format(FHIR_JSON, fixed or DEFAULT)
-    served: dict[str, FhirVersion] = {}  # media range -> the version asked with it (the first served one)
+    served: dict[str, FhirVersion] = {}  # media range -> the version asked with it (the most preferred served one)
     refusal = None
     for media, parameters in _accepted(accept):
         version = _version(parameters, fixed)
@@ -118,19 +118,21 @@ def _answer_to(accept: str, fixed: FhirVersion | None) -> Format | str:
 
 
 def _accepted(accept: str) -> list[tuple[str, list[str]]]:
-    """The media ranges of an Accept header with their parameters, without those refused by ``q=0``."""
+    """The media ranges of an Accept header with their parameters, most preferred first (by ``q``, then in the
+    order given), without those refused by ``q=0``."""
     accepted = []
     for part in accept.split(","):
         media, *parameters = (p.strip() for p in part.split(";"))
         media = media.lower()
         quality = next((p[2:] for p in parameters if p.lower().startswith("q=")), "1")
         try:
-            refused = float(quality) <= 0
+            weight = float(quality)
         except ValueError:
-            refused = False  # a malformed q is ignored rather than held against the client
-        if media and not refused:
-            accepted.append((media, parameters))
-    return accepted
+            weight = 1.0  # a malformed q is ignored rather than held against the client
+        if media and weight > 0:
+            accepted.append((weight, media, parameters))
+    accepted.sort(key=lambda ranged: -ranged[0])  # stable: equal weights keep their order
+    return [(media, parameters) for _, media, parameters in accepted]
 
 
 #: Full Content-Type header values, formatted once.
