@@ -104,7 +104,7 @@ async def _tune_gc(app: web.Application) -> None:
 def _announce(host: str, port: int) -> Callable[..., None]:
     def say(_: str) -> None:
         shown = f"[{host}]" if ":" in host else host
-        print(f"imaging-bridge {__version__} serving FHIR R5 at http://{shown}:{port}/fhir (Ctrl-C stops)")
+        print(f"imaging-bridge {__version__} serving FHIR R5 at http://{shown}:{port}/fhir, R4 at …/fhir/r4 (Ctrl-C)")
 
     return say
 

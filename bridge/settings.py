@@ -423,6 +423,17 @@ class Settings(BaseSettings):
         return self.auth_audience or self.public_url
 
     @property
+    def audiences(self) -> tuple[str, ...]:
+        """Every ``aud`` a token may carry: BRIDGE_AUTH_AUDIENCE alone, else each FHIR base under the public URL
+        (``…/fhir``, ``…/fhir/r4``, ``…/fhir/r5``: a SMART app names the base it launched against)."""
+        if self.auth_audience:
+            return (self.auth_audience,)
+        if self.public_url:
+            root = self.public_url.rstrip("/")
+            return (root, f"{root}/r4", f"{root}/r5")
+        return ()
+
+    @property
     def public_wado_url(self) -> str | None:
         """The WADO-RS base URL given to viewers: BRIDGE_WADO_URL, else the QIDO URL without credentials."""
         if self.wado_url:

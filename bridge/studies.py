@@ -7,6 +7,7 @@ notes (repairs, count disagreements) are logged, each once however often its stu
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -18,10 +19,12 @@ from bridge.errors import Conflict, InvalidRequest, NotFound, UpstreamError
 from bridge.logs import Once
 from bridge.mapping import tags
 from bridge.mapping.dicomjson import DicomJson, fhir_id, items, text, uid, unsigned
+from bridge.mapping.facts import StudyFacts
 from bridge.mapping.identity import Identity, Owners, merged_issuers
-from bridge.mapping.imagingstudy import MappingOptions, SeriesRows, StudyRows, imaging_study
+from bridge.mapping.imagingstudy import MappingOptions, SeriesRows, StudyRows, study_facts
 from bridge.qido.paging import RowMerger
 from bridge.qido.source import QidoSource
+from bridge.render import r5
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +79,16 @@ async def fetch_study(source: QidoSource, study_uid: str, patient: Identity | No
 
 @dataclass(frozen=True)
 class StudyRead:
-    """A study read from the PACS: its study row (for the cache's change signal) and the ImagingStudy."""
+    """A study read from the PACS: its study row (for the cache's change signal) and its facts, which
+    ``bridge.render`` writes in either version."""
 
     study: DicomJson
-    resource: dict[str, Any]
+    facts: StudyFacts
+
+    @functools.cached_property
+    def resource(self) -> dict[str, Any]:
+        """The R5 ImagingStudy, rendered on first use (the cache renders both versions at once instead)."""
+        return r5.imaging_study(self.facts)
 
 
 async def read_study(
@@ -88,11 +97,11 @@ async def read_study(
     """The ImagingStudy for one StudyInstanceUID, scoped to ``patient`` as ``fetch_study`` explains, with the
     mapper's notes logged once (``NotFound``, ``Conflict`` or an ``UpstreamError`` else)."""
     rows = await fetch_study(source, check_study_id(study_uid), patient=patient)
-    mapped = imaging_study(rows, options)
-    for note in mapped.notes:
+    facts = study_facts(rows, options)
+    for note in facts.notes:
         if NOTES_LOGGED.first(note):
             log.warning("%s", note)
-    return StudyRead(rows.study, mapped.resource)
+    return StudyRead(rows.study, facts)
 
 
 async def _series_instances(

@@ -17,13 +17,14 @@ from bridge.cache.freshness import Action, Entry, Policy, change_signal, content
 from bridge.cache.refresh import Refresher, refresh_due, warm
 from bridge.cache.service import Outcome, StudyCache, make_entry
 from bridge.errors import Conflict, DeadlineExceeded, NotFound, UpstreamTimeout, UpstreamUnavailable
+from bridge.fhirversion import FhirVersion
 from bridge.mapping.imagingstudy import MappingOptions
 from bridge.qido.memory import MemoryQidoSource
 from bridge.qido.resilience import DEADLINE
 from bridge.settings import load_settings
 from bridge.web.contexts import cache_policy
 from tests.conftest import start_client
-from tests.support.fhircheck import validate
+from tests.support.fhircheck import validate, validate_r4
 from tests.support.waiting import eventually
 
 POLICY = Policy(ttl=100, stale_while_revalidate=50, stale_if_error=1000, min_reread=5, negative_ttl=30)
@@ -450,6 +451,43 @@ async def test_memory_backend_is_bounded_by_bytes_least_recently_used_first(cloc
     assert backend.size == 80
     clock.now += 61
     assert await backend.get("b") is None
+
+
+def test_entries_pack_both_versions_for_a_shared_store() -> None:
+    stored = Entry(b'{"r5": 1}', "v1", 100.0, 12345.5, "1/1/CT", body_r4=b'{"r4": 1}')
+    unpacked = Entry.unpack(stored.pack())
+    assert unpacked == stored
+    assert (unpacked.body_of(FhirVersion.R5), unpacked.body_of(FhirVersion.R4)) == (b'{"r5": 1}', b'{"r4": 1}')
+
+
+def test_an_entry_of_the_r5_only_release_is_not_unpacked() -> None:
+    header = orjson.dumps({"v": "v1", "m": 1.0, "c": 2.0, "s": ""})
+    with pytest.raises(ValueError, match="earlier release"):
+        Entry.unpack(len(header).to_bytes(4, "big") + header + b"{}")
+
+
+def test_the_r4_representation_has_its_own_etag_and_the_same_version() -> None:
+    stored = Entry(b"{}", "abc", 0.0, 0.0, body_r4=b"{}")
+    assert stored.etag_of(FhirVersion.R5) == stored.etag == 'W/"abc"'
+    assert stored.etag_of(FhirVersion.R4) == 'W/"abc-4.0"'
+
+
+async def test_a_read_keeps_both_versions_of_the_same_facts(cache: StudyCache, source: MemoryQidoSource) -> None:
+    entry = (await cache.read(STUDY)).entry
+    r5, r4 = orjson.loads(entry.body_of(FhirVersion.R5)), orjson.loads(entry.body_of(FhirVersion.R4))
+    validate(r5)
+    validate_r4(r4)
+    assert r4["meta"] == r5["meta"]
+    assert r4["text"] == r5["text"]
+    assert r4["series"][0]["modality"] == r5["series"][0]["modality"]["coding"][0]
+    assert reads_of_study(source) == 1
+
+
+async def test_memory_backend_counts_both_versions_bytes(clock: Clock) -> None:
+    backend = MemoryBackend(max_bytes=100, clock=clock)
+    await backend.put("a", Entry(b"x" * 40, "a", 0, 0, body_r4=b"y" * 30), retention=60)
+    assert backend.size == 70
+    assert not await backend.put("b", Entry(b"x" * 60, "b", 0, 0, body_r4=b"y" * 60), retention=60)
 
 
 def test_make_entry_orders_meta_after_id() -> None:

@@ -234,7 +234,7 @@ async def test_replicas_share_remembered_404s_and_409s(redis_url: str) -> None:
 async def test_the_refresh_reads_an_entrys_header_not_its_body(redis_url: str, signal_size: int) -> None:
     backend = RedisBackend(redis_url)
     try:
-        entry = Entry(b"x" * 3_000_000, "v1", 100.0, 12345.5, "s" * signal_size)
+        entry = Entry(b"x" * 3_000_000, "v1", 100.0, 12345.5, "s" * signal_size, body_r4=b"y" * 2_000_000)
         assert await backend.put("study::1.2.3", entry, retention=60)
         assert await backend.checked_at("study::1.2.3") == 12345.5
         assert await backend.checked_at("study::1.2.4") is None

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestClient
 
+from bridge.bases import BASES, Base
 from bridge.errors import ConfigError
 from bridge.qido.memory import MemoryQidoSource
 from bridge.settings import load_settings, web_origin
@@ -52,11 +53,12 @@ def concrete(path: str) -> str:
     return path.replace("{id}", "2.25.1")
 
 
+@pytest.mark.parametrize("base", BASES, ids=lambda base: base.path)
 @pytest.mark.parametrize("route", FHIR_ROUTES, ids=lambda route: f"{route.method} {route.path}")
 async def test_every_fhir_route_answers_a_preflight_without_a_token(
-    client: TestClient, source: MemoryQidoSource, route: FhirRoute
+    client: TestClient, source: MemoryQidoSource, route: FhirRoute, base: Base
 ) -> None:
-    method, path = route.method, route.path
+    method, path = route.method, base.path + route.path
     response = await client.options(concrete(path), headers=preflight_headers(method=method))
     assert response.status == 204, await response.text()
     assert response.headers["Access-Control-Allow-Origin"] == APP

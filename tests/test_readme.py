@@ -41,7 +41,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.support.fhircheck import validate
+from tests.support.fhircheck import validate, validate_r4
 
 ROOT = Path(__file__).parent.parent
 README = (ROOT / "README.md").read_text()
@@ -83,7 +83,7 @@ ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=\S*")
 URL = re.compile(rf"http://{re.escape(PRINTED_ADDRESS)}[^\s']*")
 #: What a comment says comes back: a status, a resource type, or both, at its start.
 ANSWER = re.compile(r"(?:(?P<status>[1-5]\d\d)\b\s*)?(?P<type>CapabilityStatement|ImagingStudy|Bundle|Endpoint|"
-                    r"OperationOutcome)?\b")  # fmt: skip
+                    r"OperationOutcome|Parameters)?\b")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -257,7 +257,10 @@ def test_curl(command: Command, clone: Path, service: int) -> None:
     assert resource["resourceType"] == resource_type, body[:2000]
     if shows_headers:
         assert got_status == (status or 200)
-    validate(resource)
+    if url.path.startswith("/fhir/r4/") or "fhirVersion=4.0" in command.text:
+        validate_r4(resource)
+    else:
+        validate(resource)
     if resource_type == "ImagingStudy":
         assert resource["id"] == url.path.rsplit("/", 1)[-1]
     if resource_type == "Bundle":

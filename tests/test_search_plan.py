@@ -10,6 +10,7 @@ from urllib.parse import parse_qsl
 import pytest
 
 from bridge.errors import InvalidRequest
+from bridge.fhirversion import FhirVersion
 from bridge.search.plan import plan_search
 from bridge.search.query import PatientRule, parse_search
 
@@ -147,7 +148,7 @@ REFUSALS = [
     ("_count=٣", "_count takes a whole number"),
     ("_offset=\uff11", "_offset takes a whole number"),  # a full-width 1
     ("_summary=text", "_summary=text is not supported"),
-    ("_elements=identifier,foo", "not ImagingStudy elements: foo"),
+    ("_elements=identifier,foo", "not FHIR 5.0 ImagingStudy elements: foo"),
     ("_elements=-series", "excluding elements (-name) is not supported"),
     ("_sort=_lastUpdated", "a PACS keeps no modification time"),
     ("_sort=-_lastUpdated", "a PACS keeps no modification time"),
@@ -295,7 +296,7 @@ def test_a_parameter_is_one_row(monkeypatch: pytest.MonkeyPatch) -> None:
         {"": parameters.Form(values.token, each(lambda token: matching("AccessionNumber", token.code)),
                              has_accession)},
     )  # fmt: skip
-    monkeypatch.setitem(parameters.BY_NAME, "accession", row)
+    monkeypatch.setitem(parameters.NAMED_IN[FhirVersion.R5], "accession", row)
     query = parse_search([("accession", "A 1,A2")])
     assert [dict(q) for q in plan_search(query).study_queries or ()] == [
         {"AccessionNumber": "A*1"},  # the space made safe for the PACS, as every row's values are

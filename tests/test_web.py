@@ -61,7 +61,7 @@ async def outcome(response: Any, status: int) -> dict[str, Any]:
 async def test_read(client: TestClient) -> None:
     response = await client.get(f"/fhir/ImagingStudy/{STUDY}")
     assert response.status == 200
-    assert response.headers["Content-Type"] == "application/fhir+json; charset=utf-8"
+    assert response.headers["Content-Type"] == "application/fhir+json; fhirVersion=5.0; charset=utf-8"
     resource = await response.json()
     validate(resource)
     assert resource["series"][0]["instance"][0]["uid"] == "1.2.3.4.1.1"
@@ -193,8 +193,10 @@ async def test_capability_statement_lists_what_is_served(client: TestClient) -> 
     resources = {r["type"]: r for r in statement["rest"][0]["resource"]}
     served = {name: sorted(i["code"] for i in r["interaction"]) for name, r in resources.items()}
     assert served == {"Endpoint": ["read"], "ImagingStudy": ["read", "search-type"]}
-    # The search parameters are the table's, no more, no less.
-    assert [p["name"] for p in resources["ImagingStudy"]["searchParam"]] == [p.name for p in SEARCH_PARAMETERS]
+    # The search parameters are the table's that R5 serves, no more, no less.
+    assert [p["name"] for p in resources["ImagingStudy"]["searchParam"]] == [
+        p.name for p in SEARCH_PARAMETERS if p.in_r5
+    ]
     assert resources["ImagingStudy"]["searchInclude"] == ["ImagingStudy:endpoint"]
     assert statement["fhirVersion"] == "5.0.0"
     # R5's own definitions: identifier and patient are the clinical-* parameters shared by many resources.

@@ -24,6 +24,8 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 from urllib.parse import unquote_plus
 
+from bridge.bases import base_of
+
 AUDIT_EVENT_TYPE = "http://terminology.hl7.org/CodeSystem/audit-event-type"
 RESTFUL_INTERACTION = "http://hl7.org/fhir/restful-interaction"
 OUTCOME = "http://terminology.hl7.org/CodeSystem/audit-event-outcome"
@@ -76,15 +78,16 @@ class Observer(NamedTuple):
     base_url: str | None = None
 
 
-#: The agent that answered: the bridge (BALP's "Destination Role ID").
-def _server(observer: Observer) -> dict[str, Any]:
+#: The agent that answered: the bridge (BALP's "Destination Role ID"), at the FHIR base the client used: its URL
+#: under the public URL, else its path (``/fhir/r4``).
+def _server(observer: Observer, target: str) -> dict[str, Any]:
     agent: dict[str, Any] = {
         "type": _concept(DCM, "110152", "Destination Role ID"),
         "who": {"display": "imaging-bridge", "identifier": {"value": observer.replica}},
         "requestor": False,
     }
-    if observer.base_url:
-        agent["networkUri"] = observer.base_url
+    base = base_of(target.partition("?")[0])
+    agent["networkUri"] = base.url(observer.base_url) if observer.base_url else base.path
     return agent
 
 
@@ -99,7 +102,7 @@ def audit_event(access: Access, observer: Observer) -> dict[str, Any]:
         "occurredDateTime": instant(access.ended - access.seconds),
         "recorded": instant(access.ended),
         "outcome": {"code": outcome_code(access.status), "detail": [{"text": f"HTTP {access.status}"}]},
-        "agent": [*_requestors(access), _server(observer)],
+        "agent": [*_requestors(access), _server(observer, access.target)],
         "source": {
             "observer": {"display": "imaging-bridge", "identifier": {"value": observer.replica}},
             "type": [_concept(SOURCE_TYPE, "4", "Application Server")],

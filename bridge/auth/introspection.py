@@ -15,7 +15,7 @@ import logging
 import math
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from bridge.auth.claims import InvalidToken, claims_from, numeric_date
@@ -47,7 +47,7 @@ class Introspection:
         client_secret: str,
         http: JsonClient,
         *,
-        audience: str,
+        audience: str | Sequence[str],
         issuer: str | None = None,
         patient_claim: str = "patient",
         max_ttl: float = MAX_TTL,
@@ -57,7 +57,9 @@ class Introspection:
         self._url = url
         self._authorization = basic_auth(client_id, client_secret)
         self._http = http
-        self._audience = audience.rstrip("/")
+        named = [audience] if isinstance(audience, str) else list(audience)
+        self._audiences = frozenset(one.rstrip("/") for one in named)
+        self._audience = named[0].rstrip("/")  # named in errors
         self._issuer = issuer
         self._patient_claim = patient_claim
         self._max_ttl = max_ttl
@@ -133,7 +135,7 @@ class Introspection:
 
     def _for_us(self, audience: Any) -> bool:
         named = [audience] if isinstance(audience, str) else audience if isinstance(audience, list) else []
-        return any(isinstance(one, str) and one.rstrip("/") == self._audience for one in named)
+        return any(isinstance(one, str) and one.rstrip("/") in self._audiences for one in named)
 
     def _remember_refusal(self, digest: bytes, message: str) -> None:
         if self._inactive_ttl <= 0:

@@ -13,7 +13,7 @@ import base64
 import json
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jwt
@@ -49,15 +49,16 @@ class JwtVerifier:
         self,
         keys: KeySet,
         *,
-        audience: str,
+        audience: str | Sequence[str],
         issuer: str | None = None,
         patient_claim: str = "patient",
         leeway: float = LEEWAY,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._keys = keys
-        # A trailing "/" is not told apart (settings drop it; some servers write it).
-        self._audiences = [audience.rstrip("/"), audience.rstrip("/") + "/"]
+        # A trailing "/" is not told apart (settings drop it; some servers write it). Several: any of them.
+        named = [audience] if isinstance(audience, str) else list(audience)
+        self._audiences = [form for one in named for form in (one.rstrip("/"), one.rstrip("/") + "/")]
         self._issuers = {issuer.rstrip("/"), issuer.rstrip("/") + "/"} if issuer else None
         self._issuer = issuer
         self._patient_claim = patient_claim

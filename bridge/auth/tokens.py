@@ -175,7 +175,7 @@ def token_verifier(
     verify a token (Settings checks them too; this holds for settings built otherwise)."""
     if settings.auth_mode == "none":
         return None
-    audience = settings.audience
+    audience = settings.audiences
     if not audience:
         raise ConfigError("BRIDGE_AUTH=smart needs BRIDGE_AUTH_AUDIENCE or BRIDGE_PUBLIC_URL")
     http = JsonClient(timeout=timeout)

@@ -128,10 +128,10 @@ class MemoryBackend:
     async def put(self, key: str, entry: Entry, retention: float) -> bool:
         if key in self._entries:
             self._drop(key)
-        if len(entry.body) > self._max_bytes:
+        if entry.size > self._max_bytes:
             return False  # larger than the whole cache: not worth evicting everything else for
         self._entries[key] = (entry, self._clock() + retention)
-        self._bytes += len(entry.body)
+        self._bytes += entry.size
         while self._bytes > self._max_bytes:
             self._drop(next(iter(self._entries)))
         return True
@@ -172,7 +172,7 @@ class MemoryBackend:
 
     def _drop(self, key: str) -> None:
         entry, _ = self._entries.pop(key)
-        self._bytes -= len(entry.body)
+        self._bytes -= entry.size
 
 
 async def _keep_renewing(lock: AsyncRedisLock, ttl: float, name: str) -> None:

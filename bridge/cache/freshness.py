@@ -20,6 +20,8 @@ from typing import Any
 
 import orjson
 
+from bridge.fhirversion import FhirVersion
+
 
 @dataclass(frozen=True)
 class Policy:
@@ -51,10 +53,13 @@ SERVE = Action.SERVE
 
 @dataclass(frozen=True)
 class Entry:
-    """One synthesized study as served: the response bytes and what HTTP and the refresher need to know."""
+    """One synthesized study as served: the response bytes of each FHIR version, and what HTTP and the refresher
+    need to know. Both versions are rendered from the same facts when the study is read, so a warm read of
+    either is the same lookup of stored bytes."""
 
+    #: The R5 ImagingStudy (of a negative entry: the diagnostics).
     body: bytes
-    #: The content's version (a hash of the resource without its meta): the ETag and meta.versionId.
+    #: The content's version (a hash of the R5 resource without its meta): meta.versionId in both versions.
     version: str
     #: When this content was first seen (epoch seconds): Last-Modified and meta.lastUpdated.
     last_modified: float
@@ -64,6 +69,24 @@ class Entry:
     signal: str = ""
     #: 200, or the status of a remembered negative answer (404, 409), whose ``body`` is then its diagnostics.
     status: int = 200
+    #: The R4 ImagingStudy, rendered from the same facts (empty in a negative entry).
+    body_r4: bytes = b""
+
+    def body_of(self, version: FhirVersion) -> bytes:
+        """The study's bytes in ``version``."""
+        return self.body_r4 if version is FhirVersion.R4 else self.body
+
+    def etag_of(self, version: FhirVersion) -> str:
+        """The ETag of the representation in ``version``: R5's is ``W/"<version>"`` (``etag``), R4's
+        ``W/"<version>-4.0"``. One URL may serve both (content negotiation), and a validator must tell them apart:
+        a client holding the R5 bytes must not be told ``304`` for an R4 request. ``meta.versionId`` is the same
+        in both, since they are one version of one resource."""
+        return self.etag if version is FhirVersion.R5 else f'W/"{self.version}-{version.value}"'
+
+    @property
+    def size(self) -> int:
+        """The bytes the entry holds (what an in-process store counts against its limit)."""
+        return len(self.body) + len(self.body_r4)
 
     @classmethod
     def negative(cls, status: int, diagnostics: str, checked_at: float) -> Entry:
@@ -86,23 +109,34 @@ class Entry:
         return replace(self, checked_at=now)
 
     def pack(self) -> bytes:
-        """Bytes for a shared store: a length-prefixed JSON header, then the body as it is."""
+        """Bytes for a shared store: a length-prefixed JSON header, then the R5 body and the R4 body as they are
+        (the header says where one ends).
+
+        The version is under "v2", not the "v" of releases that stored R5 alone: a replica of such a release finds
+        no "v", so takes a new entry for a miss rather than serve both bodies as one; and an entry such a replica
+        stored has no "v2" and no R4 body, so is a miss here (see ``unpack``)."""
         if self.status != 200:
             # No "v": a replica of an earlier release cannot unpack it, so takes it for a miss, never for a study.
             header = orjson.dumps({"e": self.status, "c": self.checked_at})
-        else:
-            header = orjson.dumps({"v": self.version, "m": self.last_modified, "c": self.checked_at, "s": self.signal})
-        return struct.pack(">I", len(header)) + header + self.body
+            return struct.pack(">I", len(header)) + header + self.body
+        header = orjson.dumps({
+            "v2": self.version, "m": self.last_modified, "c": self.checked_at, "s": self.signal, "n": len(self.body)
+        })  # fmt: skip
+        return struct.pack(">I", len(header)) + header + self.body + self.body_r4
 
     @classmethod
     def unpack(cls, packed: bytes) -> Entry:
         """The entry ``pack`` made. Given only a prefix that holds the header (see ``HEAD_READ``), an entry whose
-        header fields are right and whose body is the rest of the prefix."""
+        header fields are right and whose bodies are what of them the prefix holds. ``ValueError`` for an entry of
+        a release that stored R5 alone."""
         size = cls.head_size(packed)
         header = orjson.loads(packed[4:size])
         if "e" in header:
             return cls(packed[size:], "", 0.0, header["c"], "", header["e"])
-        return cls(packed[size:], header["v"], header["m"], header["c"], header["s"])
+        if "v2" not in header:
+            raise ValueError("a cache entry of an earlier release (no R4 body)")
+        split = size + header["n"]
+        return cls(packed[size:split], header["v2"], header["m"], header["c"], header["s"], body_r4=packed[split:])
 
     #: Bytes to read from a packed entry's start to get its header, nearly always.
     HEAD_READ = 512

@@ -40,11 +40,13 @@ from bridge.cache.freshness import (
     usable_on_error,
 )
 from bridge.errors import BridgeError, Conflict, DeadlineExceeded, NotFound, UpstreamError
+from bridge.fhirversion import FhirVersion
 from bridge.mapping import tags
 from bridge.mapping.dicomjson import DicomJson, texts, uid, unsigned
 from bridge.mapping.imagingstudy import MappingOptions
 from bridge.qido.resilience import remaining
 from bridge.qido.source import QidoSource
+from bridge.render import both
 from bridge.studies import check_study_id, read_study
 from bridge.telemetry import STATS
 
@@ -192,12 +194,14 @@ class StudyCache:
                 await self.backend.put(study_key(study_uid), negative, self.policy.negative_ttl)
             raise
         now = self._clock()
-        version = content_version(read.resource)
+        rendered = both(read.facts)
+        version = content_version(rendered[FhirVersion.R5])
         # Asked even when ``previous`` has this version: that keeps the record alive as long as the entry, and
         # restores it, with the entry's time, if it was lost.
         known = previous.last_modified if previous is not None and previous.version == version else now
         since = await self.backend.version_since(study_key(study_uid), version, known)
-        entry = make_entry(read.resource, version, signal_of(read.study), since, now)
+        entry = make_entry(rendered[FhirVersion.R5], version, signal_of(read.study), since, now,
+                           r4=rendered[FhirVersion.R4])  # fmt: skip
         if await self.backend.put(study_key(study_uid), entry, self.policy.retention):
             self.unstored.discard(study_uid)
         else:
@@ -211,13 +215,28 @@ def remembered(entry: Entry) -> BridgeError:
     return Conflict(diagnostics) if entry.status == Conflict.status else NotFound(diagnostics)
 
 
-def make_entry(resource: dict[str, Any], version: str, signal: str, last_modified: float, now: float) -> Entry:
-    """The entry for a freshly mapped resource of ``version`` (``content_version``), first seen at
-    ``last_modified`` (its ``meta.lastUpdated``) and confirmed by the PACS ``now``."""
-    meta = {**resource.get("meta", {}), "versionId": version, "lastUpdated": instant(last_modified)}
+def make_entry(
+    resource: dict[str, Any],
+    version: str,
+    signal: str,
+    last_modified: float,
+    now: float,
+    *,
+    r4: dict[str, Any] | None = None,
+) -> Entry:
+    """The entry for a freshly mapped R5 resource of ``version`` (``content_version``) and its R4 rendering,
+    first seen at ``last_modified`` (their ``meta.lastUpdated``) and confirmed by the PACS ``now``."""
+    updated = instant(last_modified)
+    body_r4 = b"" if r4 is None else _served(r4, version, updated)
+    return Entry(_served(resource, version, updated), version, last_modified, now, signal, body_r4=body_r4)
+
+
+def _served(resource: dict[str, Any], version: str, updated: str) -> bytes:
+    """The bytes of a resource as served: its meta (versionId, lastUpdated) after its type and id."""
+    meta = {**resource.get("meta", {}), "versionId": version, "lastUpdated": updated}
     ordered = {"resourceType": resource["resourceType"], "id": resource["id"], "meta": meta}
     ordered.update((key, value) for key, value in resource.items() if key not in ordered)
-    return Entry(orjson.dumps(ordered), version, last_modified, now, signal)
+    return orjson.dumps(ordered)
 
 
 def signal_of(study: DicomJson) -> str:

@@ -1,11 +1,15 @@
-"""DICOM JSON study, series and instance rows -> a FHIR R5 ImagingStudy (a plain dict, ready for orjson).
+"""DICOM JSON study, series and instance rows -> the facts of an ImagingStudy (``bridge.mapping.facts``), which
+``bridge.render`` writes in either FHIR version.
 
 The rules come from ``docs/mapping.md``. Two principles decide the hard cases:
 
 - the resource must satisfy ist-1..ist-7, so when the rows we list and the PACS's computed counts disagree the
-  listed rows win, and the disagreement is returned as a note for the caller to log;
+  listed rows win, and the disagreement is kept as a note for the caller to log;
 - a malformed DICOM value is repaired when the repair is unambiguous and dropped otherwise; it never becomes
   invalid FHIR and never raises.
+
+``imaging_study``, ``series_element`` and ``instance_element`` give the R5 rendering straight from rows, for the
+callers that work on R5 dicts (search matching, the tests of the mapping).
 """
 
 from __future__ import annotations
@@ -30,19 +34,28 @@ from bridge.mapping.dicomjson import (
     uid,
     unsigned,
 )
+from bridge.mapping.facts import (
+    Coding,
+    Concept,
+    InstanceFacts,
+    Issued,
+    Patient,
+    Performer,
+    SeriesFacts,
+    StudyFacts,
+)
 from bridge.mapping.identity import raw, writable
-from bridge.terminology import DICOM_UID_SYSTEM, RFC3986, V2_0203
+from bridge.render import r5
+from bridge.render.common import SUBSETTED
+
+__all__ = ["SUBSETTED", "MappingOptions", "SeriesRows", "StudyRows", "imaging_study", "study_facts"]
 
 PARTICIPATION_TYPE = "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
-DATA_ABSENT_REASON = "http://hl7.org/fhir/StructureDefinition/data-absent-reason"
-#: Marks a resource that leaves elements out (here: the series of a study-level result).
-SUBSETTED = {
-    "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
-    "code": "SUBSETTED",
-    "display": "subsetted",
-}
 #: The modality of a series whose PACS row has none (ImagingStudy.series.modality is 1..1).
 FALLBACK_MODALITY = "OT"
+#: Coding Scheme Designators (0008,0102) whose FHIR system is known (PS3.16 8.1). A code of another scheme is
+#: kept as its meaning alone: a system made up for it would say nothing a client can look up.
+CODING_SCHEMES = {"DCM": terminology.DCM, "SCT": terminology.SNOMED, "LN": "http://loinc.org"}
 
 
 @dataclass(frozen=True)
@@ -73,102 +86,86 @@ class MappingOptions:
 
 @dataclass
 class Mapped:
-    """The resource plus notes on what was repaired or disagreed (for the caller to log)."""
+    """The R5 resource plus notes on what was repaired or disagreed (for the caller to log)."""
 
     resource: dict[str, Any]
     notes: list[str] = field(default_factory=list)
 
 
 def imaging_study(rows: StudyRows, options: MappingOptions) -> Mapped:
-    """Map one study. The study row must carry a valid StudyInstanceUID (the caller checked it)."""
+    """Map one study to R5 (``study_facts`` then ``bridge.render.r5``)."""
+    facts = study_facts(rows, options)
+    return Mapped(r5.imaging_study(facts), list(facts.notes))
+
+
+def study_facts(rows: StudyRows, options: MappingOptions) -> StudyFacts:
+    """Read one study. The study row must carry a valid StudyInstanceUID (the caller checked it)."""
     study = rows.study
     study_uid = uid(study, tags.STUDY_INSTANCE_UID)
     if study_uid is None:
         raise ValueError("the study row has no valid StudyInstanceUID")
     notes: list[str] = []
     offset = text(study, tags.TIMEZONE_OFFSET_FROM_UTC)
-    resource: dict[str, Any] = {"resourceType": "ImagingStudy", "id": study_uid}
-    if rows.series is None:
-        # Without its series the resource is a subset, and says so: ist-7 cannot hold for ModalitiesInStudy.
-        resource["meta"] = {"tag": [dict(SUBSETTED)]}
-    resource["identifier"] = _identifiers(study, study_uid)
-    resource["status"] = "available"
-
-    series_list: list[dict[str, Any]] | None = None
-    if rows.series is not None:
-        ordered = sorted(rows.series, key=_series_order)
-        series_list = [_series(s, offset, options, notes) for s in ordered]
-        modalities = _distinct(s["modality"] for s in series_list)
-    else:
-        modalities = _distinct(_modality(m) for m in texts(study, tags.MODALITIES_IN_STUDY))
-    if modalities:
-        resource["modality"] = modalities
-
-    resource["subject"] = _subject(study, options)
-    if started := fhir_datetime(text(study, tags.STUDY_DATE), text(study, tags.STUDY_TIME), offset, options.zone):
-        resource["started"] = started
-    if accession := _accession(study):
-        resource["basedOn"] = [{"type": "ServiceRequest", "identifier": accession}]
-    if referrer := person_name(study, tags.REFERRING_PHYSICIAN_NAME):
-        resource["referrer"] = {"display": referrer}
-    if options.endpoint_id:
-        resource["endpoint"] = [{"reference": f"Endpoint/{options.endpoint_id}", "type": "Endpoint"}]
-    if description := text(study, tags.STUDY_DESCRIPTION):
-        resource["description"] = description
-
     pacs_series = unsigned(study, tags.NUMBER_OF_STUDY_RELATED_SERIES)
     pacs_instances = unsigned(study, tags.NUMBER_OF_STUDY_RELATED_INSTANCES)
-    if series_list is None:
-        # Study level only: the PACS's counts are all there is, and no list can contradict them.
-        _set_if(resource, "numberOfSeries", pacs_series)
-        _set_if(resource, "numberOfInstances", pacs_instances)
+    series: tuple[SeriesFacts, ...] | None = None
+    if rows.series is not None:
+        ordered = sorted(rows.series, key=_series_order)
+        series = tuple(_series(s, offset, options, notes) for s in ordered)
+        modalities = _distinct(s.modality for s in series)
+        number_of_series: int | None = len(series)
+        number_of_instances: int | None = sum(len(s.instances) for s in series)
+        if pacs_series is not None and pacs_series != number_of_series:
+            notes.append(f"study {study_uid}: PACS counts {pacs_series} series, listed {number_of_series}")
+        if pacs_instances is not None and pacs_instances != number_of_instances:
+            notes.append(f"study {study_uid}: PACS counts {pacs_instances} instances, listed {number_of_instances}")
     else:
-        listed_instances = sum(s["numberOfInstances"] for s in series_list)
-        resource["numberOfSeries"] = len(series_list)
-        resource["numberOfInstances"] = listed_instances
-        if pacs_series is not None and pacs_series != len(series_list):
-            notes.append(f"study {study_uid}: PACS counts {pacs_series} series, listed {len(series_list)}")
-        if pacs_instances is not None and pacs_instances != listed_instances:
-            notes.append(f"study {study_uid}: PACS counts {pacs_instances} instances, listed {listed_instances}")
-        if series_list:
-            resource["series"] = series_list
-    return Mapped(resource, notes)
+        # Study level only: the PACS's counts are all there is, and no list can contradict them.
+        modalities = _distinct(_modality(m) for m in texts(study, tags.MODALITIES_IN_STUDY))
+        number_of_series, number_of_instances = pacs_series, pacs_instances
+    return StudyFacts(
+        uid=study_uid,
+        patient=_patient(study, options),
+        modalities=modalities,
+        series=series,
+        accession=_accession(study),
+        started=fhir_datetime(text(study, tags.STUDY_DATE), text(study, tags.STUDY_TIME), offset, options.zone),
+        referrer=person_name(study, tags.REFERRING_PHYSICIAN_NAME),
+        description=text(study, tags.STUDY_DESCRIPTION),
+        number_of_series=number_of_series,
+        number_of_instances=number_of_instances,
+        procedures=_concepts(study, tags.PROCEDURE_CODE_SEQUENCE),
+        reasons=_reasons(study),
+        interpreters=tuple(person_names(study, tags.NAME_OF_PHYSICIANS_READING_STUDY)),
+        endpoint_id=options.endpoint_id or None,
+        notes=tuple(notes),
+    )
 
 
 def series_element(row: DicomJson, options: MappingOptions) -> dict[str, Any]:
-    """One series row as the ``series`` element it becomes (without instances): what search criteria match on."""
+    """One series row as the R5 ``series`` element it becomes (without instances): what search criteria match on."""
+    return r5.series(series_facts(row, options))
+
+
+def series_facts(row: DicomJson, options: MappingOptions) -> SeriesFacts:
+    """One series row, without its instances."""
     return _series(SeriesRows(row, ()), text(row, tags.TIMEZONE_OFFSET_FROM_UTC), options, [])
 
 
 def instance_element(row: DicomJson) -> dict[str, Any]:
-    """One instance row as the ``series.instance`` element it becomes."""
-    return _instance(row)
+    """One instance row as the R5 ``series.instance`` element it becomes."""
+    return r5.instance(_instance(row))
 
 
-def _identifiers(study: DicomJson, study_uid: str) -> list[dict[str, Any]]:
-    identifiers: list[dict[str, Any]] = [{"system": DICOM_UID_SYSTEM, "value": f"urn:oid:{study_uid}"}]
-    # R4-era clients look for the accession number among the identifiers, R5 ones in basedOn: give both.
-    if accession := _accession(study):
-        identifiers.append(accession)
-    return identifiers
-
-
-def _accession(study: DicomJson) -> dict[str, Any] | None:
+def _accession(study: DicomJson) -> Issued | None:
     number = text(study, tags.ACCESSION_NUMBER)
     if number is None:
         return None
-    identifier: dict[str, Any] = {
-        "type": {"coding": [{"system": V2_0203, "code": "ACSN", "display": "Accession ID"}]},
-    }
     issuer = items(study, tags.ISSUER_OF_ACCESSION_NUMBER_SEQUENCE)
     if issuer:
         system, assigner = _issuer(issuer[0])
-        if system:
-            identifier["system"] = system
-        elif assigner:
-            identifier["assigner"] = {"display": assigner}
-    identifier["value"] = number
-    return identifier
+        return Issued(number, system, None if system else assigner)
+    return Issued(number)
 
 
 def _issuer(designator: DicomJson) -> tuple[str | None, str | None]:
@@ -184,102 +181,84 @@ def _issuer(designator: DicomJson) -> tuple[str | None, str | None]:
 
 def subject_of(row: DicomJson, options: MappingOptions) -> dict[str, Any]:
     """The ``subject`` an ImagingStudy made from ``row`` (any level's row naming its patient) would carry."""
-    return _subject(row, options)
+    return r5.subject(_patient(row, options))
 
 
-def _subject(study: DicomJson, options: MappingOptions) -> dict[str, Any]:
-    subject: dict[str, Any] = {"type": "Patient"}
+def _patient(study: DicomJson, options: MappingOptions) -> Patient:
     # The identifier carries the PACS's raw values: a PatientID the bridge cleaned would name another patient
     # (``P1\u00a0`` is not ``P1``). One that a FHIR string cannot hold as it is is written as absent.
+    name = person_name(study, tags.PATIENT_NAME)
     patient_id = raw(study, tags.PATIENT_ID)
-    if patient_id is not None:
-        identifier: dict[str, Any] = {}
-        issuer = raw(study, tags.ISSUER_OF_PATIENT_ID)
-        if issuer is None:
-            if options.patient_id_system:
-                identifier["system"] = options.patient_id_system
-        elif issuer in options.issuer_systems:
-            identifier["system"] = options.issuer_systems[issuer]
-        elif OID.match(issuer):
-            identifier["system"] = f"urn:oid:{issuer}"
-        elif assigner := text(study, tags.ISSUER_OF_PATIENT_ID):
-            # An issuer we cannot turn into a URI: say who assigned the ID rather than invent a system.
-            identifier["assigner"] = {"display": assigner}
-        if writable(patient_id):
-            identifier["value"] = patient_id
-        else:
-            identifier["_value"] = {"extension": [{"url": DATA_ABSENT_REASON, "valueCode": "unsupported"}]}
-        subject["identifier"] = identifier
-    if name := person_name(study, tags.PATIENT_NAME):
-        subject["display"] = name
-    if len(subject) == 1:
-        # subject is 1..1: say that the PACS did not know rather than make something up.
-        subject["extension"] = [{"url": DATA_ABSENT_REASON, "valueCode": "unknown"}]
-    return subject
+    if patient_id is None:
+        return Patient(name=name)
+    system = assigner = None
+    issuer = raw(study, tags.ISSUER_OF_PATIENT_ID)
+    if issuer is None:
+        system = options.patient_id_system
+    elif issuer in options.issuer_systems:
+        system = options.issuer_systems[issuer]
+    elif OID.match(issuer):
+        system = f"urn:oid:{issuer}"
+    else:
+        # An issuer we cannot turn into a URI: say who assigned the ID rather than invent a system.
+        assigner = text(study, tags.ISSUER_OF_PATIENT_ID)
+    return Patient(patient_id, writable(patient_id), system or None, assigner, name)
 
 
-def _series(rows: SeriesRows, offset: str | None, options: MappingOptions, notes: list[str]) -> dict[str, Any]:
+def _series(rows: SeriesRows, offset: str | None, options: MappingOptions, notes: list[str]) -> SeriesFacts:
     row = rows.series
     series_uid = fhir_id(row, tags.SERIES_INSTANCE_UID)
     if series_uid is None:  # the caller drops such rows; guard the invariant anyway
         raise ValueError("a series row has no valid SeriesInstanceUID")
-    instances = [_instance(i) for i in sorted(rows.instances, key=_instance_order)]
-    series: dict[str, Any] = {"uid": series_uid}
-    _set_if(series, "number", unsigned(row, tags.SERIES_NUMBER))
+    instances = tuple(_instance(i) for i in sorted(rows.instances, key=_instance_order))
     modality = list(dict.fromkeys(texts(row, tags.MODALITY)))
     if not modality:
         notes.append(f"series {series_uid}: no Modality, given {FALLBACK_MODALITY}")
         modality = [FALLBACK_MODALITY]
-    # Modality has one value (VM 1): of two, neither can be said to be the series', and both are kept as text.
-    series["modality"] = _modality(modality[0]) if len(modality) == 1 else {"text": "\\".join(modality)}
-    if description := text(row, tags.SERIES_DESCRIPTION):
-        series["description"] = description
-    series["numberOfInstances"] = len(instances)
     pacs_count = unsigned(row, tags.NUMBER_OF_SERIES_RELATED_INSTANCES)
     if pacs_count is not None and pacs_count != len(instances):
         notes.append(f"series {series_uid}: PACS counts {pacs_count} instances, listed {len(instances)}")
-    if body_site := _body_site(text(row, tags.BODY_PART_EXAMINED)):
-        series["bodySite"] = body_site
-    if laterality := _laterality(text(row, tags.LATERALITY)) or _image_laterality(rows.instances):
-        series["laterality"] = laterality
-    started = fhir_datetime(text(row, tags.SERIES_DATE), text(row, tags.SERIES_TIME), offset, options.zone)
-    if started:
-        series["started"] = started
-    if performers := _performers(row):
-        series["performer"] = performers
-    if instances:
-        series["instance"] = instances
-    return series
+    return SeriesFacts(
+        uid=series_uid,
+        # Modality has one value (VM 1): of two, neither can be said to be the series', and both are kept as text.
+        modality=_modality(modality[0]) if len(modality) == 1 else Concept(text="\\".join(modality)),
+        instances=instances,
+        number=unsigned(row, tags.SERIES_NUMBER),
+        description=text(row, tags.SERIES_DESCRIPTION),
+        body_site=_body_site(text(row, tags.BODY_PART_EXAMINED)),
+        laterality=_laterality(text(row, tags.LATERALITY)) or _image_laterality(rows.instances),
+        started=fhir_datetime(text(row, tags.SERIES_DATE), text(row, tags.SERIES_TIME), offset, options.zone),
+        performers=_performers(row),
+    )
 
 
-def _modality(value: str) -> dict[str, Any]:
+def _modality(value: str) -> Concept:
     """A DICOM defined term (CID 33) as its DCM coding; any other value (retired, private, ``CT MR``) as text
     alone, since no DCM code says what it means. A ``modality=`` search, which matches DCM codings, then does
     not find it: that is right, it is not the modality searched for."""
     # CS values are upper case by definition (PS3.5 6.2) and DCM codes are case-sensitive: ``ct`` is CT.
     code = value.upper()
     if (display := terminology.modality_display(code)) is None:
-        return {"text": value}
-    return {"coding": [{"system": terminology.DCM, "code": code, "display": display}]}
+        return Concept(text=value)
+    return Concept((Coding(terminology.DCM, code, display),))
 
 
-def _body_site(term: str | None) -> dict[str, Any] | None:
+def _body_site(term: str | None) -> Concept | None:
     if term is None:
         return None
-    concept: dict[str, Any] = {"text": term}
     if found := terminology.body_part(term):
-        concept["coding"] = [{"system": terminology.SNOMED, "code": found.code, "display": found.display}]
-    return {"concept": concept}
+        return Concept((Coding(terminology.SNOMED, found.code, found.display),), term)
+    return Concept(text=term)
 
 
-def _laterality(code: str | None) -> dict[str, Any] | None:
+def _laterality(code: str | None) -> Concept | None:
     found = terminology.laterality(code) if code else None
     if found is None:
         return None
-    return {"coding": [{"system": terminology.SNOMED, "code": found.code, "display": found.display}]}
+    return Concept((Coding(terminology.SNOMED, found.code, found.display),))
 
 
-def _image_laterality(instances: Sequence[DicomJson]) -> dict[str, Any] | None:
+def _image_laterality(instances: Sequence[DicomJson]) -> Concept | None:
     """The laterality every instance of a series gives in Image Laterality (0020,0062), where mammography puts it;
     None if one gives none or another (a series of L and R images is of neither side alone, and not of B).
 
@@ -293,41 +272,35 @@ def _image_laterality(instances: Sequence[DicomJson]) -> dict[str, Any] | None:
 
 
 _PERFORMER_FUNCTIONS = (
-    # (tag, function code, display): the people, in R5's series-performer-function (CON VRF PRF SPRF REF)
-    (tags.PERFORMING_PHYSICIAN_NAME, "PRF", "performer"),
-    (tags.OPERATORS_NAME, "SPRF", "secondary performer"),
+    # (tag, function): the people, in series-performer-function (CON VRF PRF SPRF REF), the same in R4 and R5
+    (tags.PERFORMING_PHYSICIAN_NAME, Coding(PARTICIPATION_TYPE, "PRF", "performer")),
+    (tags.OPERATORS_NAME, Coding(PARTICIPATION_TYPE, "SPRF", "secondary performer")),
 )
 
 
-def _performers(row: DicomJson) -> list[dict[str, Any]]:
-    performers = []
-    for tag, code, display in _PERFORMER_FUNCTIONS:
-        for name in person_names(row, tag):
-            function = {"coding": [{"system": PARTICIPATION_TYPE, "code": code, "display": display}]}
-            performers.append({"function": function, "actor": {"type": "Practitioner", "display": name}})
+def _performers(row: DicomJson) -> tuple[Performer, ...]:
+    performers = [
+        Performer("Practitioner", name, function)
+        for tag, function in _PERFORMER_FUNCTIONS
+        for name in person_names(row, tag)
+    ]
     # The equipment and the institution have no function in that value set (DEV and LOC are not in it), and
     # function is 0..1: the actor's type says what they are.
     device = " ".join(v for v in (text(row, tags.MANUFACTURER), text(row, tags.MANUFACTURER_MODEL_NAME)) if v)
     if device:
-        performers.append({"actor": {"type": "Device", "display": device}})
+        performers.append(Performer("Device", device))
     if institution := text(row, tags.INSTITUTION_NAME):
-        performers.append({"actor": {"type": "Organization", "display": institution}})
-    return performers
+        performers.append(Performer("Organization", institution))
+    return tuple(performers)
 
 
-def _instance(row: DicomJson) -> dict[str, Any]:
+def _instance(row: DicomJson) -> InstanceFacts:
     instance_uid = fhir_id(row, tags.SOP_INSTANCE_UID)
     sop_class = fhir_id(row, tags.SOP_CLASS_UID)
     if instance_uid is None or sop_class is None:  # the caller drops such rows; guard the invariant anyway
         raise ValueError("an instance row lacks a valid SOPInstanceUID or SOPClassUID")
-    coding: dict[str, str] = {"system": RFC3986, "code": f"urn:oid:{sop_class}"}
-    if name := sop_class_name(sop_class):
-        coding["display"] = name
-    instance: dict[str, Any] = {"uid": instance_uid, "sopClass": coding}
-    _set_if(instance, "number", unsigned(row, tags.INSTANCE_NUMBER))
-    if title := _title(row):
-        instance["title"] = title
-    return instance
+    number = unsigned(row, tags.INSTANCE_NUMBER)
+    return InstanceFacts(instance_uid, sop_class, sop_class_name(sop_class), number, _title(row))
 
 
 def sop_class_name(sop_class: str) -> str | None:
@@ -344,15 +317,37 @@ def _title(row: DicomJson) -> str | None:
     return None
 
 
-def _distinct(concepts: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+def _coded(item: DicomJson) -> Concept:
+    """A Code Sequence item (Basic Code Attributes Macro) as a concept: its coding where the scheme has a known
+    FHIR system, and its meaning as text."""
+    meaning = text(item, tags.CODE_MEANING)
+    code = text(item, tags.CODE_VALUE) or text(item, tags.LONG_CODE_VALUE) or text(item, tags.URN_CODE_VALUE)
+    system = CODING_SCHEMES.get((text(item, tags.CODING_SCHEME_DESIGNATOR) or "").upper())
+    if code is not None and system is not None:
+        return Concept((Coding(system, code, meaning),), meaning)
+    return Concept(text=meaning or code)
+
+
+def _concepts(row: DicomJson, tag: str) -> tuple[Concept, ...]:
+    """The items of a code sequence that say anything (an item with neither code nor meaning is dropped)."""
+    return tuple(c for c in map(_coded, items(row, tag)) if c.codings or c.text)
+
+
+def _reasons(study: DicomJson) -> tuple[Concept, ...]:
+    """The coded reasons, else the reason in words: the words usually say the same as the codes' meanings."""
+    coded = _concepts(study, tags.REASON_FOR_REQUESTED_PROCEDURE_CODE_SEQUENCE)
+    said = text(study, tags.REASON_FOR_THE_REQUESTED_PROCEDURE)
+    return coded or ((Concept(text=said),) if said else ())
+
+
+def _distinct(concepts: Iterable[Concept]) -> tuple[Concept, ...]:
     """Distinct modality concepts in first-seen order: by system|code, or by text for one without a coding
     (ist-7 compares both)."""
-    seen: dict[tuple[str, ...], dict[str, Any]] = {}
+    seen: dict[tuple[str | None, ...], Concept] = {}
     for concept in concepts:
-        codings = concept.get("coding")
-        key = (codings[0]["system"], codings[0]["code"]) if codings else (concept["text"],)
+        key = (concept.codings[0].system, concept.codings[0].code) if concept.codings else (concept.text,)
         seen.setdefault(key, concept)
-    return list(seen.values())
+    return tuple(seen.values())
 
 
 def _series_order(rows: SeriesRows) -> tuple[int, str]:
@@ -363,8 +358,3 @@ def _series_order(rows: SeriesRows) -> tuple[int, str]:
 def _instance_order(row: DicomJson) -> tuple[int, str]:
     number = unsigned(row, tags.INSTANCE_NUMBER)
     return (number if number is not None else 2**31, fhir_id(row, tags.SOP_INSTANCE_UID) or "")
-
-
-def _set_if(target: dict[str, Any], key: str, value: Any) -> None:
-    if value is not None:
-        target[key] = value

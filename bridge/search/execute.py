@@ -18,19 +18,22 @@ import orjson
 from bridge.aio import gather_all
 from bridge.cache.service import StudyCache
 from bridge.errors import BridgeError, BudgetExceeded, Conflict, NotFound, TooCostly
+from bridge.fhirversion import FhirVersion
 from bridge.mapping import tags
 from bridge.mapping.dicomjson import DicomJson, fhir_id, uid
+from bridge.mapping.facts import StudyFacts
 from bridge.mapping.identity import Identity, Owners, identity_of, merged_issuers
 from bridge.mapping.imagingstudy import (
     MappingOptions,
     StudyRows,
-    imaging_study,
     instance_element,
     series_element,
+    study_facts,
 )
 from bridge.qido.budget import Budget, sharing, spending
 from bridge.qido.paging import RowMerger
 from bridge.qido.source import QidoSource
+from bridge.render import imaging_study, r5
 from bridge.search.dates import target_range
 from bridge.search.filters import uid_lists
 from bridge.search.match import instance_matches, matches, series_matches, study_matches
@@ -47,10 +50,12 @@ Key = tuple[str, Identity | None]  # (StudyInstanceUID, whose: None if the row d
 
 @dataclass(frozen=True)
 class Candidate:
-    """A matching study (one patient's part of it) and its study-level resource."""
+    """A matching study (one patient's part of it): its study-level facts, and their R5 rendering, which the
+    criteria are matched on."""
 
     row: DicomJson
     summary: dict[str, Any]
+    facts: StudyFacts
 
     @property
     def key(self) -> Key:
@@ -63,7 +68,8 @@ class SearchResult:
     total: int | None
     #: Whether a next page may hold more.
     has_next: bool = False
-    #: The page's studies: study-level resources, or complete ones when series were asked for.
+    #: The page's studies, in the version asked for: study-level resources, or complete ones when series were
+    #: asked for.
     resources: list[dict[str, Any]] = field(default_factory=list)
     #: Warnings for the Bundle (studies left out and why).
     warnings: list[str] = field(default_factory=list)
@@ -85,10 +91,12 @@ async def run_search(
     complete: bool,
     cache: StudyCache | None = None,
     limits: Limits = Limits(),
+    version: FhirVersion = FhirVersion.R5,
 ) -> SearchResult:
-    """The page ``query`` asks for; ``complete`` reads every series and instance of the page's studies (through
-    ``cache`` when given). Finding the candidates runs under one budget (``limits``) across every level; the
-    page's studies are read as reads are (through the cache, one PACS read per study at a time)."""
+    """The page ``query`` asks for, its resources in ``version``; ``complete`` reads every series and instance of
+    the page's studies (through ``cache`` when given). Finding the candidates runs under one budget (``limits``)
+    across every level; the page's studies are read as reads are (through the cache, one PACS read per study at
+    a time). Criteria are matched on the R5 rendering whatever the version: both state the same facts."""
     zone: dt.tzinfo = options.zone or dt.UTC
     plan = plan_search(query, max_queries=limits.queries)
     if (needed := planned_requests(query, plan)) > limits.queries:
@@ -111,15 +119,15 @@ async def run_search(
     whole: dict[str, dict[str, Any]] = {}  # complete resources already read, by id
     if not paged:
         if any(c.parameter.level is Level.RESOURCE for c in query.criteria):
-            candidates, whole = await _on_resources(source, query, candidates, options, cache, warnings)
+            candidates, whole = await _on_resources(source, query, candidates, options, cache, warnings, version)
         end = query.offset + query.count
         result = SearchResult(total=len(candidates), has_next=end < len(candidates), warnings=warnings)
         page = candidates[query.offset : end] if query.summary != "count" else []
     if not complete:
-        result.resources = [c.summary for c in page]
+        result.resources = [summary_in(c, version) for c in page]
         return result
     unread = [c for c in page if c.summary["id"] not in whole]
-    reads = await gather_all(*(_complete(source, c, options, cache) for c in unread))
+    reads = await gather_all(*(_complete(source, c, options, cache, version) for c in unread))
     served: dict[str, dict[str, Any] | BridgeError] = {**whole}
     served.update((c.summary["id"], read) for c, read in zip(unread, reads, strict=True))
     for candidate in page:
@@ -142,8 +150,10 @@ async def _on_resources(
     options: MappingOptions,
     cache: StudyCache | None,
     warnings: list[str],
+    version: FhirVersion,
 ) -> tuple[list[Candidate], dict[str, dict[str, Any]]]:
-    """The candidates whose complete resources meet the criteria no QIDO row can decide, and those resources."""
+    """The candidates whose complete resources meet the criteria no QIDO row can decide (``_lastUpdated``, on
+    ``meta``, which both versions write alike), and those resources in ``version``."""
     if len(candidates) > MAX_READ_WHOLE:
         raise TooCostly(
             f"the search has {len(candidates)} candidates, and _lastUpdated reads each whole: at most "
@@ -151,7 +161,7 @@ async def _on_resources(
         )
     late = [c for c in query.criteria if c.parameter.level is Level.RESOURCE]
     zone: dt.tzinfo = options.zone or dt.UTC
-    reads = await gather_all(*(_complete(source, c, options, cache) for c in candidates))
+    reads = await gather_all(*(_complete(source, c, options, cache, version) for c in candidates))
     kept, resources = [], {}
     for candidate, resource in zip(candidates, reads, strict=True):
         if isinstance(resource, BridgeError):
@@ -279,7 +289,8 @@ def _matching(
     for row in rows:
         if uid(row, tags.STUDY_INSTANCE_UID) is None:
             continue
-        candidate = Candidate(row, imaging_study(StudyRows(row), options).resource)
+        facts = study_facts(StudyRows(row), options)
+        candidate = Candidate(row, r5.imaging_study(facts), facts)
         if all(study_matches(c, candidate.summary, zone) for c in study_criteria) and all(
             matches.admits(candidate.key) for matches in lower
         ):
@@ -415,14 +426,20 @@ def _one_patient_each(candidates: list[Candidate], *, scoped: bool) -> tuple[lis
     return kept, warnings
 
 
+def summary_in(candidate: Candidate, version: FhirVersion) -> dict[str, Any]:
+    """A candidate's study-level resource (tagged SUBSETTED) in ``version``."""
+    return candidate.summary if version is FhirVersion.R5 else imaging_study(candidate.facts, version)
+
+
 async def _complete(
-    source: QidoSource, candidate: Candidate, options: MappingOptions, cache: StudyCache | None
+    source: QidoSource, candidate: Candidate, options: MappingOptions, cache: StudyCache | None, version: FhirVersion
 ) -> dict[str, Any] | BridgeError:
-    """The complete resource of one candidate, scoped to its patient (another patient's part never mixes in)."""
+    """The complete resource of one candidate in ``version``, scoped to its patient (another patient's part never
+    mixes in)."""
     study_uid, patient = candidate.key
     if cache is not None:
         try:
-            cached: dict[str, Any] = orjson.loads((await cache.read(study_uid)).entry.body)
+            cached: dict[str, Any] = orjson.loads((await cache.read(study_uid)).entry.body_of(version))
         except (Conflict, NotFound):
             pass  # the UID is shared by several patients, or a remembered 404 is older than the candidate: read below
         else:
@@ -432,7 +449,8 @@ async def _complete(
             if "value" in identifier and cached["subject"].get("identifier") == identifier:
                 return cached
     try:
-        return (await read_study(source, study_uid, options, patient=patient)).resource
+        read = await read_study(source, study_uid, options, patient=patient)
+        return read.resource if version is FhirVersion.R5 else imaging_study(read.facts, version)
     except (NotFound, Conflict) as exc:  # gone since the candidate query, or its rows are not this patient's alone
         return exc
 

@@ -17,6 +17,7 @@ from typing import Any, Generic, TypeVar
 
 from bridge import terminology
 from bridge.datatypes import is_uid
+from bridge.fhirversion import FhirVersion
 from bridge.search import values
 from bridge.search.dates import DateValue, date_matches
 from bridge.search.filters import Alternatives, Filters, date_range, each, matching, uid_list
@@ -60,6 +61,12 @@ class SearchParameter:
     forms: Mapping[str, Form[Any]]
     #: The canonical SearchParameter of the FHIR R5 specification, when this is one of its parameters.
     definition: str | None = None
+    #: Its R4 name and canonical SearchParameter where they differ from R5's (``basedon`` for ``based-on``);
+    #: empty: as in R5.
+    r4: tuple[str, str] = ("", "")
+    #: Whether R5 serves it: R5 defines ``reason`` with no expression (over a CodeableReference), so only R4's,
+    #: over ``reasonCode``, is served.
+    in_r5: bool = True
     #: It names the patient: asked of the PACS first in every search, and its studies' issuers checked.
     names_patient: bool = False
     #: It puts no filter on the PACS and the PACS's rows all match it as given: a page of a search with only
@@ -71,6 +78,16 @@ class SearchParameter:
     @property
     def modifiers(self) -> frozenset[str]:
         return frozenset(key for key in self.forms if key)
+
+    def name_in(self, version: FhirVersion) -> str:
+        """Its name in ``version``: what a client writes, and the CapabilityStatement says."""
+        return self.r4[0] if version is FhirVersion.R4 and self.r4[0] else self.name
+
+    def served_in(self, version: FhirVersion) -> bool:
+        return self.in_r5 or version is not FhirVersion.R5
+
+    def definition_in(self, version: FhirVersion) -> str | None:
+        return self.r4[1] if version is FhirVersion.R4 and self.r4[1] else self.definition
 
 
 def missing(element: str) -> Form[bool]:
@@ -181,6 +198,16 @@ def _body_site_filters(token: Token) -> list[Filters]:
 
 def _has_body_site(token: Token, series: Element, zone: dt.tzinfo) -> bool:
     return _has_coding(token, series.get("bodySite", {}).get("concept", {}).get("coding", []), SNOMED)
+
+
+def _has_reason(token: Token, study: Element, zone: dt.tzinfo) -> bool:
+    """A coded reason (decided on the R5 rendering, ``reason.concept``, R4's ``reasonCode``): FHIR's token rules,
+    ``code``, ``system|code`` and ``|code`` (no system)."""
+    for reason in study.get("reason", []):
+        for coding in reason.get("concept", {}).get("coding", []):
+            if coding.get("code") == token.code and token.system in (None, coding.get("system", "")):
+                return True
+    return False
 
 
 def _status_filters(token: Token) -> list[Filters]:
@@ -295,7 +322,7 @@ SEARCH_PARAMETERS: tuple[SearchParameter, ...] = (
         "body-site", "token", Level.SERIES,
         "A SNOMED CT code (http://snomed.info/sct), matched through PS3.16 Annex L against BodyPartExamined.",
         {"": Form(values.token, each(_body_site_filters), _has_body_site)},
-        _r5("ImagingStudy-body-site"),
+        _r5("ImagingStudy-body-site"), r4=("bodysite", _r5("ImagingStudy-bodysite")),
     ),
     SearchParameter(
         "based-on", "reference", Level.STUDY,
@@ -305,7 +332,16 @@ SEARCH_PARAMETERS: tuple[SearchParameter, ...] = (
                                _is_based_on),
             "missing": missing("basedOn"),
         },
-        _r5("ImagingStudy-based-on"),
+        _r5("ImagingStudy-based-on"), r4=("basedon", _r5("ImagingStudy-basedon")),
+    ),
+    SearchParameter(
+        "reason", "token", Level.STUDY,
+        "R4 only: a coded reason for the study (Reason for Requested Procedure Code Sequence, reasonCode). A PACS "
+        "cannot be asked for it: it is checked on every study the other criteria find, so name a patient, a date "
+        "or a modality beside it.",
+        # Not paged at the PACS: the page would page through the archive to keep what matches.
+        {"": Form(values.token, each(_all_studies), _has_reason)},
+        _r5("ImagingStudy-reason"), in_r5=False,
     ),
     SearchParameter(
         "status", "token", Level.STUDY, "Every study the PACS returns is available.",
@@ -329,6 +365,19 @@ SEARCH_PARAMETERS: tuple[SearchParameter, ...] = (
 )  # fmt: skip
 
 BY_NAME = {parameter.name: parameter for parameter in SEARCH_PARAMETERS}
+#: The parameters by the name each version gives them: R5's ``body-site`` is unknown in R4, and R4's ``bodysite``
+#: in R5.
+NAMED_IN = {
+    version: {p.name_in(version): p for p in SEARCH_PARAMETERS if p.served_in(version)} for version in FhirVersion
+}
+#: Parameters a version defines that the bridge cannot serve, with why: refused (400) rather than called unknown.
+NOT_SERVED_IN = {
+    FhirVersion.R4: {
+        "interpreter": "the bridge's interpreters are names alone (Name of Physician(s) Reading Study), with no "
+        "Practitioner a reference could name, and a PACS cannot be asked for them",
+    },
+    FhirVersion.R5: {},
+}
 PATIENT_PARAMETERS = frozenset(parameter.name for parameter in SEARCH_PARAMETERS if parameter.names_patient)
 
 #: Chains accepted: ``patient.identifier`` and ``subject.identifier`` mean ``:identifier``.

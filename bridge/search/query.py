@@ -15,13 +15,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bridge.errors import InvalidRequest, TooCostly
+from bridge.fhirversion import FhirVersion
 from bridge.search.parameters import (
-    BY_NAME,
     CHAINS,
     DEFAULT_COUNT,
     FORMAT_PARAMETERS,
     INCLUDE_ENDPOINT,
     MAX_COUNT,
+    NAMED_IN,
+    NOT_SERVED_IN,
     PATIENT_PARAMETERS,
     RESULT_PARAMETERS,
     Form,
@@ -31,15 +33,39 @@ from bridge.search.values import DEFAULT_PATIENTS, Context, PatientRule, Value
 
 __all__ = ["Criterion", "PatientRule", "SearchQuery", "parse_search"]
 
-#: The elements of an ImagingStudy, for ``_elements`` (``resourceType``, which fhirpy always names, is kept too).
-IMAGING_STUDY_ELEMENTS = frozenset(
-    [
-        "resourceType", "id", "meta", "implicitRules", "language", "text", "contained", "extension",
-        "modifierExtension", "identifier", "status", "modality", "subject", "encounter", "started", "basedOn",
-        "partOf", "referrer", "procedure", "location", "reason", "note", "description", "numberOfSeries",
-        "numberOfInstances", "series", "endpoint",
-    ]
-)  # fmt: skip
+#: The elements of an ImagingStudy in each version, for ``_elements`` (``resourceType``, which fhirpy always names,
+#: is kept too).
+_COMMON_ELEMENTS = (
+    "resourceType",
+    "id",
+    "meta",
+    "implicitRules",
+    "language",
+    "text",
+    "contained",
+    "extension",
+    "modifierExtension",
+    "identifier",
+    "status",
+    "modality",
+    "subject",
+    "encounter",
+    "started",
+    "basedOn",
+    "referrer",
+    "location",
+    "note",
+    "description",
+    "numberOfSeries",
+    "numberOfInstances",
+    "series",
+    "endpoint",
+)
+IMAGING_STUDY_ELEMENTS = {
+    FhirVersion.R5: frozenset([*_COMMON_ELEMENTS, "partOf", "procedure", "reason"]),
+    FhirVersion.R4: frozenset([*_COMMON_ELEMENTS, "interpreter", "procedureReference", "procedureCode",
+                               "reasonCode", "reasonReference"]),
+}  # fmt: skip
 SUMMARY_MODES = ("true", "false", "data", "count")
 TOTAL_MODES = ("none", "estimate", "accurate")
 #: ``_totalMethod`` (Aidbox's, sent by fhirpy's ``count()``) as the ``_total`` it means.
@@ -106,6 +132,7 @@ def parse_search(
     zone: dt.tzinfo = dt.UTC,
     patients: PatientRule = DEFAULT_PATIENTS,
     base: str | None = None,
+    version: FhirVersion = FhirVersion.R5,
 ) -> SearchQuery:
     """Parse query or form parameters. Unknown parameters are refused, naming them all; ``strict=False``
     (``Prefer: handling=lenient``) ignores them instead. Refusing is the default because an unknown parameter
@@ -113,9 +140,11 @@ def parse_search(
 
     ``zone`` is the zone of date search values without one (and of whole days): BRIDGE_TIMEZONE, else UTC.
     ``patients`` turns ``Patient/<id>`` into the PatientID it stands for. ``base`` is this server's FHIR base
-    URL: an absolute reference is accepted only under it (None: no absolute reference is).
+    URL: an absolute reference is accepted only under it (None: no absolute reference is). ``version`` is the
+    FHIR version whose parameter names are read (R4's ``bodysite``, R5's ``body-site``).
     """
     context = Context(zone, patients, base)
+    by_name, not_served = NAMED_IN[version], NOT_SERVED_IN[version]
     criteria: list[Criterion] = []
     result: dict[str, str] = {}
     ignored: list[str] = []
@@ -130,9 +159,13 @@ def parse_search(
             continue
         if name in CHAINS and not modifier:
             name, modifier = CHAINS[name], "identifier"
-        elif "." in name and name.split(".")[0] in BY_NAME:
+        elif "." in name and name.split(".")[0] in by_name:
             raise InvalidRequest(f"chained search {key} is not supported (patient.identifier is)")
-        parameter = BY_NAME.get(name)
+        if name in not_served:
+            raise InvalidRequest(
+                f"search parameter {name} of FHIR {version.value} is not supported: {not_served[name]}"
+            )
+        parameter = by_name.get(name)
         if parameter is None:
             ignored.append(key)
             continue
@@ -154,22 +187,25 @@ def parse_search(
         if sum(len(c.applied[1]) for c in criteria if c.applied) > MAX_LENGTH:
             raise TooCostly(f"the search's values exceed {MAX_LENGTH} characters: too long to page by links")
     if strict and ignored:
-        raise InvalidRequest(_unknown(ignored))
-    return _with_result_parameters(criteria, result, ignored, strict)
+        raise InvalidRequest(_unknown(ignored, version))
+    return _with_result_parameters(criteria, result, ignored, strict, version)
 
 
-def _unknown(keys: Sequence[str]) -> str:
-    """What to say of unknown parameters: their names, a known name that differs only in case, the way out."""
-    known = {name.lower(): name for name in (*BY_NAME, *CHAINS, *RESULT_PARAMETERS, *FORMAT_PARAMETERS)}
+def _unknown(keys: Sequence[str], version: FhirVersion) -> str:
+    """What to say of unknown parameters: their names, a known name that differs only in case or, across
+    versions, in spelling (``bodysite``, ``body-site``), the way out."""
+    named_in = NAMED_IN[version]
+    known = {name.lower(): name for name in (*named_in, *CHAINS, *RESULT_PARAMETERS, *FORMAT_PARAMETERS)}
+    known |= {name.lower().replace("-", ""): name for name in named_in}
     named = []
     for key in dict.fromkeys(keys):
         name, colon, modifier = key.partition(":")
-        suggestion = known.get(name.lower())
+        suggestion = known.get(name.lower()) or known.get(name.lower().replace("-", ""))
         named.append(f"{key} (did you mean {suggestion}{colon}{modifier}?)" if suggestion else key)
     return (
-        f"unknown search parameter{'s' if len(named) > 1 else ''}: {', '.join(named)}; the parameters served are "
-        "listed in /fhir/metadata (names are case-sensitive). Send Prefer: handling=lenient to have unknown "
-        "parameters ignored"
+        f"unknown search parameter{'s' if len(named) > 1 else ''}: {', '.join(named)}; the parameters served, by "
+        f"FHIR {version.value}'s names, are listed in the base's metadata (names are case-sensitive). Send "
+        "Prefer: handling=lenient to have unknown parameters ignored"
     )
 
 
@@ -186,7 +222,7 @@ def _split(key: str, raw: str) -> list[str]:
 
 
 def _with_result_parameters(
-    criteria: Sequence[Criterion], result: dict[str, str], ignored: list[str], strict: bool
+    criteria: Sequence[Criterion], result: dict[str, str], ignored: list[str], strict: bool, version: FhirVersion
 ) -> SearchQuery:
     applied: list[tuple[str, str]] = []
     count = _non_negative(result, "_count", DEFAULT_COUNT)
@@ -197,7 +233,7 @@ def _with_result_parameters(
         if summary not in SUMMARY_MODES:
             raise InvalidRequest(f"_summary={summary} is not supported (supported: {', '.join(SUMMARY_MODES)})")
         applied.append(("_summary", summary))
-    elements = _elements(result.get("_elements"))
+    elements = _elements(result.get("_elements"), version)
     if elements is not None:
         if summary is not None:
             raise InvalidRequest("_summary and _elements cannot be combined")
@@ -229,17 +265,18 @@ def _with_result_parameters(
     )  # fmt: skip
 
 
-def _elements(raw: str | None) -> tuple[str, ...] | None:
+def _elements(raw: str | None, version: FhirVersion) -> tuple[str, ...] | None:
     """``_elements``: the elements to keep (the mandatory ones are kept anyway, so naming them is harmless)."""
     if raw is None:
         return None
     if raw.startswith("-"):
         raise InvalidRequest("_elements: excluding elements (-name) is not supported; name the elements to keep")
     elements = tuple(dict.fromkeys(e.strip() for e in raw.split(",") if e.strip()))
-    unknown = [e for e in elements if e not in IMAGING_STUDY_ELEMENTS]
+    unknown = [e for e in elements if e not in IMAGING_STUDY_ELEMENTS[version]]
     if unknown:
         raise InvalidRequest(
-            f"_elements: not ImagingStudy elements: {', '.join(unknown)} (name top-level elements, e.g. "
+            f"_elements: not FHIR {version.value} ImagingStudy elements: {', '.join(unknown)} (name top-level "
+            "elements, e.g. "
             "_elements=identifier,started)"
         )
     return elements

@@ -1,7 +1,8 @@
 """The aiohttp application: the route table and the factory.
 
 ``FHIR_ROUTES`` is the single list of FHIR interactions; the router and the CapabilityStatement are both built
-from it, so the statement cannot claim what is not served.
+from it, so the statement cannot claim what is not served. Each is served under every base of
+``bridge.bases.BASES`` (``/fhir``, ``/fhir/r4``, ``/fhir/r5``): the base is a dimension of the table, not a copy.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from aiohttp import web
 from bridge.auth.scopes import Interaction
 from bridge.auth.tokens import TokenVerifier
 from bridge.errors import NotFound
+from bridge.bases import BASES
+from bridge.fhirversion import FhirVersion
 from bridge.mapping.endpoint import wado_endpoint
 from bridge.mapping.imagingstudy import MappingOptions
 from bridge.qido.source import QidoSource
@@ -30,9 +33,10 @@ from bridge.web.handlers import (
     search_imaging_study,
     search_patient_compartment,
     smart_configuration_document,
+    versions,
 )
 from bridge.web.hosts import HostCheck
-from bridge.web.keys import ENDPOINT, INTERACTIONS, MAPPING, SEARCH_LIMITS, SETTINGS, SOURCE
+from bridge.web.keys import ENDPOINT, ENDPOINTS, INTERACTIONS, MAPPING, SEARCH_LIMITS, SETTINGS, SOURCE
 from bridge.web.ratelimit import RATE_LIMITER, rate_limit_context, rate_limiter
 from bridge.web.server import admin_listener, probe_routes
 
@@ -55,26 +59,35 @@ class FhirRoute(NamedTuple):
     audited: bool = True
 
 
-# The read first: aiohttp tries the routes under one path prefix in the order they were added.
+# The read first: aiohttp tries the routes under one path prefix in the order they were added. Paths are
+# relative to a base.
 FHIR_ROUTES = (
-    FhirRoute("GET", "/fhir/ImagingStudy/{id}", read_imaging_study, "ImagingStudy", "read", Interaction.READ),
-    FhirRoute("GET", "/fhir/ImagingStudy", search_imaging_study, "ImagingStudy", "search-type", Interaction.SEARCH),
+    FhirRoute("GET", "/ImagingStudy/{id}", read_imaging_study, "ImagingStudy", "read", Interaction.READ),
+    FhirRoute("GET", "/ImagingStudy", search_imaging_study, "ImagingStudy", "search-type", Interaction.SEARCH),
     FhirRoute(
-        "POST", "/fhir/ImagingStudy/_search", search_imaging_study, "ImagingStudy", "search-type", Interaction.SEARCH
+        "POST", "/ImagingStudy/_search", search_imaging_study, "ImagingStudy", "search-type", Interaction.SEARCH
     ),
     FhirRoute(
-        "GET", "/fhir/Patient/{id}/ImagingStudy", search_patient_compartment, "ImagingStudy", "search-type",
+        "GET", "/Patient/{id}/ImagingStudy", search_patient_compartment, "ImagingStudy", "search-type",
         Interaction.SEARCH,
     ),
-    FhirRoute("GET", "/fhir/Endpoint/{id}", read_endpoint, "Endpoint", "read", Interaction.READ, audited=False),
+    FhirRoute("GET", "/Endpoint/{id}", read_endpoint, "Endpoint", "read", Interaction.READ, audited=False),
 )  # fmt: skip
 
+#: What each base serves besides the interactions: open to anyone, no patient data.
+BASE_ROUTES = (
+    ("/metadata", metadata),
+    ("/.well-known/smart-configuration", smart_configuration_document),
+    ("/$versions", versions),
+)
 
-def endpoint_of(settings: Settings) -> dict[str, Any]:
+
+def endpoint_of(settings: Settings, version: FhirVersion = FhirVersion.R5) -> dict[str, Any]:
     """The WADO-RS Endpoint the studies reference (the gateway's public URL, see ``Settings.endpoint_address``;
-    the path ``/dicom-web`` alone when each request's origin completes it), or {} when no address is known."""
+    the path ``/dicom-web`` alone when each request's origin completes it) in ``version``, or {} when no address
+    is known."""
     address = settings.endpoint_address or (gateway.PREFIX if settings.endpoint_per_request else None)
-    return wado_endpoint(address, requires_token=settings.auth_mode == "smart") if address else {}
+    return wado_endpoint(address, requires_token=settings.auth_mode == "smart", version=version) if address else {}
 
 
 def mapping_options(settings: Settings) -> MappingOptions:
@@ -108,6 +121,7 @@ def create_app(
         app.cleanup_ctx.append(rate_limit_context)
     app[SETTINGS] = settings
     app[ENDPOINT] = endpoint_of(settings)
+    app[ENDPOINTS] = {version: endpoint_of(settings, version) for version in FhirVersion}
     if settings.dicomweb_gateway and settings.public_wado_url and settings.gateway_url is None:
         # Only without authorization (BRIDGE_AUTH=smart refuses this at start): the Endpoint is one per app, and
         # without BRIDGE_PUBLIC_URL the gateway's public origin is known per request only.
@@ -139,15 +153,13 @@ def create_app(
         access_log, settings.request_deadline, HostCheck(hosts) if hosts is not None else None,
         audit=audit, limiter=limiter,
     )  # fmt: skip
-    routes: list[tuple[str, str, Any, Any, str | None]] = [
-        ("GET", "/fhir/metadata", metadata, None, None),
-        ("GET", "/fhir/.well-known/smart-configuration", smart_configuration_document, None, None),
-    ]
-    for route in FHIR_ROUTES:
-        authorize = step("ImagingStudy", route.needs, route.interaction) if smart else None
-        routes.append(
-            (route.method, route.path, route.handler, authorize, route.interaction if route.audited else None)
-        )
+    routes: list[tuple[str, str, Any, Any, str | None]] = []
+    for base in BASES:
+        routes += [("GET", base.path + path, handler, None, None) for path, handler in BASE_ROUTES]
+        for route in FHIR_ROUTES:
+            authorize = step("ImagingStudy", route.needs, route.interaction) if smart else None
+            audited = route.interaction if route.audited else None
+            routes.append((route.method, base.path + route.path, route.handler, authorize, audited))
     # The DICOMweb gateway: a retrieve needs what an ImagingStudy read does, and is audited as one.
     for path in gateway.ROUTES if settings.dicomweb_gateway else ():
         authorize = step("ImagingStudy", Interaction.READ, "read") if smart else None

@@ -14,21 +14,23 @@ from multidict import CIMultiDict
 
 from bridge.auth.discovery import rest_security, smart_configuration
 from bridge.auth.grant import AuditFacts, Patients
+from bridge.bases import base_of
 from bridge.cache.freshness import Entry
 from bridge.cache.service import HIT
 from bridge.errors import AuthServerUnavailable, Conflict, InvalidRequest, NotFound, RequestTimeout, UpstreamError
+from bridge.fhirversion import DEFAULT, FhirVersion
 from bridge.mapping.endpoint import with_origin
 from bridge.search.bundle import needs_series, searchset
 from bridge.search.confine import confine
 from bridge.search.execute import run_search
 from bridge.search.query import PatientRule, parse_search
-from bridge.web.capability import capability_statement
+from bridge.web.capability import capability_statement, versions_parameters
 from bridge.web.contexts import DISCOVERY
 from bridge.web.form import check_form_type, form_parameters
 from bridge.web.keys import (
     AUDITED,
     CACHE,
-    ENDPOINT,
+    ENDPOINTS,
     GRANT,
     INTERACTIONS,
     MAPPING,
@@ -36,14 +38,14 @@ from bridge.web.keys import (
     SETTINGS,
     SOURCE,
 )
-from bridge.web.negotiation import CONTENT_TYPES, fhir_bytes_response, response_type
+from bridge.web.negotiation import CONTENT_TYPES, Format, fhir_bytes_response, response_type
 
 log = logging.getLogger(__name__)
 
 
 async def read_imaging_study(request: web.Request) -> web.StreamResponse:
     """GET [base]/ImagingStudy/{id}: from the cache, with ETag, Last-Modified and conditional reads."""
-    media = response_type(request)  # refuse an unserved format before asking the PACS anything
+    answer = response_type(request)  # refuse an unserved format before asking the PACS anything
     cache, study_id, no_cache = request.app[CACHE], request.match_info["id"], _revalidate(request)
     grant = request.get(GRANT)
     try:
@@ -56,9 +58,12 @@ async def read_imaging_study(request: web.Request) -> web.StreamResponse:
         raise
     if grant is not None and grant.patients is not None:
         admit_study(request, grant.patients, study_id, entry)
-    if _not_modified(request, entry):
-        return web.Response(status=304, headers=_read_headers(entry, None, outcome.header))
-    return web.Response(body=entry.body, headers=_read_headers(entry, media, outcome.header))
+    # Each version's bytes have their own ETag (one URL on /fhir serves both), and Vary: Accept tells a cache that
+    # /fhir's answer depends on the Accept that chose it.
+    version = answer.version
+    if _not_modified(request, entry, version):
+        return web.Response(status=304, headers=_read_headers(entry, version, None, outcome.header))
+    return web.Response(body=entry.body_of(version), headers=_read_headers(entry, version, answer, outcome.header))
 
 
 def admit_study(request: web.Request, patients: Patients, study_id: str, entry: Entry) -> None:
@@ -89,27 +94,29 @@ def served_subject(entry: Entry) -> dict[str, Any] | None:
 _SUBJECTS: dict[str, dict[str, Any] | None] = {}
 
 
-def _read_headers(entry: Entry, media: str | None, x_cache: str) -> CIMultiDict[str]:
-    """The headers of a read (``media`` None for a 304). The same for every read of an entry with the same media
-    type and cache outcome: built once (a few per study), as building them costs a cached read measurably."""
-    key = (entry.version, entry.last_modified, media, x_cache)
+def _read_headers(entry: Entry, version: FhirVersion, answer: Format | None, x_cache: str) -> CIMultiDict[str]:
+    """The headers of a read in ``version`` (``answer`` None for a 304). The same for every read of an entry with
+    the same format and cache outcome: built once (a few per study), as building them costs a cached read
+    measurably."""
+    key = (entry.version, entry.last_modified, version, answer, x_cache)
     headers = _HEADERS.get(key)
     if headers is None:
         if len(_HEADERS) >= 4096:
             _HEADERS.clear()
         headers = _HEADERS[key] = CIMultiDict({
-            "ETag": entry.etag,
+            "ETag": entry.etag_of(version),
             "Last-Modified": entry.http_date,
             # Patient data: no shared cache may keep it; the client revalidates with If-None-Match.
             "Cache-Control": "private, no-cache",
             "X-Cache": x_cache,
+            "Vary": "Accept",
         })  # fmt: skip
-        if media is not None:
-            headers["Content-Type"] = CONTENT_TYPES[media]
+        if answer is not None:
+            headers["Content-Type"] = CONTENT_TYPES[answer]
     return headers  # aiohttp copies it into the response
 
 
-_HEADERS: dict[tuple[str, float, str | None, str], CIMultiDict[str]] = {}
+_HEADERS: dict[tuple[str, float, FhirVersion, Format | None, str], CIMultiDict[str]] = {}
 
 
 def _revalidate(request: web.Request) -> bool:
@@ -123,13 +130,14 @@ def _revalidate(request: web.Request) -> bool:
     return "no-cache" in headers.get(hdrs.PRAGMA, "").lower()
 
 
-def _not_modified(request: web.Request, entry: Entry) -> bool:
-    """RFC 9110 13.1: If-None-Match decides when present (weak comparison), else If-Modified-Since."""
+def _not_modified(request: web.Request, entry: Entry, version: FhirVersion) -> bool:
+    """RFC 9110 13.1: If-None-Match decides when present (weak comparison, against the ETag of the version
+    served), else If-Modified-Since."""
     headers = request.headers
     if_none_match = headers.get(hdrs.IF_NONE_MATCH)
     if if_none_match is not None:
         tags = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
-        return "*" in tags or f'"{entry.version}"' in tags  # weak comparison: the opaque tags alone
+        return "*" in tags or entry.etag_of(version).removeprefix("W/") in tags  # weak: the opaque tags alone
     if hdrs.IF_MODIFIED_SINCE not in headers:  # the common case: skip parsing a date that is not there
         return False
     since = request.if_modified_since
@@ -150,7 +158,7 @@ async def search_patient_compartment(request: web.Request) -> web.Response:
 
 
 async def _search(request: web.Request, params: list[tuple[str, str]]) -> web.Response:
-    media = response_type(request)
+    answer = response_type(request)
     app = request.app
     params += [(key, value) for key, value in request.query.items()]
     if request.method == "POST":
@@ -159,7 +167,7 @@ async def _search(request: web.Request, params: list[tuple[str, str]]) -> web.Re
     settings, base = app[SETTINGS], _base(request)
     query = parse_search(
         params, strict=not _lenient(request), zone=settings.zone or dt.UTC,
-        patients=PatientRule(settings.patient_reference), base=base,
+        patients=PatientRule(settings.patient_reference), base=base, version=answer.version,
     )  # fmt: skip
     if query.ignored:
         log.info("search ignored unknown parameters: %s", ", ".join(query.ignored))
@@ -171,17 +179,20 @@ async def _search(request: web.Request, params: list[tuple[str, str]]) -> web.Re
     if grant is not None and grant.patients is not None:
         query = confine(query, grant.patients)
     result = await run_search(
-        app[SOURCE], query, app[MAPPING], complete=needs_series(query), cache=app[CACHE], limits=app[SEARCH_LIMITS]
-    )
+        app[SOURCE], query, app[MAPPING], complete=needs_series(query), cache=app[CACHE], limits=app[SEARCH_LIMITS],
+        version=answer.version,
+    )  # fmt: skip
     if grant is not None and grant.patients is not None:
         # The confinement made the search ask for the grant's patients alone; what comes back is checked again.
         seen = [r for r in result.resources if grant.patients.admits(r.get("subject"))]
         facts.refused.extend(r["id"] for r in result.resources if r not in seen)
         result.resources = seen
     facts.returned.extend(r["id"] for r in result.resources)
-    endpoint = endpoint_of_request(request) or None
-    bundle = searchset(base, query, result.total, result.resources, endpoint, result.warnings, has_next=result.has_next)
-    response = fhir_bytes_response(media, orjson.dumps(bundle))
+    endpoint = endpoint_of_request(request, answer.version) or None
+    bundle = searchset(
+        base, query, result.total, result.resources, endpoint, result.warnings, has_next=result.has_next,
+    )  # fmt: skip
+    response = fhir_bytes_response(answer, orjson.dumps(bundle))
     # Patient data, and unlike a read no validator to revalidate with: no cache may keep it, the client's included.
     response.headers[hdrs.CACHE_CONTROL] = "private, no-store"
     return response
@@ -212,26 +223,28 @@ def _lenient(request: web.Request) -> bool:
 
 
 def _base(request: web.Request) -> str:
-    """The FHIR base URL for links: BRIDGE_PUBLIC_URL, else this request's scheme and host."""
-    return request.app[SETTINGS].public_url or str(request.url.with_path("/fhir").with_query(None))
+    """The URL of the FHIR base the client used (``…/fhir``, ``…/fhir/r4``, ``…/fhir/r5``), for links: under
+    BRIDGE_PUBLIC_URL, else this request's scheme and host."""
+    root = request.app[SETTINGS].public_url or str(request.url.with_path("/fhir").with_query(None))
+    return base_of(request.path).url(root)
 
 
 async def read_endpoint(request: web.Request) -> web.Response:
-    media = response_type(request)
-    endpoint = endpoint_of_request(request)
+    answer = response_type(request)
+    endpoint = endpoint_of_request(request, answer.version)
     if not endpoint or request.match_info["id"] != endpoint["id"]:
         raise NotFound(f"no Endpoint with id {request.match_info['id']!r}")
-    return fhir_bytes_response(media, orjson.dumps(endpoint))
+    return fhir_bytes_response(answer, orjson.dumps(endpoint))
 
 
-def endpoint_of_request(request: web.Request) -> dict[str, Any]:
+def endpoint_of_request(request: web.Request, version: FhirVersion = DEFAULT) -> dict[str, Any]:
     """The app's Endpoint, its address completed with this request's origin when it is this server's own
     gateway reached at no configured public URL (the Host is checked as for links, see ``bridge.web.hosts``)."""
-    return with_origin(request.app[ENDPOINT], str(request.url.origin()))
+    return with_origin(request.app[ENDPOINTS][version], str(request.url.origin()))
 
 
 async def metadata(request: web.Request) -> web.Response:
-    media = response_type(request)
+    answer = response_type(request)
     security = None
     if (discovery := request.app.get(DISCOVERY)) is not None:
         try:
@@ -240,8 +253,16 @@ async def metadata(request: web.Request) -> web.Response:
             # The statement must not depend on the authorization server: said without its endpoints.
             configuration = smart_configuration(request.app[SETTINGS], None)
         security = rest_security(configuration)
-    statement = capability_statement(request.app[INTERACTIONS], _base(request), security)
-    return fhir_bytes_response(media, orjson.dumps(statement))
+    statement = capability_statement(request.app[INTERACTIONS], _base(request), security, answer.version)
+    return fhir_bytes_response(answer, orjson.dumps(statement))
+
+
+async def versions(request: web.Request) -> web.Response:
+    """GET [base]/$versions: the versions served and the default, the base's own on /fhir/r4 and /fhir/r5
+    (FHIR's ``$versions``; answered as application/json too, which its definition requires)."""
+    answer = response_type(request)
+    default = base_of(request.path).version or DEFAULT
+    return fhir_bytes_response(answer, orjson.dumps(versions_parameters(list(FhirVersion), default)))
 
 
 async def smart_configuration_document(request: web.Request) -> web.Response:

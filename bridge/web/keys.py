@@ -8,6 +8,7 @@ from aiohttp import web
 
 from bridge.auth.grant import AuditFacts, Grant
 from bridge.cache.service import StudyCache
+from bridge.fhirversion import FhirVersion
 from bridge.mapping.imagingstudy import MappingOptions
 from bridge.qido.source import QidoSource
 from bridge.search.execute import Limits
@@ -19,6 +20,8 @@ CACHE = web.AppKey("cache", StudyCache)
 MAPPING = web.AppKey("mapping", MappingOptions)
 SEARCH_LIMITS = web.AppKey("search_limits", Limits)
 ENDPOINT = web.AppKey("endpoint", dict[str, Any])  # empty when no WADO-RS address is known
+#: The same Endpoint in each FHIR version served.
+ENDPOINTS = web.AppKey("endpoints", dict[FhirVersion, dict[str, Any]])
 #: Resource type -> the FHIR interactions served, from the route table (for the CapabilityStatement).
 INTERACTIONS = web.AppKey("interactions", dict[str, list[str]])
 

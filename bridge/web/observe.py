@@ -35,6 +35,8 @@ from prometheus_client import generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from bridge.aio import periodically, running
+from bridge.bases import BASES
+from bridge.fhirversion import FhirVersion
 from bridge.logs import json_line_safe
 from bridge.qido.resilience import DEADLINE
 from bridge.search.parameters import CHAINS, FORMAT_PARAMETERS, RESULT_PARAMETERS, SEARCH_PARAMETERS
@@ -118,13 +120,19 @@ def _json_line(record: Record) -> bytes:
 _KEPT = frozenset([*RESULT_PARAMETERS, *FORMAT_PARAMETERS, *(p.name for p in SEARCH_PARAMETERS if p.public)])
 #: Every name the bridge knows (with its modifiers): shown, with its value as ``***``.
 _KNOWN = frozenset(
-    [*CHAINS] + [f"{p.name}{m}" for p in SEARCH_PARAMETERS for m in ("", *(f":{modifier}" for modifier in p.modifiers))]
+    [*CHAINS]
+    + [
+        f"{p.name_in(version)}{m}"
+        for p in SEARCH_PARAMETERS
+        for version in FhirVersion
+        for m in ("", *(f":{modifier}" for modifier in p.modifiers))
+    ]
 )
 REDACTED = "***"
 
 
-#: The patient compartment's path names the patient: ``/fhir/Patient/PAT-123/ImagingStudy``.
-_COMPARTMENT = re.compile(r"^(/fhir/Patient/)[^/?]*")
+#: The patient compartment's path names the patient: ``/fhir/Patient/PAT-123/ImagingStudy`` (or under ``/fhir/r4``…).
+_COMPARTMENT = re.compile(rf"^((?:{'|'.join(re.escape(base.path) for base in BASES)})/Patient/)[^/?]*")
 
 
 def redacted(path: str) -> str:

@@ -9,7 +9,7 @@ import orjson
 from aiohttp import web
 
 from bridge.errors import BridgeError, HeadersTooLarge, NotAcceptable, UpstreamError, UriTooLong
-from bridge.web.negotiation import FHIR_JSON, fhir_bytes_response, response_type
+from bridge.web.negotiation import FHIR_JSON, Format, fhir_bytes_response, response_type, version_of
 
 log = logging.getLogger(__name__)
 
@@ -32,11 +32,12 @@ def operation_outcome(severity: str, code: str, diagnostics: str) -> dict[str, A
 
 def _outcome_response(request: web.Request, status: int, code: str, diagnostics: str) -> web.Response:
     try:
-        media = response_type(request)
+        answer = response_type(request)
     except NotAcceptable:
-        media = FHIR_JSON  # the error must still be said, in the one format we have
+        # The error must still be said, in the one format we have, and the version the base or default says.
+        answer = Format(FHIR_JSON, version_of(request))
     body = orjson.dumps(operation_outcome("error" if status < 500 else "fatal", code, diagnostics))
-    return fhir_bytes_response(media, body, status)
+    return fhir_bytes_response(answer, body, status)
 
 
 #: What the bridge reads of a request; aiohttp's own parser limits (``SERVER_LIMITS``) are set higher, so that a

@@ -73,6 +73,12 @@ class StudySpec:
     accession: str | None = None
     description: str | None = None
     referring: str | None = None
+    #: Procedure Code Sequence items and Reason for Requested Procedure Code Sequence items: (code, scheme, meaning).
+    procedures: list[tuple[str, str, str]] = field(default_factory=list)
+    reasons: list[tuple[str, str, str]] = field(default_factory=list)
+    reason_text: str | None = None
+    #: Name of Physician(s) Reading Study, as one PN value (several names separated by a backslash).
+    reading: str | None = None
     series: list[SeriesSpec] = field(default_factory=list)
 
     @property
@@ -114,6 +120,12 @@ def _file(study: StudySpec, series: SeriesSpec, instance: InstanceSpec) -> bytes
     _put(ds, "AccessionNumber", study.accession)
     _put(ds, "StudyDescription", study.description)
     _put(ds, "ReferringPhysicianName", study.referring)
+    _put(ds, "NameOfPhysiciansReadingStudy", study.reading)
+    _put(ds, "ReasonForTheRequestedProcedure", study.reason_text)
+    if study.procedures:
+        ds.ProcedureCodeSequence = [_code(*item) for item in study.procedures]
+    if study.reasons:
+        ds.ReasonForRequestedProcedureCodeSequence = [_code(*item) for item in study.reasons]
     _put(ds, "Modality", series.modality)
     _put(ds, "SeriesNumber", series.number)
     _put(ds, "SeriesDescription", series.description)
@@ -144,6 +156,14 @@ def _file(study: StudySpec, series: SeriesSpec, instance: InstanceSpec) -> bytes
     with _as_given():
         ds.save_as(out, enforce_file_format=True)
     return out.getvalue()
+
+
+def _code(value: str, scheme: str, meaning: str) -> Dataset:
+    item = Dataset()
+    item.CodeValue = value
+    item.CodingSchemeDesignator = scheme
+    item.CodeMeaning = meaning
+    return item
 
 
 @contextlib.contextmanager
