@@ -15,8 +15,8 @@ from aiohttp import web
 
 from bridge.auth.scopes import Interaction
 from bridge.auth.tokens import TokenVerifier
-from bridge.errors import NotFound
 from bridge.bases import BASES
+from bridge.errors import NotFound
 from bridge.fhirversion import FhirVersion
 from bridge.mapping.endpoint import wado_endpoint
 from bridge.mapping.imagingstudy import MappingOptions
