@@ -1,17 +1,17 @@
 """Every study of a test PACS read in R4 and in R5 through the HTTP API, and held to stating the same facts.
 
-A real Orthanc of its own, loaded with every catalog the integration suites use (the awkward studies, the search
-catalog, the colliding patients, a study with procedures, reasons and readers): each study it holds is read on
-``/fhir/r4`` and ``/fhir/r5`` and found by searches on both bases. Every R4 answer is checked with the R4
-validator (fhir.resources' R4B models, dom-2..dom-6, ele-1, ref-1, the narrative) and parsed by SMART's Python
-client (R4 models, strict); every R5 answer with the R5 validator. The two are then compared through a projection
-written here, in neither version's shape, that covers every element either version writes: an element the
-projection does not know fails the test rather than going uncompared.
+A real Orthanc of its own, loaded with every catalog the integration suites use (``every_study``: the awkward
+studies, the search catalog, the colliding patients, a study with procedures, reasons and readers): each study it
+holds is read on ``/fhir/r4`` and ``/fhir/r5`` and found by searches on both bases. Every R4 answer is checked
+with the R4 validator (fhir.resources' R4B models, dom-2..dom-6, ele-1, ref-1, the narrative) and parsed by SMART's
+Python client (R4 models, strict); every R5 answer with the R5 validator. The two are then compared through a
+projection written here, in neither version's shape, that covers every element either version writes: an element
+the projection does not know fails the test rather than going uncompared.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -19,10 +19,9 @@ from aiohttp.test_utils import TestClient
 from fhirclient.models.fhirelementfactory import FHIRElementFactory
 
 from tests.conftest import orthanc_settings, start_client
-from tests.support import catalog, colliding_patients, search_catalog
-from tests.support.dicomgen import StudySpec, encode, simple_study
+from tests.support.dicomgen import SEGMENTATION
+from tests.support.every_catalog import READERS_PATIENT, Loaded
 from tests.support.fhircheck import validate, validate_r4
-from tests.support.orthanc import OrthancServer
 
 pytestmark = pytest.mark.integration
 
@@ -30,36 +29,12 @@ R4, R5 = "/fhir/r4", "/fhir/r5"
 Json = dict[str, Any]
 
 
-# ---- the PACS ----
-
-
-@pytest.fixture(scope="module")
-def pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OrthancServer]:
-    """An Orthanc of its own: the other suites hold every study of the shared one against their index."""
-    with OrthancServer(tmp_path_factory.mktemp("orthanc-versions")) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def loaded(pacs: OrthancServer) -> list[StudySpec]:
-    specs = [
-        *catalog.studies().values(),
-        *catalog.shared_uid_pair(),
-        *search_catalog.build().all(),
-        *(spec for _, spec in colliding_patients.catalog().studies),
-        simple_study(
-            patient_id="PAT-READERS", description="CT head <plain> & \"fast\"",
-            procedures=[("RPID16", "RADLEX", "CT HEAD WO")], reasons=[("25064002", "SCT", "Headache")],
-            reason_text="headache since <Monday>", reading="Reader^Rita\\Second^Sam",
-        ),
-    ]  # fmt: skip
-    pacs.upload_many(data for spec in specs for data in encode(spec))
-    return specs
+# ---- the bridge ----
 
 
 @pytest.fixture
-async def client(pacs: OrthancServer, loaded: list[StudySpec]) -> AsyncIterator[TestClient]:
-    client = await start_client(orthanc_settings(pacs))
+async def client(every_study: Loaded) -> AsyncIterator[TestClient]:
+    client = await start_client(orthanc_settings(every_study.pacs))
     yield client
     await client.close()
 
@@ -198,22 +173,16 @@ def by_id(entries: list[Json], mode: str = "match") -> dict[str, Json]:
     return {e["resource"]["id"]: e["resource"] for e in entries if e["search"]["mode"] == mode}
 
 
-def shared(loaded: list[StudySpec]) -> set[str]:
-    """The StudyInstanceUIDs that more than one patient's study carries."""
-    owners: dict[str, set[tuple[str | None, str | None]]] = {}
-    for spec in loaded:
-        owners.setdefault(spec.uid, set()).add((spec.patient_id, spec.issuer))
-    return {uid for uid, who in owners.items() if len(who) > 1}
+def held_uids(every_study: Loaded) -> set[str]:
+    return {study["MainDicomTags"]["StudyInstanceUID"] for study in every_study.pacs.get_json("/studies?expand")}
 
 
 # ---- the tests ----
 
 
-async def test_every_study_reads_alike_in_r4_and_r5(
-    client: TestClient, pacs: OrthancServer, loaded: list[StudySpec]
-) -> None:
-    held = sorted({study["MainDicomTags"]["StudyInstanceUID"] for study in pacs.get_json("/studies?expand")})
-    assert set(held) == {spec.uid for spec in loaded}  # the test PACS holds what was loaded, and all of it is read
+async def test_every_study_reads_alike_in_r4_and_r5(client: TestClient, every_study: Loaded) -> None:
+    held = sorted(held_uids(every_study))
+    assert set(held) == {spec.uid for spec in every_study.specs}  # the PACS holds what was loaded: all of it is read
     statuses: dict[int, int] = {}
     for uid in held:
         status_r4, r4 = await get(client, f"{R4}/ImagingStudy/{uid}")
@@ -222,13 +191,11 @@ async def test_every_study_reads_alike_in_r4_and_r5(
         statuses[status_r5] = statuses.get(status_r5, 0) + 1
         same_facts(r4, r5)
     # A UID held under two patients is a conflict in either version; every other study is read.
-    assert statuses == {200: len(held) - len(shared(loaded)), 409: len(shared(loaded))}, statuses
+    assert statuses == {200: len(held) - len(every_study.shared), 409: len(every_study.shared)}, statuses
 
 
-async def test_every_study_searches_alike_in_r4_and_r5(
-    client: TestClient, pacs: OrthancServer, loaded: list[StudySpec]
-) -> None:
-    held = {study["MainDicomTags"]["StudyInstanceUID"] for study in pacs.get_json("/studies?expand")}
+async def test_every_study_searches_alike_in_r4_and_r5(client: TestClient, every_study: Loaded) -> None:
+    held = held_uids(every_study)
     query = "ImagingStudy?_count=50&_include=ImagingStudy:endpoint"
     r4_entries, r5_entries = await pages(client, f"{R4}/{query}"), await pages(client, f"{R5}/{query}")
     r4, r5 = by_id(r4_entries), by_id(r5_entries)
@@ -237,7 +204,7 @@ async def test_every_study_searches_alike_in_r4_and_r5(
     outcomes = [[e["resource"]["issue"] for e in entries if e["search"]["mode"] == "outcome"]
                 for entries in (r4_entries, r5_entries)]  # fmt: skip
     assert outcomes[0] == outcomes[1]
-    assert set(r5) == held - shared(loaded)  # a UID under two patients is left out, saying so, in both
+    assert set(r5) == held - every_study.shared  # a UID under two patients is left out, saying so, in both
     assert set(r4) == set(r5)
     for uid in r5:
         same_facts(r4[uid], r5[uid])
@@ -263,8 +230,8 @@ CHEST = "http://snomed.info/sct|816094009"
         (f"bodysite={CHEST}", f"body-site={CHEST}"),  # R4's name and R5's
         ("started=ge2023-06-01&started=lt2024-06-01", "started=ge2023-06-01&started=lt2024-06-01"),
         ("patient:identifier=PAT-A&_sort=-started", "patient:identifier=PAT-A&_sort=-started"),
-        ("patient:identifier=PAT-READERS", "patient:identifier=PAT-READERS"),
-        (f"dicom-class={catalog.SEGMENTATION}", f"dicom-class={catalog.SEGMENTATION}"),
+        (f"patient:identifier={READERS_PATIENT}", f"patient:identifier={READERS_PATIENT}"),
+        (f"dicom-class={SEGMENTATION}", f"dicom-class={SEGMENTATION}"),
     ],
 )
 async def test_searches_find_the_same_studies_in_r4_and_r5(client: TestClient, r4_query: str, r5_query: str) -> None:
