@@ -5,8 +5,8 @@ noting what disagreed); ``bridge.render`` writes them as an R4 or an R5 ImagingS
 a DICOM value means is taken in the reading, so both versions state the same facts and differ only in shape
 (an R5 CodeableConcept is an R4 Coding, R5 ``procedure`` is R4 ``procedureCode``…).
 
-Instances are named tuples, the rest frozen dataclasses: a large study has tens of thousands of instances, and a
-tuple is built several times faster than a frozen dataclass.
+Instances and codings are named tuples, the rest frozen dataclasses: a large study has tens of thousands of
+instances, and a tuple is built several times faster than a frozen dataclass.
 """
 
 from __future__ import annotations
