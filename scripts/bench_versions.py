@@ -11,8 +11,11 @@
   through a counting proxy. The first read (empty cache) is asked in R4, then forced reads (``Cache-Control:
   no-cache``, ``BRIDGE_CACHE_MIN_REREAD`` waited out) alternate R5 and R4: the PACS requests and rows of each read
   (goal: identical whichever version asks), their time and the bridge's CPU per read.
+- **Rendering on demand**, for the cache's choice: in-process, the CPU a warm R4 read would add if the cache held
+  the facts (facts -> R4 -> bytes) or R5's bytes alone (parse, and write again: the least any conversion costs),
+  for a study of the sample's size, to set beside the warm read's CPU per request.
 
-    .venv/bin/python scripts/bench_versions.py [--cycles 20] [--window 2] [--instances 2000] [--rounds 6]
+    .venv/bin/python scripts/bench_versions.py [--cycles 20] [--window 2] [--render 50] [--instances 2000] [--rounds 6]
 
 Needs wrk (Debian: apt-get install wrk), Debian's orthanc and orthanc-dicomweb (scripts/test installs them);
 taskset (util-linux) pins the bridge and wrk to different cores when there are two.
@@ -38,9 +41,13 @@ import orjson
 from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench_narrative import medians, rows
 from bench_warm_read import pinned, server, wrk_counts
 from benchkit import cpu_seconds, free_port, wait_for
 
+from bridge.fhirversion import FhirVersion
+from bridge.mapping.imagingstudy import MappingOptions, study_facts
+from bridge.render import imaging_study
 from bridge.settings import Settings
 from tests.support.dicomgen import encode, simple_study
 from tests.support.orthanc import OrthancServer
@@ -219,17 +226,38 @@ def report_cold(reads: list[Read], instances: int) -> dict[str, object]:
     return {"pacs_work": sorted(work), "time_ratio": round(time_ratio, 3), "cpu_ratio": round(cpu_ratio, 3)}
 
 
+def render_on_demand(instances: int, rounds: int) -> dict[str, float]:
+    """What a warm R4 read would add if the cache held facts (or the R5 body) instead of R4's bytes: facts -> R4
+    -> bytes, and R5 bytes -> parsed -> bytes, for a study of the sample's size (synthetic rows, one series), in
+    CPU µs (medians of ``rounds`` batches of 200, taken in turn)."""
+    facts = study_facts(rows(instances, series=1), MappingOptions())
+    r5_body = orjson.dumps(imaging_study(facts, FhirVersion.R5))
+    batch = 200
+    figures = medians({
+        "facts -> R4 bytes": lambda: [orjson.dumps(imaging_study(facts, FhirVersion.R4)) for _ in range(batch)],
+        "R5 bytes -> parse -> bytes": lambda: [orjson.dumps(orjson.loads(r5_body)) for _ in range(batch)],
+    }, rounds)  # fmt: skip
+    per_read = {name: ms * 1000 / batch for name, ms in figures.items()}
+    print(f"\nrendering on demand, a {instances}-instance study in-process (CPU per read, medians of {rounds}):")
+    for name, us in per_read.items():
+        print(f"  {name:28s} {us:6.1f} µs")
+    return per_read
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cycles", type=int, default=20, help="warm-read cycles (0: skip)")
     parser.add_argument("--window", type=int, default=2, help="seconds each URL is driven alone per cycle")
     parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--render", type=int, default=50, help="instances of the render-on-demand study (0: skip)")
     parser.add_argument("--instances", type=int, default=2000, help="instances of the cold-read study (0: skip)")
     parser.add_argument("--rounds", type=int, default=6, help="forced R5 and R4 reads of the cold-read study")
     args = parser.parse_args()
     summary: dict[str, object] = {}
     if args.cycles:
         summary["warm"] = warm(args.cycles, args.window, args.connections)
+    if args.render:
+        summary["render_on_demand_us"] = render_on_demand(args.render, 21)
     if args.instances:
         summary["cold"] = report_cold(asyncio.run(cold(args.instances, args.rounds)), args.instances)
     print(json.dumps(summary))
