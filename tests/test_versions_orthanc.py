@@ -3,11 +3,11 @@
 A real Orthanc of its own, loaded with every catalog the integration suites use (``every_study``: the awkward
 studies, the search catalog, the colliding patients, a study with procedures, reasons and readers): each study it
 holds is read on ``/fhir/r4`` and ``/fhir/r5`` (both from one PACS read, and each from its own) and found by
-searches on both bases. Every R4 answer is checked
-with the R4 validator (fhir.resources' R4B models, dom-2..dom-6, ele-1, ref-1, the narrative) and parsed by SMART's
-Python client (R4 models, strict); every R5 answer with the R5 validator. The two are then compared through a
-projection written here, in neither version's shape, that covers every element either version writes: an element
-the projection does not know fails the test rather than going uncompared.
+searches on both bases. Every R4 answer is checked with the R4 validator (fhir.resources' R4B models,
+dom-2..dom-6, ele-1, ref-1, the narrative) and parsed by SMART's Python client (R4 models, strict); every R5
+answer with the R5 validator. The two are then compared through a projection written here, in neither version's
+shape, that covers every element either version writes: an element the projection does not know fails the test
+rather than going uncompared.
 """
 
 from __future__ import annotations
