@@ -19,7 +19,7 @@ from bridge.qido.source import QidoSource
 from bridge.settings import Settings, load_settings
 from bridge.web.app import create_app
 from bridge.web.server import server_options
-from tests.support import catalog, integration
+from tests.support import catalog, every_catalog, integration
 from tests.support.authserver import AuthServer
 from tests.support.dicomgen import StudySpec, encode
 from tests.support.orthanc import OrthancServer
@@ -65,6 +65,14 @@ def studies(orthanc: OrthancServer) -> dict[str, StudySpec]:
     for spec in catalog.shared_uid_pair():
         orthanc.upload_many(encode(spec))
     return loaded
+
+
+@pytest.fixture(scope="session")
+def every_study(tmp_path_factory: pytest.TempPathFactory) -> Iterator[every_catalog.Loaded]:
+    """An Orthanc of its own holding every catalog (tests/support/every_catalog.py), for the suites that read all
+    of a PACS (the other suites hold every study of the shared one against their index)."""
+    with OrthancServer(tmp_path_factory.mktemp("orthanc-every")) as server:
+        yield every_catalog.load(server)
 
 
 def orthanc_settings(orthanc: OrthancServer, **overrides: str) -> Settings:

@@ -9,7 +9,7 @@ test without it, so the mark cannot be forgotten.
 from __future__ import annotations
 
 #: Fixtures that start a real server: a test using any of them (through any fixture) is an integration test.
-FIXTURES = frozenset({"orthanc", "redis_server"})
+FIXTURES = frozenset({"orthanc", "redis_server", "every_study"})
 
 #: The running test's id while it is unmarked; None between tests and outside pytest (scripts start servers too).
 _unmarked_test: str | None = None
