@@ -483,6 +483,23 @@ async def test_a_read_keeps_both_versions_of_the_same_facts(cache: StudyCache, s
     assert reads_of_study(source) == 1
 
 
+async def test_a_change_only_r4_states_is_a_new_version(
+    cache: StudyCache, source: MemoryQidoSource, clock: Clock
+) -> None:
+    # Name of Physician(s) Reading Study is R4's interpreter alone (R5 has no element for it), often filled in
+    # after the study is stored: R4's ETag and meta must move with it, or an R4 client is told 304 for stale bytes.
+    before = (await cache.read(STUDY)).entry
+    source.studies[0]["00081060"] = {"vr": "PN", "Value": [{"Alphabetic": "Reader^Rita"}]}
+    clock.now += POLICY.min_reread
+    after = (await cache.read(STUDY, no_cache=True)).entry
+    assert orjson.loads(after.body_of(FhirVersion.R4))["interpreter"] == [
+        {"type": "Practitioner", "display": "Rita Reader"}
+    ]
+    assert after.etag_of(FhirVersion.R4) != before.etag_of(FhirVersion.R4)
+    assert after.version != before.version
+    assert after.last_modified == clock.now
+
+
 async def test_memory_backend_counts_both_versions_bytes(clock: Clock) -> None:
     backend = MemoryBackend(max_bytes=100, clock=clock)
     await backend.put("a", Entry(b"x" * 40, "a", 0, 0, body_r4=b"y" * 30), retention=60)

@@ -59,7 +59,7 @@ class Entry:
 
     #: The R5 ImagingStudy (of a negative entry: the diagnostics).
     body: bytes
-    #: The content's version (a hash of the R5 resource without its meta): meta.versionId in both versions.
+    #: The content's version (a hash of both versions' renderings without their meta): meta.versionId in both.
     version: str
     #: When this content was first seen (epoch seconds): Last-Modified and meta.lastUpdated.
     last_modified: float
@@ -178,10 +178,15 @@ def due_for_refresh(checked_at: float, now: float, policy: Policy, horizon: floa
     return now - checked_at >= policy.ttl - horizon
 
 
-def content_version(resource: dict[str, Any]) -> str:
-    """A hash of the resource without ``meta``: equal exactly when the content is."""
-    content = {key: value for key, value in resource.items() if key != "meta"}
-    return hashlib.sha256(orjson.dumps(content, option=orjson.OPT_SORT_KEYS)).hexdigest()[:20]
+def content_version(*resources: dict[str, Any]) -> str:
+    """A hash of the resources without their ``meta``: equal exactly when the content is. A study's version hashes
+    every version's rendering: R4 states facts R5 does not (``interpreter``), and a change to one of them alone
+    must still move R4's ETag and ``meta``."""
+    digest = hashlib.sha256()
+    for resource in resources:
+        content = {key: value for key, value in resource.items() if key != "meta"}
+        digest.update(orjson.dumps(content, option=orjson.OPT_SORT_KEYS))
+    return digest.hexdigest()[:20]
 
 
 def change_signal(series: int | None, instances: int | None, modalities: list[str]) -> str:

@@ -195,7 +195,7 @@ class StudyCache:
             raise
         now = self._clock()
         rendered = both(read.facts)
-        version = content_version(rendered[FhirVersion.R5])
+        version = content_version(rendered[FhirVersion.R5], rendered[FhirVersion.R4])
         # Asked even when ``previous`` has this version: that keeps the record alive as long as the entry, and
         # restores it, with the entry's time, if it was lost.
         known = previous.last_modified if previous is not None and previous.version == version else now
