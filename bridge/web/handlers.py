@@ -258,11 +258,13 @@ async def metadata(request: web.Request) -> web.Response:
 
 
 async def versions(request: web.Request) -> web.Response:
-    """GET [base]/$versions: the versions served and the default, the base's own on /fhir/r4 and /fhir/r5
-    (FHIR's ``$versions``; answered as application/json too, which its definition requires)."""
+    """GET [base]/$versions: the versions the base serves and its default: every version and R5 on /fhir, the
+    base's own alone on /fhir/r4 and /fhir/r5, which refuse any other with a 406 (FHIR's ``$versions``; answered
+    as application/json too, which its definition requires)."""
     answer = response_type(request)
-    default = base_of(request.path).version or DEFAULT
-    return fhir_bytes_response(answer, orjson.dumps(versions_parameters(list(FhirVersion), default)))
+    fixed = base_of(request.path).version
+    served = list(FhirVersion) if fixed is None else [fixed]
+    return fhir_bytes_response(answer, orjson.dumps(versions_parameters(served, fixed or DEFAULT)))
 
 
 async def smart_configuration_document(request: web.Request) -> web.Response:
