@@ -177,6 +177,9 @@ R4_TYPE, R5_TYPE = content_type(FhirVersion.R4), content_type(FhirVersion.R5)
         (NEGOTIATED, "", "application/fhir+json; fhirVersion=3.0", 406),
         (NEGOTIATED, "", "application/fhir+json; fhirVersion=4.3", 406),  # R4B is not R4
         (NEGOTIATED, "", "application/fhir+json; fhirVersion=4.0;q=0", 406),
+        # A malformed q is ignored, not taken for q=0 ("nan" parses as a float that no comparison admits).
+        (NEGOTIATED, "", "application/fhir+json; fhirVersion=4.0; q=nan", R4_TYPE),
+        (NEGOTIATED, "", "application/fhir+json; q=high", R5_TYPE),
         (NEGOTIATED, "", "application/fhir+xml", 406),
         (NEGOTIATED, "?_format=json", None, R5_TYPE),
         (NEGOTIATED, "?_format=application/fhir%2Bjson;fhirVersion%3D4.0", None, R4_TYPE),

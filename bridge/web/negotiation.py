@@ -128,6 +128,8 @@ def _accepted(accept: str) -> list[tuple[str, list[str]]]:
         try:
             weight = float(quality)
         except ValueError:
+            weight = 1.0
+        if not 0 <= weight <= 1:  # nan, inf, out of range: malformed too
             weight = 1.0  # a malformed q is ignored rather than held against the client
         if media and weight > 0:
             accepted.append((weight, media, parameters))
