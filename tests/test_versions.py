@@ -473,9 +473,13 @@ async def test_a_token_may_name_any_base_as_its_audience(source: MemoryQidoSourc
     try:
         for audience, status in ((f"{PUBLIC}/r4", 200), (f"{PUBLIC}/r5/", 200), (PUBLIC, 200),
                                  (f"{PUBLIC}/r3", 401), ("https://other.example/fhir/r4", 401)):  # fmt: skip
-            token = auth_server.mint(scope="patient/ImagingStudy.rs", patient="P1", aud=audience)
-            response = await client.get(f"/fhir/r4/ImagingStudy/{STUDY}", headers={"Authorization": f"Bearer {token}"})
-            assert response.status == status, (audience, await response.text())
+            # A JWT, checked here, and an opaque token, whose audience the introspection answer names.
+            for token in (auth_server.mint(scope="patient/ImagingStudy.rs", patient="P1", aud=audience),
+                          auth_server.issue_opaque(patient="P1", aud=audience)):  # fmt: skip
+                response = await client.get(
+                    f"/fhir/r4/ImagingStudy/{STUDY}", headers={"Authorization": f"Bearer {token}"}
+                )
+                assert response.status == status, (audience, token.count("."), await response.text())
     finally:
         await client.close()
 
