@@ -186,6 +186,11 @@ R4_TYPE, R5_TYPE = content_type(FhirVersion.R4), content_type(FhirVersion.R5)
         (NEGOTIATED, "?_format=application/fhir+json;fhirVersion=4.0", "application/fhir+json; fhirVersion=5.0",
          R4_TYPE),  # _format wins over Accept
         (NEGOTIATED, "?_format=application/fhir%2Bjson;fhirVersion%3D2.0", None, 406),
+        # _format naming no version picks the format; the version Accept names still holds (clients such as
+        # HAPI's add _format=json to every request).
+        (NEGOTIATED, "?_format=json", "application/fhir+json; fhirVersion=4.0", R4_TYPE),
+        (NEGOTIATED, "?_format=json", "application/fhir+json; fhirVersion=3.0", R5_TYPE),
+        (NEGOTIATED, "?_format=json", "application/fhir+xml", R5_TYPE),
         (NEGOTIATED, "?_format=application/fhir+json; fhirVersion=4.0", None, R4_TYPE),  # "+" and " " both spaces
         (NEGOTIATED, "?_format=json;%20fhirVersion%3D4.0", None, R4_TYPE),
         # The versioned bases: their version, whatever else; another named is a 406.

@@ -44,9 +44,16 @@ def response_type(request: web.Request) -> Format:
     fixed = base_of(request.path).version
     # request.query parses the URL: only when _format can be in it (the hot path of cached reads).
     requested = request.query.get("_format") if "_format" in request.raw_path else None
+    accept = request.headers.get(hdrs.ACCEPT, "")
     if requested is not None:
-        return _format_answer(requested, fixed)
-    answer = _answer_to(request.headers.get(hdrs.ACCEPT, ""), fixed)
+        answer = _format_answer(requested, fixed)
+        if fixed is None and not any(_is_version(p) for p in requested.split(";")[1:]):
+            # _format picks the format; a version it does not name is still the one Accept names, if served.
+            accepted = _answer_to(accept, None)
+            if isinstance(accepted, Format):
+                return answer._replace(version=accepted.version)
+        return answer
+    answer = _answer_to(accept, fixed)
     if not isinstance(answer, Format):
         raise NotAcceptable(answer)
     return answer
