@@ -141,6 +141,19 @@ async def test_links_name_the_base_the_client_used(client: TestClient) -> None:
         assert statement["implementation"]["url"] == url
 
 
+async def test_the_pages_of_a_search_keep_the_format_that_chose_their_version(client: TestClient) -> None:
+    # On /fhir the version may come from _format: a next link without it would turn page 2 into R5, where R4's
+    # bodysite is an unknown parameter.
+    first = await client.get(
+        "/fhir/ImagingStudy?_format=application/fhir%2Bjson;fhirVersion%3D4.0&bodysite=816094009&_count=1"
+    )
+    links = {link["relation"]: link["url"] for link in (await first.json())["link"]}
+    following = await client.get(links["next"].removeprefix(PUBLIC.removesuffix("/fhir")))
+    assert following.status == 200, await following.text()
+    assert following.headers["Content-Type"] == R4_TYPE
+    validate_r4(await following.json())
+
+
 def test_base_of_a_path() -> None:
     assert [base_of(p) for p in ("/fhir/r4", "/fhir/r4/metadata", "/fhir/r5/ImagingStudy", "/fhir/ImagingStudy",
                                  "/fhir/r4x/metadata", "/fhir", "/fhir/r44")] == [

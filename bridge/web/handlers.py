@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable
@@ -169,6 +170,9 @@ async def _search(request: web.Request, params: list[tuple[str, str]]) -> web.Re
         params, strict=not _lenient(request), zone=settings.zone or dt.UTC,
         patients=PatientRule(settings.patient_reference), base=base, version=answer.version,
     )  # fmt: skip
+    if (requested := request.query.get("_format")) is not None:
+        # What chose the format (and on /fhir perhaps the version) is in the links too: the next page is the same.
+        query = dataclasses.replace(query, applied=(*query.applied, ("_format", requested)))
     if query.ignored:
         log.info("search ignored unknown parameters: %s", ", ".join(query.ignored))
     facts = request.get(AUDITED)
