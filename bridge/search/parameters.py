@@ -86,6 +86,11 @@ class SearchParameter:
     def served_in(self, version: FhirVersion) -> bool:
         return self.in_r5 or version is not FhirVersion.R5
 
+    def documentation_in(self, version: FhirVersion) -> str:
+        """Its documentation, naming it as ``version`` does (``basedon:identifier=…`` in R4)."""
+        name = self.name_in(version)
+        return self.documentation if name == self.name else self.documentation.replace(self.name, name)
+
     def definition_in(self, version: FhirVersion) -> str | None:
         return self.r4[1] if version is FhirVersion.R4 and self.r4[1] else self.definition
 
