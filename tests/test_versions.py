@@ -335,7 +335,9 @@ async def test_the_r4_capability_statement_is_valid_r4_with_r4s_search_parameter
     assert not {"based-on", "body-site", "interpreter"} & set(params)  # R5's names; what is not served
     said = " ".join(p["documentation"] for p in resource["searchParam"])
     assert "basedon:identifier=" in said
-    assert "based-on" not in said and "body-site" not in said  # how to search, in R4's names too
+    # How to search, in R4's names too.
+    assert "based-on" not in said
+    assert "body-site" not in said
     assert len(params) == len(SEARCH_PARAMETERS)
 
 

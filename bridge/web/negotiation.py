@@ -46,13 +46,13 @@ def response_type(request: web.Request) -> Format:
     requested = request.query.get("_format") if "_format" in request.raw_path else None
     accept = request.headers.get(hdrs.ACCEPT, "")
     if requested is not None:
-        answer = _format_answer(requested, fixed)
+        formatted = _format_answer(requested, fixed)
         if fixed is None and not any(_is_version(p) for p in requested.split(";")[1:]):
             # _format picks the format; a version it does not name is still the one Accept names, if served.
             accepted = _answer_to(accept, None)
             if isinstance(accepted, Format):
-                return answer._replace(version=accepted.version)
-        return answer
+                return formatted._replace(version=accepted.version)
+        return formatted
     answer = _answer_to(accept, fixed)
     if not isinstance(answer, Format):
         raise NotAcceptable(answer)
