@@ -65,5 +65,5 @@ def _search_param(parameter: SearchParameter, version: FhirVersion) -> dict[str,
     if definition := parameter.definition_in(version):
         entry["definition"] = definition
     modifiers = "".join(f", :{m}" for m in sorted(parameter.modifiers))
-    entry["documentation"] = parameter.documentation + (f" Modifiers{modifiers[1:]}." if modifiers else "")
+    entry["documentation"] = parameter.documentation_in(version) + (f" Modifiers{modifiers[1:]}." if modifiers else "")
     return entry
