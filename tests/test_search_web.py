@@ -129,6 +129,15 @@ async def test_summary_true_drops_instances_and_says_so(client: TestClient) -> N
     assert "numberOfInstances" not in resource  # ist-4 would otherwise demand the listed instances
 
 
+@pytest.mark.parametrize("mode", ["true", "data"])
+async def test_summary_true_and_data_leave_the_narrative_out(client: TestClient, mode: str) -> None:
+    # Resource.text is no summary element (in R4 or R5), and _summary=data is "remove the text element".
+    resource = (await bundle(client, f"_summary={mode}&_count=1"))["entry"][0]["resource"]
+    assert "text" not in resource
+    assert resource["meta"]["tag"][0]["code"] == "SUBSETTED"
+    assert ("instance" in resource["series"][0]) is (mode == "data")
+
+
 async def test_elements_without_series_reads_only_the_study_level(client: TestClient, source: MemoryQidoSource) -> None:
     body = await bundle(client, "_elements=identifier,modality&_count=3")
     resource = body["entry"][0]["resource"]

@@ -22,15 +22,19 @@ def needs_series(query: SearchQuery) -> bool:
 
 
 def shape(resource: dict[str, Any], query: SearchQuery) -> dict[str, Any]:
-    """The resource as ``_summary``/``_elements`` ask, tagged SUBSETTED when anything was left out."""
+    """The resource as ``_summary``/``_elements`` ask (``true``: summary elements, no narrative or instances;
+    ``data``: all but the narrative), tagged SUBSETTED when anything was left out."""
     if query.summary == "true":
         shaped = copy.deepcopy(resource)
+        shaped.pop("text", None)  # the narrative is not a summary element
         for series in shaped.get("series", []):
             series.pop("instance", None)  # series.instance is not a summary element
         if shaped.get("series"):
             # ist-4 would demand numberOfInstances = the number of listed instances, now none.
             shaped.pop("numberOfInstances", None)
         return _subsetted(shaped)
+    if query.summary == "data":  # all but the narrative
+        return _subsetted({key: value for key, value in resource.items() if key != "text"})
     if query.elements is not None:
         kept = set(MANDATORY) | set(query.elements)
         if "series" in kept:
