@@ -395,9 +395,10 @@ async def test_another_versions_name_is_an_unknown_parameter(client: TestClient,
     assert ids(lenient) == {STUDY, OTHER}
 
 
-async def test_r4s_interpreter_is_refused_saying_why(client: TestClient) -> None:
+@pytest.mark.parametrize("asked", ["interpreter=Practitioner/1", "interpreter:missing=true", "interpreter.name=Li"])
+async def test_r4s_interpreter_is_refused_saying_why(client: TestClient, asked: str) -> None:
     for headers in ({}, {"Prefer": "handling=lenient"}):  # not unknown: ignoring it would widen the search
-        refused = await search(client, "/fhir/r4/ImagingStudy?interpreter=Practitioner/1", 400, **headers)
+        refused = await search(client, f"/fhir/r4/ImagingStudy?{asked}", 400, **headers)
         diagnostics = refused["issue"][0]["diagnostics"]
         assert diagnostics.startswith("search parameter interpreter of FHIR 4.0 is not supported: ")
         assert "PACS" in diagnostics

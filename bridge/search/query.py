@@ -161,9 +161,9 @@ def parse_search(
             name, modifier = CHAINS[name], "identifier"
         elif "." in name and name.split(".")[0] in by_name:
             raise InvalidRequest(f"chained search {key} is not supported (patient.identifier is)")
-        if name in not_served:
+        if (named := name.split(".")[0]) in not_served:  # chained too: ignoring it would widen the search
             raise InvalidRequest(
-                f"search parameter {name} of FHIR {version.value} is not supported: {not_served[name]}"
+                f"search parameter {named} of FHIR {version.value} is not supported: {not_served[named]}"
             )
         parameter = by_name.get(name)
         if parameter is None:
