@@ -35,3 +35,22 @@ async def test_dicom_class_alone_finds_every_study_with_an_instance_of_the_class
         await client.close()
     assert [e["resource"]["id"] for e in only_mr["entry"]] == [mr.uid]
     assert sorted(e["resource"]["id"] for e in both_ct["entry"]) == sorted([first.uid, second.uid])
+
+
+async def test_a_format_in_a_post_search_body_is_honoured_as_in_the_url(tmp_path: Path) -> None:
+    # FHIR reads a POST _search body's parameters as the URL's: a body asking for R4 got R5, and one asking for
+    # XML (or an unserved version) got JSON, silently.
+    write(tmp_path, simple_study())
+    client = await start_client(load_settings({"BRIDGE_QIDO_URL": f"file://{tmp_path}"}))
+    try:
+        r4 = await client.post("/fhir/ImagingStudy/_search", data={"_format": "application/fhir+json;fhirVersion=4.0"})
+        r4_body = await r4.json()
+        xml = await client.post("/fhir/ImagingStudy/_search", data={"_format": "xml"})
+        r3 = await client.post("/fhir/r4/ImagingStudy/_search", data={"_format": "json;fhirVersion=3.0"})
+        r5_on_r4 = await client.post("/fhir/r4/ImagingStudy/_search", data={"_format": "json;fhirVersion=5.0"})
+    finally:
+        await client.close()
+    assert r4.status == 200, r4_body
+    assert r4.headers["Content-Type"] == "application/fhir+json; fhirVersion=4.0; charset=utf-8"
+    assert "system" in r4_body["entry"][0]["resource"]["modality"][0]  # R4's Coding, not R5's CodeableConcept
+    assert (xml.status, r3.status, r5_on_r4.status) == (406, 406, 406)

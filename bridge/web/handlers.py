@@ -38,7 +38,7 @@ from bridge.web.keys import (
     SETTINGS,
     SOURCE,
 )
-from bridge.web.negotiation import CONTENT_TYPES, Format, fhir_bytes_response, response_type
+from bridge.web.negotiation import CONTENT_TYPES, Format, body_format, fhir_bytes_response, response_type
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,9 @@ async def _search(request: web.Request, params: list[tuple[str, str]]) -> web.Re
     params += [(key, value) for key, value in request.query.items()]
     if request.method == "POST":
         check_form_type(request.content_type, request.charset)
-        params += form_parameters(await _body(request))
+        form = form_parameters(await _body(request))
+        answer = body_format(request, form, answer)
+        params += form
     settings, base = app[SETTINGS], _base(request)
     query = parse_search(
         params, strict=not _lenient(request), zone=settings.zone or dt.UTC,

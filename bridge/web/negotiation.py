@@ -52,6 +52,15 @@ def response_type(request: web.Request) -> Format:
     return answer
 
 
+def body_format(request: web.Request, form: list[tuple[str, str]], negotiated: Format) -> Format:
+    """What to answer a POST ``_search`` with, given its form body: FHIR reads the body's parameters as the URL's,
+    so a ``_format`` there decides as one in the URL would (the URL's, when both name one, wins)."""
+    requested = next((value for key, value in form if key == "_format"), None)
+    if requested is None or "_format" in request.query:
+        return negotiated
+    return _format_answer(requested, base_of(request.path).version)
+
+
 def version_of(request: web.Request) -> FhirVersion:
     """The version an error is said in: as negotiated, else the base's (the default on ``/fhir``)."""
     try:
