@@ -1,5 +1,6 @@
-"""What a new R4 user tries first, against a folder of DICOM files (the embedded default's kind of source): searches
-by a parameter matched below the study level, alone, as R4 names it."""
+"""What a new R4 user tried, and what went wrong or had no test: a search by a parameter matched below the study
+level, alone, against a folder of DICOM files (the embedded default's kind of source); a ``_format`` in a ``POST
+_search`` body; SMART discovery and a token for the R4 base."""
 
 from __future__ import annotations
 
@@ -7,7 +8,11 @@ from pathlib import Path
 
 from bridge.settings import load_settings
 from tests.conftest import start_client
+from tests.support.authserver import AuthServer
 from tests.support.dicomgen import MR_IMAGE, InstanceSpec, SeriesSpec, StudySpec, encode, simple_study
+from tests.test_authz import GATEWAYED, pacs
+
+PUBLIC_BASE = GATEWAYED["BRIDGE_PUBLIC_URL"]
 
 
 def write(folder: Path, *studies: StudySpec) -> None:
@@ -54,3 +59,28 @@ async def test_a_format_in_a_post_search_body_is_honoured_as_in_the_url(tmp_path
     assert r4.headers["Content-Type"] == "application/fhir+json; fhirVersion=4.0; charset=utf-8"
     assert "system" in r4_body["entry"][0]["resource"]["modality"][0]  # R4's Coding, not R5's CodeableConcept
     assert (xml.status, r3.status, r5_on_r4.status) == (406, 406, 406)
+
+
+async def test_an_r4_app_discovers_smart_on_the_r4_base_and_reads_with_a_token_for_it(
+    auth_server: AuthServer,
+) -> None:
+    environ = {**GATEWAYED, **auth_server.environ()}
+    del environ["BRIDGE_AUTH_AUDIENCE"]  # the audience then comes from BRIDGE_PUBLIC_URL: any of its FHIR bases
+    client = await start_client(load_settings(environ), pacs())
+    try:
+        discovered = await client.get("/fhir/r4/.well-known/smart-configuration")  # no token needed
+        configuration = await discovered.json()
+        statement = await (await client.get("/fhir/r4/metadata")).json()
+        token = auth_server.mint(scope="patient/ImagingStudy.rs", patient="P2", aud=f"{PUBLIC_BASE}/r4")
+        read = await client.get("/fhir/r4/ImagingStudy/2.25.3", headers={"Authorization": f"Bearer {token}"})
+        study = await read.json()
+    finally:
+        await client.close()
+    assert discovered.status == 200, configuration
+    assert configuration["token_endpoint"] == auth_server.token_url
+    assert "smart-imaging-access" in configuration["capabilities"]
+    assert statement["fhirVersion"] == "4.0.1"
+    security = statement["rest"][0]["security"]
+    assert {e["url"]: e["valueUri"] for e in security["extension"][0]["extension"]}["token"] == auth_server.token_url
+    assert read.status == 200, study
+    assert read.headers["Content-Type"] == "application/fhir+json; fhirVersion=4.0; charset=utf-8"
