@@ -53,12 +53,17 @@ async def test_a_format_in_a_post_search_body_is_honoured_as_in_the_url(tmp_path
         xml = await client.post("/fhir/ImagingStudy/_search", data={"_format": "xml"})
         r3 = await client.post("/fhir/r4/ImagingStudy/_search", data={"_format": "json;fhirVersion=3.0"})
         r5_on_r4 = await client.post("/fhir/r4/ImagingStudy/_search", data={"_format": "json;fhirVersion=5.0"})
+        refused = await client.post(
+            "/fhir/ImagingStudy/_search", data={"_format": "application/fhir+json;fhirVersion=4.0", "nonsense": "1"}
+        )
     finally:
         await client.close()
     assert r4.status == 200, r4_body
     assert r4.headers["Content-Type"] == "application/fhir+json; fhirVersion=4.0; charset=utf-8"
     assert "system" in r4_body["entry"][0]["resource"]["modality"][0]  # R4's Coding, not R5's CodeableConcept
     assert (xml.status, r3.status, r5_on_r4.status) == (406, 406, 406)
+    assert refused.status == 400  # and said in the version the body asked for, as every answer is
+    assert refused.headers["Content-Type"] == "application/fhir+json; fhirVersion=4.0; charset=utf-8"
 
 
 async def test_an_r4_app_discovers_smart_on_the_r4_base_and_reads_with_a_token_for_it(
