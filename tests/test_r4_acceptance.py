@@ -89,3 +89,20 @@ async def test_an_r4_app_discovers_smart_on_the_r4_base_and_reads_with_a_token_f
     assert {e["url"]: e["valueUri"] for e in security["extension"][0]["extension"]}["token"] == auth_server.token_url
     assert read.status == 200, study
     assert read.headers["Content-Type"] == "application/fhir+json; fhirVersion=4.0; charset=utf-8"
+
+
+async def test_the_gateway_answers_a_uid_list_from_a_folder_one_uid_at_a_time_and_no_wider(tmp_path: Path) -> None:
+    studies = [simple_study(), simple_study(), simple_study()]
+    write(tmp_path, *studies)
+    client = await start_client(load_settings({"BRIDGE_QIDO_URL": f"file://{tmp_path}"}))
+    try:
+        listed = await client.get("/dicom-web/studies", params={"StudyInstanceUID": f"{studies[0].uid},{studies[1].uid}"})
+        rows = await listed.json()
+        # An empty item names no study: dropped, never asked of the index as "any".
+        empty = await client.get("/dicom-web/studies", params={"StudyInstanceUID": f",{studies[2].uid}"})
+        empty_rows = await empty.json()
+    finally:
+        await client.close()
+    assert listed.status == 200, rows
+    assert sorted(row["0020000D"]["Value"][0] for row in rows) == sorted([studies[0].uid, studies[1].uid])
+    assert [row["0020000D"]["Value"][0] for row in empty_rows] == [studies[2].uid]
