@@ -96,7 +96,8 @@ async def test_the_gateway_answers_a_uid_list_from_a_folder_one_uid_at_a_time_an
     write(tmp_path, *studies)
     client = await start_client(load_settings({"BRIDGE_QIDO_URL": f"file://{tmp_path}"}))
     try:
-        listed = await client.get("/dicom-web/studies", params={"StudyInstanceUID": f"{studies[0].uid},{studies[1].uid}"})
+        both = f"{studies[0].uid},{studies[1].uid}"
+        listed = await client.get("/dicom-web/studies", params={"StudyInstanceUID": both})
         rows = await listed.json()
         # An empty item names no study: dropped, never asked of the index as "any".
         empty = await client.get("/dicom-web/studies", params={"StudyInstanceUID": f",{studies[2].uid}"})
@@ -106,3 +107,25 @@ async def test_the_gateway_answers_a_uid_list_from_a_folder_one_uid_at_a_time_an
     assert listed.status == 200, rows
     assert sorted(row["0020000D"]["Value"][0] for row in rows) == sorted([studies[0].uid, studies[1].uid])
     assert [row["0020000D"]["Value"][0] for row in empty_rows] == [studies[2].uid]
+
+
+async def test_the_pages_of_a_search_that_chose_r4_by_format_are_r4_too(tmp_path: Path) -> None:
+    # A client follows next as given (fhirpy, fhir-kit-client, Medplum's client): the links dropped _format, so a
+    # search that asked for R4 with it got R5 from its second page on.
+    write(tmp_path, simple_study(), simple_study(), simple_study())
+    wanted = "application/fhir+json;fhirVersion=4.0"
+    client = await start_client(load_settings({"BRIDGE_QIDO_URL": f"file://{tmp_path}"}))
+    try:
+        by_url = await (await client.get("/fhir/ImagingStudy", params={"_format": wanted, "_count": "1"})).json()
+        by_body = await (
+            await client.post("/fhir/ImagingStudy/_search", data={"_format": wanted, "_count": "1"})
+        ).json()
+        pages = []
+        for first in (by_url, by_body):
+            link = next(link["url"] for link in first["link"] if link["relation"] == "next")
+            pages.append(await client.get(link.removeprefix(str(client.make_url("")))))
+    finally:
+        await client.close()
+    for page in pages:
+        assert page.status == 200
+        assert page.headers["Content-Type"] == "application/fhir+json; fhirVersion=4.0; charset=utf-8"

@@ -166,6 +166,8 @@ async def _search(request: web.Request, params: list[tuple[str, str]]) -> web.Re
         form = form_parameters(await _body(request))
         answer = body_format(request, form, answer)
         params += form
+    # The _format that decided (the URL's, else the body's) stays in the page links, or page 2 is another version.
+    kept = next(((key, value) for key, value in params if key == "_format"), None)
     settings, base = app[SETTINGS], _base(request)
     query = parse_search(
         params, strict=not _lenient(request), zone=settings.zone or dt.UTC,
@@ -193,6 +195,7 @@ async def _search(request: web.Request, params: list[tuple[str, str]]) -> web.Re
     endpoint = endpoint_of_request(request, answer.version) or None
     bundle = searchset(
         base, query, result.total, result.resources, endpoint, result.warnings, has_next=result.has_next,
+        kept=(kept,) if kept else (),
     )  # fmt: skip
     response = fhir_bytes_response(answer, orjson.dumps(bundle))
     # Patient data, and unlike a read no validator to revalidate with: no cache may keep it, the client's included.
