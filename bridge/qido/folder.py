@@ -102,7 +102,7 @@ class FolderQidoSource:
         offset: int = 0,
         as_listed: bool = False,
     ) -> list[DicomJson]:
-        rows = await self._call(lambda c: c.search_for_studies(search_filters=dict(filters)))
+        rows = await self._call(lambda c: _each_uid(filters, lambda f: c.search_for_studies(search_filters=f)))
         found = rows if as_listed else merge_rows(rows, (tags.STUDY_INSTANCE_UID, *tags.OWNER))
         return found[offset : offset + limit] if limit is not None else found[offset:]
 
@@ -117,7 +117,9 @@ class FolderQidoSource:
     ) -> list[DicomJson]:
         rows = await self._call(
             lambda c: _owned(
-                c, study_uid, c.search_for_series(study_instance_uid=study_uid, search_filters=dict(filters))
+                c,
+                study_uid,
+                _each_uid(filters, lambda f: c.search_for_series(study_instance_uid=study_uid, search_filters=f)),
             )
         )
         return merge_rows(rows, (tags.SERIES_INSTANCE_UID, *tags.OWNER))
@@ -134,8 +136,11 @@ class FolderQidoSource:
             lambda c: _owned(
                 c,
                 study_uid,
-                c.search_for_instances(
-                    study_instance_uid=study_uid, series_instance_uid=series_uid, search_filters=dict(filters)
+                _each_uid(
+                    filters,
+                    lambda f: c.search_for_instances(
+                        study_instance_uid=study_uid, series_instance_uid=series_uid, search_filters=f
+                    ),
                 ),
             )
         )
@@ -237,6 +242,22 @@ class FolderQidoSource:
 
     async def _run(self, func: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, func)
+
+
+def _each_uid(filters: Filters, search: Callable[[dict[str, str]], list[DicomJson]]) -> list[DicomJson]:
+    """The rows of ``search`` for ``filters``, a QIDO UID list (``a,b`` or ``a\\b``) asked one UID at a time: the
+    file client's index compares a value as one string, so a list matched nothing (the FHIR search asks for the
+    studies its series or instance rows found by such a list)."""
+    from pydicom.datadict import dictionary_VR, tag_for_keyword
+
+    queries = [dict(filters)]
+    for key, value in filters.items():
+        tag = tag_for_keyword(key)
+        if tag is not None and dictionary_VR(tag) == "UI" and ("," in value or "\\" in value):
+            # An empty item is dropped, not asked: the index would take it as matching every UID.
+            uids = dict.fromkeys(uid for uid in value.replace("\\", ",").split(",") if uid) or {value: None}
+            queries = [{**query, key: one} for query in queries for one in uids]
+    return [row for query in queries for row in search(query)]
 
 
 def _owned(client: Any, study_uid: str | None, rows: list[DicomJson]) -> list[DicomJson]:

@@ -61,8 +61,10 @@ def searchset(
     warnings: list[str],
     *,
     has_next: bool = False,
+    kept: tuple[tuple[str, str], ...] = (),
 ) -> dict[str, Any]:
-    """The Bundle for one page: ``base`` is the FHIR base URL the links and fullUrls start with."""
+    """The Bundle for one page: ``base`` is the FHIR base URL the links and fullUrls start with; ``kept``, the
+    parameters besides the search's that its links must carry (the ``_format`` that chose the version)."""
     entries: list[dict[str, Any]] = [
         {"fullUrl": f"{base}/ImagingStudy/{r['id']}", "resource": shape(r, query), "search": {"mode": "match"}}
         for r in resources
@@ -80,17 +82,21 @@ def searchset(
     bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
     if total is not None:  # a page read at the PACS knows whether there is more, not how much
         bundle["total"] = total
-    bundle["link"] = page_links(base, query, has_next)
+    bundle["link"] = page_links(base, query, has_next, kept)
     if entries:
         bundle["entry"] = entries
     return bundle
 
 
-def page_links(base: str, query: SearchQuery, has_next: bool) -> list[dict[str, str]]:
-    """``self``, ``next`` and ``previous`` as GET URLs carrying exactly the parameters that were applied."""
+def page_links(
+    base: str, query: SearchQuery, has_next: bool, kept: tuple[tuple[str, str], ...] = ()
+) -> list[dict[str, str]]:
+    """``self``, ``next`` and ``previous`` as GET URLs carrying exactly the parameters that were applied, and
+    ``kept``: a client follows ``next`` as given, so a ``_format`` that chose the version must stay in it."""
 
     def url(offset: int) -> str:
-        params = [*(c.applied for c in query.criteria if c.applied), *query.applied, ("_count", str(query.count))]
+        criteria = [c.applied for c in query.criteria if c.applied]
+        params = [*criteria, *query.applied, *kept, ("_count", str(query.count))]
         if offset:
             params.append(("_offset", str(offset)))
         return f"{base}/ImagingStudy?{urlencode(params)}"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import datetime as dt
 import logging
 from collections.abc import Awaitable, Callable
@@ -39,7 +38,7 @@ from bridge.web.keys import (
     SETTINGS,
     SOURCE,
 )
-from bridge.web.negotiation import CONTENT_TYPES, Format, fhir_bytes_response, response_type
+from bridge.web.negotiation import CONTENT_TYPES, Format, body_format, fhir_bytes_response, response_type
 
 log = logging.getLogger(__name__)
 
@@ -164,15 +163,16 @@ async def _search(request: web.Request, params: list[tuple[str, str]]) -> web.Re
     params += [(key, value) for key, value in request.query.items()]
     if request.method == "POST":
         check_form_type(request.content_type, request.charset)
-        params += form_parameters(await _body(request))
+        form = form_parameters(await _body(request))
+        answer = body_format(request, form, answer)
+        params += form
+    # The _format that decided (the URL's, else the body's) stays in the page links, or page 2 is another version.
+    kept = next(((key, value) for key, value in params if key == "_format"), None)
     settings, base = app[SETTINGS], _base(request)
     query = parse_search(
         params, strict=not _lenient(request), zone=settings.zone or dt.UTC,
         patients=PatientRule(settings.patient_reference), base=base, version=answer.version,
     )  # fmt: skip
-    if (requested := request.query.get("_format")) is not None:
-        # What chose the format (and on /fhir perhaps the version) is in the links too: the next page is the same.
-        query = dataclasses.replace(query, applied=(*query.applied, ("_format", requested)))
     if query.ignored:
         log.info("search ignored unknown parameters: %s", ", ".join(query.ignored))
     facts = request.get(AUDITED)
@@ -195,6 +195,7 @@ async def _search(request: web.Request, params: list[tuple[str, str]]) -> web.Re
     endpoint = endpoint_of_request(request, answer.version) or None
     bundle = searchset(
         base, query, result.total, result.resources, endpoint, result.warnings, has_next=result.has_next,
+        kept=(kept,) if kept else (),
     )  # fmt: skip
     response = fhir_bytes_response(answer, orjson.dumps(bundle))
     # Patient data, and unlike a read no validator to revalidate with: no cache may keep it, the client's included.

@@ -39,8 +39,14 @@ class Format(NamedTuple):
     version: FhirVersion
 
 
+#: The format a POST ``_search`` body's ``_format`` chose (``body_format``): its errors are said in it too.
+BODY_FORMAT = web.RequestKey("body_format", Format)
+
+
 def response_type(request: web.Request) -> Format:
     """The media type and FHIR version to answer with, or ``NotAcceptable`` naming what was asked."""
+    if BODY_FORMAT in request:
+        return request[BODY_FORMAT]
     fixed = base_of(request.path).version
     # request.query parses the URL: only when _format can be in it (the hot path of cached reads).
     requested = request.query.get("_format") if "_format" in request.raw_path else None
@@ -57,6 +63,16 @@ def response_type(request: web.Request) -> Format:
     if not isinstance(answer, Format):
         raise NotAcceptable(answer)
     return answer
+
+
+def body_format(request: web.Request, form: list[tuple[str, str]], negotiated: Format) -> Format:
+    """What to answer a POST ``_search`` with, given its form body: FHIR reads the body's parameters as the URL's,
+    so a ``_format`` there decides as one in the URL would (the URL's, when both name one, wins)."""
+    requested = next((value for key, value in form if key == "_format"), None)
+    if requested is None or "_format" in request.query:
+        return negotiated
+    chosen = request[BODY_FORMAT] = _format_answer(requested, base_of(request.path).version)
+    return chosen
 
 
 def version_of(request: web.Request) -> FhirVersion:
