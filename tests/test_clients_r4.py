@@ -32,8 +32,9 @@ from tests.conftest import orthanc_settings, start_client
 from tests.support.authserver import AuthServer
 from tests.support.every_catalog import Loaded
 from tests.support.fhircheck import validate, validate_r4
+from tests.support.npm import require_installed
 from tests.support.search_catalog import PAGING_PATIENT, paging_order
-from tests.test_smart_js import SCRIPT_DIR, installed
+from tests.test_smart_js import SCRIPT_DIR
 
 pytestmark = pytest.mark.integration
 
@@ -161,7 +162,7 @@ async def test_smarts_python_client_with_a_patients_token_on_r4(
 
 
 async def test_the_smart_js_client_reads_r4_from_orthanc(open_bridge: TestClient, every_study: Loaded) -> None:
-    installed()
+    require_installed(SCRIPT_DIR)
     study = every_study.search.paging[0]
     process = await asyncio.create_subprocess_exec(
         "node", str(SCRIPT_DIR / "r4check.js"), str(open_bridge.make_url("/fhir/r4")), study.uid, PAGING_PATIENT,

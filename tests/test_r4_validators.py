@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import filecmp
 import json
-import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +20,7 @@ from aiohttp.test_utils import TestClient
 from bridge.settings import load_settings
 from tests.conftest import orthanc_settings, start_client
 from tests.support.every_catalog import Loaded
+from tests.support.npm import require_installed
 
 SCRIPT_DIR = Path(__file__).parent / "r4validators"
 Json = dict[str, Any]
@@ -40,21 +39,9 @@ OTHERS = (
 )
 
 
-def installed() -> None:
-    """node, and tests/r4validators/node_modules installed from its lock (scripts/test runs ``npm ci`` there)."""
-    if shutil.which("node") is None:
-        pytest.fail("node is missing: run scripts/test (it installs Node.js and npm)")
-    kept = SCRIPT_DIR / "node_modules" / ".installed-package-lock.json"
-    if not kept.exists() or not filecmp.cmp(kept, SCRIPT_DIR / "package-lock.json", shallow=False):
-        pytest.fail(
-            "tests/r4validators/node_modules is missing or not installed from its package-lock.json: run "
-            "scripts/test (or `npm ci` there and copy package-lock.json to node_modules/.installed-package-lock.json)"
-        )
-
-
 async def validated(resources: dict[str, Json], folder: Path) -> Json:
     """What the validators say of ``resources``: ``{"checked": n, "failures": [{name, tool, message}]}``."""
-    installed()
+    require_installed(SCRIPT_DIR)
     file = folder / "resources.json"
     file.write_text(json.dumps(resources))
     process = await asyncio.create_subprocess_exec(

@@ -5,9 +5,7 @@ is 0, unknown), so /fhir/r4 must say exactly 4.0.1; and it resolves a study's en
 from __future__ import annotations
 
 import asyncio
-import filecmp
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -16,21 +14,10 @@ import pytest
 from bridge.qido.memory import MemoryQidoSource
 from bridge.settings import load_settings
 from tests.conftest import start_client
+from tests.support.npm import require_installed
 from tests.test_versions import STUDY, pacs
 
 SCRIPT_DIR = Path(__file__).parent / "smartjs"
-
-
-def installed() -> None:
-    """node, and tests/smartjs/node_modules installed from its lock (scripts/test runs ``npm ci`` there)."""
-    if shutil.which("node") is None:
-        pytest.fail("node is missing: run scripts/test (it installs Node.js and npm)")
-    kept = SCRIPT_DIR / "node_modules" / ".installed-package-lock.json"
-    if not kept.exists() or not filecmp.cmp(kept, SCRIPT_DIR / "package-lock.json", shallow=False):
-        pytest.fail(
-            "tests/smartjs/node_modules is missing or not installed from its package-lock.json: run scripts/test "
-            "(or `npm ci` in tests/smartjs and copy package-lock.json to node_modules/.installed-package-lock.json)"
-        )
 
 
 async def smart_js(base_url: str, patient: str) -> dict[str, Any]:
@@ -53,7 +40,7 @@ def source() -> MemoryQidoSource:
 async def test_the_smart_js_client_reads_the_release_and_resolves_endpoints(
     source: MemoryQidoSource, path: str, release: int
 ) -> None:
-    installed()
+    require_installed(SCRIPT_DIR)
     settings = load_settings(
         {"BRIDGE_QIDO_URL": "http://pacs.internal/dicom-web", "BRIDGE_WADO_URL": "https://pacs/wado"}
     )

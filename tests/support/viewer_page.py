@@ -12,21 +12,16 @@ from pathlib import Path
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from tests.support.npm import require_installed
+
 VIEWER = Path(__file__).resolve().parents[2] / "viewer"
-#: Written by scripts/test after ``npm ci``: the package-lock.json node_modules was installed from.
-INSTALLED_LOCK = VIEWER / "node_modules" / ".installed-package-lock.json"
 
 
 def build() -> Path:
     """Bundle viewer/src into viewer/dist (esbuild, well under a second); returns the folder to serve."""
     npm = shutil.which("npm")
     assert npm, "npm is not installed (scripts/test installs Debian's nodejs and npm)"
-    lock = (VIEWER / "package-lock.json").read_bytes()
-    installed = INSTALLED_LOCK.read_bytes() if INSTALLED_LOCK.is_file() else None
-    assert installed == lock, (
-        "viewer/node_modules is missing or not installed from viewer/package-lock.json: run scripts/test "
-        "(or `npm ci` in viewer/ and copy package-lock.json to node_modules/.installed-package-lock.json)"
-    )
+    require_installed(VIEWER)
     built = subprocess.run([npm, "run", "--silent", "build"], cwd=VIEWER, capture_output=True, text=True, timeout=60)
     assert built.returncode == 0, f"esbuild failed:\n{built.stdout}\n{built.stderr}"
     dist = VIEWER / "dist"
