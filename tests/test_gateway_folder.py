@@ -119,6 +119,16 @@ async def test_a_compressed_sample_frame_is_its_encapsulated_frame(
     assert await get_parts(embedded, path, f'multipart/related; type="{media.split(";")[0]}"') == got
 
 
+@pytest.mark.parametrize("suffix", ["/metadata", ""])
+async def test_a_streamed_answer_carries_the_request_id(embedded: TestClient, suffix: str) -> None:
+    got = await embedded.get(
+        instance_path(sample("CT_small.dcm")) + suffix, headers={"Accept": "*/*", "X-Request-ID": "viewer-8"}
+    )
+    await got.read()
+    assert got.status == 200
+    assert got.headers["X-Request-ID"] == "viewer-8"
+
+
 async def test_sample_metadata_is_the_header_without_pixel_data(embedded: TestClient) -> None:
     ds = sample("CT_small.dcm")
     got = await embedded.get(instance_path(ds) + "/metadata", headers={"Accept": "application/dicom+json"})

@@ -105,7 +105,6 @@ def create_app(
     """The application; with ``source`` given the caller owns it, else it is opened and closed with the app.
     ``verifier`` checks bearer tokens (BRIDGE_AUTH=smart) in place of the one made from the settings."""
     app = web.Application(client_max_size=MAX_BODY)
-    app.on_response_prepare.append(observe.request_id_header)
     access_log = None
     if settings.access_log:
         app[observe.ACCESS_LOG] = access_log = observe.AccessLog()

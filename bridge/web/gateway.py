@@ -49,7 +49,7 @@ from bridge.errors import (
 from bridge.qido.folder import FolderQidoSource
 from bridge.qido.http import pacs_credentials
 from bridge.telemetry import REQUEST_ID
-from bridge.web import gateway_folder
+from bridge.web import gateway_folder, observe
 from bridge.web.handlers import admit_study, unseen
 from bridge.web.keys import CACHE, GRANT, SETTINGS, SOURCE
 
@@ -218,7 +218,7 @@ async def _relay(request: web.Request, upstream: aiohttp.ClientResponse, where: 
     for name in _RETURNED:
         if (value := upstream.headers.get(name)) is not None:
             response.headers[name] = value
-    await response.prepare(request)
+    await observe.prepare(request, response)
     if request.method == hdrs.METH_HEAD:
         return response
     try:

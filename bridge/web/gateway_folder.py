@@ -22,6 +22,7 @@ from aiohttp import hdrs, web
 from bridge.errors import BridgeError, NotAcceptable, NotFound, UpstreamBadResponse
 from bridge.qido import folder_wado
 from bridge.qido.folder import FolderQidoSource
+from bridge.web import observe
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -52,7 +53,7 @@ async def _metadata(
     if not folder_wado.accepts_json(request.headers.get(hdrs.ACCEPT)):
         raise NotAcceptable("metadata is served as application/dicom+json")
     response = web.StreamResponse(headers={hdrs.CONTENT_TYPE: "application/dicom+json"})
-    await response.prepare(request)
+    await observe.prepare(request, response)
     if request.method == hdrs.METH_HEAD:
         return response
     try:
@@ -99,7 +100,7 @@ async def _instances(
     boundary = uuid.uuid4().hex
     content_type = f'multipart/related; type="application/dicom"; boundary={boundary}'
     response = web.StreamResponse(headers={hdrs.CONTENT_TYPE: content_type})
-    await response.prepare(request)
+    await observe.prepare(request, response)
     if request.method == hdrs.METH_HEAD:
         return response
     try:

@@ -51,15 +51,17 @@ X_REQUEST_ID = istr("X-Request-ID")
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-#: The request's id, for ``request_id_header``.
+#: The request's id, for ``prepare``.
 _ID_KEY = web.RequestKey("request_id", str)
 
 
-async def request_id_header(request: web.Request, response: web.StreamResponse) -> None:
-    """``on_response_prepare``: every answer carries its request's id, those a handler streams (prepared before
-    it returns: the gateway's) as much as those returned whole."""
+async def prepare(request: web.Request, response: web.StreamResponse) -> None:
+    """Start a streamed answer (one its handler sends before returning), with its request's id: the envelope
+    writes the id into answers returned whole, but a streamed one's headers are gone by then. (Not an
+    ``on_response_prepare`` signal: that would cost every cached read a coroutine call for the few that stream.)"""
     if (request_id := request.get(_ID_KEY)) is not None:
         response.headers[X_REQUEST_ID] = request_id
+    await response.prepare(request)
 
 
 class AccessLog:
@@ -223,7 +225,7 @@ class Envelope:
             # with the request, so they need no reset. Everything asked of the PACS for this request carries
             # its id and shares one deadline (BRIDGE_REQUEST_DEADLINE).
             REQUEST_ID.set(request_id)
-            request[_ID_KEY] = request_id  # written into the answer by ``request_id_header``
+            request[_ID_KEY] = request_id  # for a streamed answer (``prepare``)
             DEADLINE.set(started + deadline)
             status = 500
             admitted = False  # to the audit log: recorded, whatever the answer
@@ -245,6 +247,8 @@ class Envelope:
                 except Exception as exc:
                     response = error_response(request, exc)  # raises again what is not ours to answer
                 status = response.status
+                if not response.prepared:
+                    response.headers[X_REQUEST_ID] = request_id
                 return response
             except web.HTTPException as exc:
                 status = exc.status

@@ -51,7 +51,6 @@ async def admin_listener(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     assert settings.admin_port is not None
     admin = web.Application()
-    admin.on_response_prepare.append(observe.request_id_header)
     admin[SOURCE] = app[SOURCE]
     envelope = observe.Envelope(None, settings.request_deadline)  # counted in the metrics; not access-logged
     for path, handler in probe_routes(details=True):
