@@ -28,6 +28,8 @@ BASES = (R4, R5, NEGOTIATED)
 
 def base_of(path: str) -> Base:
     """The base a request path is under (``/fhir`` for any other path)."""
+    if not path.startswith("/fhir/r"):  # every read asks: most are under /fhir itself
+        return NEGOTIATED
     for base in BASES[:-1]:
         if path.startswith(base.path) and (len(path) == len(base.path) or path[len(base.path)] == "/"):
             return base
