@@ -31,7 +31,6 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from subprocess import DEVNULL
 
@@ -40,7 +39,7 @@ import orjson
 from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchkit import free_port, wait_for
+from benchkit import Counter, counting_proxy, free_port, wait_for
 
 from tests.support.dicomgen import encode, simple_study
 from tests.support.orthanc import OrthancServer
@@ -57,33 +56,6 @@ SEARCHES = {
         False,
     ),
 }
-
-
-@dataclass
-class Counter:
-    """Requests and rows that went through the proxy."""
-
-    requests: int = 0
-    rows: int = 0
-
-
-def counting_proxy(upstream: str, counter: Counter) -> web.Application:
-    """Forwards every request to ``upstream`` and counts the rows of each JSON answer."""
-    app = web.Application()
-
-    async def forward(request: web.Request) -> web.Response:
-        async with aiohttp.ClientSession() as session, session.get(
-            upstream + request.path_qs.removeprefix("/dicom-web"), headers={"Authorization": request.headers.get(
-                "Authorization", ""), "Accept": "application/dicom+json"}
-        ) as answer:  # fmt: skip
-            body = await answer.read()
-            counter.requests += 1
-            if answer.status == 200 and body.strip():
-                counter.rows += len(orjson.loads(body))
-            return web.Response(body=body, status=answer.status, content_type="application/dicom+json")
-
-    app.router.add_get("/dicom-web/{path:.*}", forward)
-    return app
 
 
 def load(orthanc: OrthancServer, count: int) -> None:

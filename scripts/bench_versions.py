@@ -43,7 +43,7 @@ from aiohttp import web
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_narrative import medians, rows
 from bench_warm_read import pinned, server, wrk_counts
-from benchkit import cpu_seconds, free_port, wait_for
+from benchkit import Counter, counting_proxy, cpu_seconds, free_port, wait_for
 
 from bridge.fhirversion import FhirVersion
 from bridge.mapping.imagingstudy import MappingOptions, study_facts
@@ -119,33 +119,6 @@ def warm(cycles: int, window: int, connections: int) -> dict[str, dict[str, floa
               f"CPU/request   rate / R5 {summary[name]['rate_ratio']:.3f}x (middle half {low:.3f}-{high:.3f})   "
               f"CPU / R5 {summary[name]['cpu_ratio']:.3f}x")  # fmt: skip
     return summary
-
-
-@dataclass
-class Counter:
-    """Requests and rows that went through the proxy."""
-
-    requests: int = 0
-    rows: int = 0
-
-
-def counting_proxy(upstream: str, counter: Counter) -> web.Application:
-    """Forwards every GET to ``upstream`` and counts the requests and the rows of each JSON answer."""
-    app = web.Application()
-
-    async def forward(request: web.Request) -> web.Response:
-        headers = {"Authorization": request.headers.get("Authorization", ""), "Accept": request.headers["Accept"]}
-        async with aiohttp.ClientSession() as session, session.get(
-            upstream + request.path_qs.removeprefix("/dicom-web"), headers=headers
-        ) as answer:  # fmt: skip
-            body = await answer.read()
-            counter.requests += 1
-            if answer.status == 200 and body.strip() and "json" in answer.content_type:
-                counter.rows += len(orjson.loads(body))
-            return web.Response(body=body, status=answer.status, content_type=answer.content_type)
-
-    app.router.add_get("/dicom-web/{path:.*}", forward)
-    return app
 
 
 @dataclass
