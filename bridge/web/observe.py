@@ -246,8 +246,9 @@ class Envelope:
                 except Exception as exc:
                     response = error_response(request, exc)  # raises again what is not ours to answer
                 status = response.status
-                if not response.prepared:
-                    response.headers[X_REQUEST_ID] = request_id
+                # A streamed answer's headers are sent already, with the id (``prepare``): writing it again changes
+                # nothing, and costs less than asking every answer whether it was streamed.
+                response.headers[X_REQUEST_ID] = request_id
                 return response
             except web.HTTPException as exc:
                 status = exc.status
