@@ -49,6 +49,8 @@ class Action(Enum):
 #: What every cached read comes to, bound once: on Python 3.11, reading an Enum member through its class
 #: (``Action.SERVE``) costs several times a plain attribute, and a cached read is a few dozen such steps.
 SERVE = Action.SERVE
+#: Bound once too: ``body_of`` is asked on every read.
+_R4, _R5 = FhirVersion.R4, FhirVersion.R5
 
 
 @dataclass(frozen=True)
@@ -74,14 +76,14 @@ class Entry:
 
     def body_of(self, version: FhirVersion) -> bytes:
         """The study's bytes in ``version``."""
-        return self.body_r4 if version is FhirVersion.R4 else self.body
+        return self.body_r4 if version is _R4 else self.body
 
     def etag_of(self, version: FhirVersion) -> str:
         """The ETag of the representation in ``version``: R5's is ``W/"<version>"`` (``etag``), R4's
         ``W/"<version>-4.0"``. One URL may serve both (content negotiation), and a validator must tell them apart:
         a client holding the R5 bytes must not be told ``304`` for an R4 request. ``meta.versionId`` is the same
         in both, since they are one version of one resource."""
-        return self.etag if version is FhirVersion.R5 else f'W/"{self.version}-{version.value}"'
+        return self.etag if version is _R5 else f'W/"{self.version}-{version.value}"'
 
     @property
     def size(self) -> int:

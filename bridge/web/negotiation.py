@@ -45,7 +45,9 @@ BODY_FORMAT = web.RequestKey("body_format", Format)
 
 def response_type(request: web.Request) -> Format:
     """The media type and FHIR version to answer with, or ``NotAcceptable`` naming what was asked."""
-    if BODY_FORMAT in request:
+    # Only a POST has a body whose _format can have chosen: asking a GET (every read) is not free, as a request's
+    # ``in`` is Python-level and raises a KeyError inside when the key is absent.
+    if request.method == hdrs.METH_POST and BODY_FORMAT in request:
         return request[BODY_FORMAT]
     fixed = base_of(request.path).version
     # request.query parses the URL: only when _format can be in it (the hot path of cached reads).

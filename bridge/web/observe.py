@@ -51,15 +51,15 @@ X_REQUEST_ID = istr("X-Request-ID")
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-#: The request's id, for ``prepare``.
-_ID_KEY = web.RequestKey("request_id", str)
 
 
 async def prepare(request: web.Request, response: web.StreamResponse) -> None:
     """Start a streamed answer (one its handler sends before returning), with its request's id: the envelope
     writes the id into answers returned whole, but a streamed one's headers are gone by then. (Not an
-    ``on_response_prepare`` signal: that would cost every cached read a coroutine call for the few that stream.)"""
-    if (request_id := request.get(_ID_KEY)) is not None:
+    ``on_response_prepare`` signal: that would cost every cached read a coroutine call for the few that stream.)
+    The id is the one the envelope set in the request's context (its handler runs in the same task), not a
+    request key: storing one would cost every request for the few that stream."""
+    if (request_id := REQUEST_ID.get()) is not None:
         response.headers[X_REQUEST_ID] = request_id
     await response.prepare(request)
 
@@ -224,8 +224,7 @@ class Envelope:
             # aiohttp runs each request in a task of its own, with its own copy of the context: these two die
             # with the request, so they need no reset. Everything asked of the PACS for this request carries
             # its id and shares one deadline (BRIDGE_REQUEST_DEADLINE).
-            REQUEST_ID.set(request_id)
-            request[_ID_KEY] = request_id  # for a streamed answer (``prepare``)
+            REQUEST_ID.set(request_id)  # also what ``prepare`` writes into a streamed answer
             DEADLINE.set(started + deadline)
             status = 500
             admitted = False  # to the audit log: recorded, whatever the answer
@@ -247,8 +246,9 @@ class Envelope:
                 except Exception as exc:
                     response = error_response(request, exc)  # raises again what is not ours to answer
                 status = response.status
-                if not response.prepared:
-                    response.headers[X_REQUEST_ID] = request_id
+                # A streamed answer's headers are sent already, with the id (``prepare``): writing it again changes
+                # nothing, and costs less than asking every answer whether it was streamed.
+                response.headers[X_REQUEST_ID] = request_id
                 return response
             except web.HTTPException as exc:
                 status = exc.status
