@@ -30,6 +30,7 @@ from pydantic_settings import (
     SettingsError,
 )
 
+from bridge import bases
 from bridge.datatypes import URI
 from bridge.errors import ConfigError
 
@@ -430,7 +431,7 @@ class Settings(BaseSettings):
             return (self.auth_audience,)
         if self.public_url:
             root = self.public_url.rstrip("/")
-            return (root, f"{root}/r4", f"{root}/r5")
+            return tuple(base.url(root) for base in (bases.NEGOTIATED, bases.R4, bases.R5))
         return ()
 
     @property
